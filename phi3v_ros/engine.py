@@ -1,0 +1,229 @@
+"""Phi-3-vision through onnxruntime-genai: load a model folder, answer one request at a time.
+
+Plain Python, no ROS. It runs inside the worker process (see worker.py): onnxruntime-genai holds the
+GIL through the whole prefill and some of its failures end the process they happen in.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from typing import Callable, Optional
+
+from phi3v_ros.errors import EngineError, ModelLoadError
+from phi3v_ros.generation import Request, Result, StopReason
+from phi3v_ros.image_preparation import bound_longest_side, encode_image
+from phi3v_ros.prompt import build_chat_prompt
+
+PROVIDERS = ('auto', 'cuda', 'cpu')
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    model_path: str
+    provider: str = 'auto'            # auto: CUDA when this onnxruntime-genai build has it, else CPU
+    device_id: int = 0
+    max_image_side: int = 1344        # longest side of the image handed to the processor (0 = as is)
+    image_format: str = 'png'         # png (lossless) or jpeg
+    jpeg_quality: int = 95
+    cuda_graph: bool = False          # onnxruntime-genai provider option enable_cuda_graph (CUDA only)
+
+
+def import_genai():
+    """Import onnxruntime_genai or raise ModelLoadError telling how to install it."""
+    try:
+        import onnxruntime_genai
+    except ImportError as exc:
+        raise ModelLoadError(
+            f'onnxruntime-genai is not installed for this Python ({exc}); install it with '
+            '`pip install onnxruntime-genai` (CPU) or build the CUDA wheel on a Jetson with '
+            '`ros2 run phi3v_ros build_genai_wheel --install`') from exc
+    return onnxruntime_genai
+
+
+def resolve_provider(requested: str, cuda_available: bool) -> str:
+    """Map the provider parameter to the one to use, or raise ModelLoadError."""
+    if requested not in PROVIDERS:
+        raise ModelLoadError(f'provider must be one of {", ".join(PROVIDERS)}, not {requested!r}')
+    if requested == 'cuda' and not cuda_available:
+        raise ModelLoadError(
+            'provider is "cuda" but this onnxruntime-genai build has no CUDA support '
+            '(og.is_cuda_available() is False): install the CUDA build '
+            '(`ros2 run phi3v_ros build_genai_wheel --install` on a Jetson, '
+            '`pip install onnxruntime-genai-cuda` on a desktop) or set provider to cpu or auto')
+    if requested == 'auto':
+        return 'cuda' if cuda_available else 'cpu'
+    return requested
+
+
+def read_genai_config(model_path: str) -> dict:
+    """Read genai_config.json, turning every way a folder can be wrong into a ModelLoadError."""
+    if not os.path.exists(model_path):
+        raise ModelLoadError(f'model_path {model_path!r} does not exist{_fetch_hint(model_path)}')
+    if not os.path.isdir(model_path):
+        raise ModelLoadError(f'model_path {model_path!r} is a file, not a model folder')
+    config_file = os.path.join(model_path, 'genai_config.json')
+    try:
+        with open(config_file, encoding='utf-8') as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise ModelLoadError(
+            f'{model_path!r} has no genai_config.json: it is not an onnxruntime-genai model folder'
+            f'{_fetch_hint(model_path)}') from None
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f'{config_file} cannot be read as JSON: {exc}') from None
+    model_type = config.get('model', {}).get('type') if isinstance(config, dict) else None
+    if model_type != 'phi3v':
+        raise ModelLoadError(
+            f'{config_file} describes a model of type {model_type!r}; phi3v_ros needs a Phi-3-vision '
+            'model (type "phi3v")')
+    return config
+
+
+def _fetch_hint(model_path: str) -> str:
+    try:
+        from phi3v_ros.model_paths import missing_model_hint
+    except ImportError:
+        return ''
+    return '; ' + missing_model_hint(model_path)
+
+
+class Engine:
+    """One loaded Phi-3-vision model. Not thread-safe: one request at a time."""
+
+    def __init__(self, config: EngineConfig, log: Callable[[str], None] = lambda message: None):
+        self.config = config
+        self._log = log
+        self._og = import_genai()
+        genai_config = read_genai_config(config.model_path)
+        model_section = genai_config['model']
+        self.context_length = int(model_section.get('context_length', 4096))
+        eos = model_section.get('eos_token_id', [])
+        self.eos_token_ids = frozenset(eos if isinstance(eos, list) else [eos])
+        self.provider = resolve_provider(config.provider, bool(self._og.is_cuda_available()))
+        self.genai_version = getattr(self._og, '__version__', 'unknown')
+        if config.provider == 'auto':
+            log(f'provider auto: using {self.provider} '
+                f'({"CUDA is available" if self.provider == "cuda" else "this build has no CUDA"})')
+        start = time.perf_counter()
+        try:
+            og_config = self._og.Config(config.model_path)
+            og_config.clear_providers()
+            if self.provider == 'cuda':
+                og_config.append_provider('cuda')
+                og_config.set_provider_option('cuda', 'device_id', str(config.device_id))
+                og_config.set_provider_option(
+                    'cuda', 'enable_cuda_graph', '1' if config.cuda_graph else '0')
+            self._model = self._og.Model(og_config)
+            self._processor = self._model.create_multimodal_processor()
+        except RuntimeError as exc:
+            raise ModelLoadError(f'onnxruntime-genai could not load {config.model_path!r}: {exc}') from exc
+        self.load_s = time.perf_counter() - start
+        # 0.9 moved set_inputs from GeneratorParams to Generator; 0.6-0.8 only have the former.
+        self._generator_takes_inputs = hasattr(self._og.Generator, 'set_inputs')
+        self._open_bytes = getattr(self._og.Images, 'open_bytes', None)
+
+    def generate(self, request: Request, on_piece: Optional[Callable[[str], None]] = None,
+                 should_stop: Callable[[], bool] = lambda: False) -> Result:
+        """Answer one request, streaming text pieces to on_piece; never raises for a bad request.
+
+        should_stop is polled between tokens; when it returns True the request ends as CANCELLED.
+        """
+        start = time.perf_counter()
+        result = Result()
+        try:
+            self._generate(request, result, start, on_piece, should_stop)
+        except (EngineError, ValueError, RuntimeError) as exc:
+            result.stop_reason = StopReason.ERROR
+            result.error = str(exc)
+        result.total_s = time.perf_counter() - start
+        return result
+
+    def _images(self, image, result: Result) -> object:
+        bounded = bound_longest_side(image, self.config.max_image_side)
+        result.image_size = bounded.shape[:2]
+        encoded = encode_image(bounded, self.config.image_format, self.config.jpeg_quality)
+        if self._open_bytes is not None:
+            return self._open_bytes(encoded)
+        # Releases before open_bytes only read files: hand them the same self-encoded bytes.
+        suffix = '.png' if self.config.image_format == 'png' else '.jpg'
+        with tempfile.NamedTemporaryFile(suffix=suffix) as f:
+            f.write(encoded)
+            f.flush()
+            return self._og.Images.open(f.name)
+
+    def _generate(self, request: Request, result: Result, start: float,
+                  on_piece: Optional[Callable[[str], None]], should_stop: Callable[[], bool]) -> None:
+        settings = request.settings
+        settings.validate()
+        og = self._og
+        has_image = request.image is not None
+        prompt = build_chat_prompt(request.prompt, has_image=has_image,
+                                   system_prompt=request.system_prompt, history=request.history)
+        images = None
+        if has_image:
+            images = self._images(request.image, result)
+            result.image_encode_s = time.perf_counter() - start
+        inputs = self._processor(prompt, images=images)
+        result.prompt_tokens = int(inputs['input_ids'].as_numpy().shape[-1])
+        if has_image:
+            result.image_tokens = int(inputs['num_image_tokens'].as_numpy().sum())
+        if result.prompt_tokens >= self.context_length:
+            raise EngineError(
+                f'the prompt is {result.prompt_tokens} tokens long, the model takes at most '
+                f'{self.context_length - 1} before answering: shorten it or lower history_turns')
+        # The KV cache is allocated for max_length up front: size it for this request only.
+        result.max_length = min(result.prompt_tokens + settings.max_new_tokens, self.context_length)
+        params = og.GeneratorParams(self._model)
+        search = dict(max_length=result.max_length, do_sample=settings.do_sample,
+                      repetition_penalty=settings.repetition_penalty)
+        if settings.do_sample:
+            search.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
+            if settings.seed >= 0:
+                search['random_seed'] = settings.seed
+        params.set_search_options(**search)
+        if not self._generator_takes_inputs:
+            params.set_inputs(inputs)
+        generator = og.Generator(self._model, params)
+        try:
+            if self._generator_takes_inputs:
+                generator.set_inputs(inputs)   # vision encoder + embedding + prefill happen here
+            self._decode_loop(generator, result, start, on_piece, should_stop)
+        finally:
+            del generator   # holds the KV cache (and on CUDA a captured graph)
+
+    def _decode_loop(self, generator, result: Result, start: float,
+                     on_piece: Optional[Callable[[str], None]], should_stop: Callable[[], bool]) -> None:
+        stream = self._processor.create_stream()
+        pieces = []
+        first_token_at = None
+        needs_compute_logits = hasattr(generator, 'compute_logits')   # releases before 0.6
+        stop_reason = StopReason.LENGTH
+        while not generator.is_done():
+            if should_stop():
+                stop_reason = StopReason.CANCELLED
+                result.error = 'cancelled'
+                break
+            if needs_compute_logits:
+                generator.compute_logits()
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+                result.time_to_first_token_s = first_token_at - start
+            if token in self.eos_token_ids:
+                stop_reason = StopReason.END_OF_TEXT
+                break
+            result.generated_tokens += 1
+            piece = stream.decode(token)
+            if piece:
+                pieces.append(piece)
+                if on_piece is not None:
+                    on_piece(piece)
+        if first_token_at is not None and result.generated_tokens > 1:
+            decode_s = time.perf_counter() - first_token_at
+            result.decode_tokens_per_s = (result.generated_tokens - 1) / decode_s if decode_s > 0 else 0.0
+        result.text = ''.join(pieces)
+        result.stop_reason = stop_reason

@@ -1,0 +1,85 @@
+"""Plain data passed between the node, the engine client, the worker process and the engine.
+
+Everything here is picklable and ROS-free, so it crosses the process boundary unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import List, Optional, Tuple
+
+
+class StopReason(str, enum.Enum):
+    END_OF_TEXT = 'end_of_text'   # the model produced its end token
+    LENGTH = 'length'             # max_new_tokens (or the model's context length) reached
+    CANCELLED = 'cancelled'       # cancel() between tokens, or a request dropped from the queue
+    ERROR = 'error'               # bad request, engine failure or worker crash: see Result.error
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling settings of one request. do_sample=False means greedy (repeatable) decoding."""
+
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    seed: int = -1                # -1: let onnxruntime-genai pick; >= 0: repeatable sampling
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting that is out of range."""
+        checks = [
+            (self.max_new_tokens >= 1, 'max_new_tokens must be >= 1'),
+            (self.temperature > 0.0, 'temperature must be > 0'),
+            (0.0 < self.top_p <= 1.0, 'top_p must be in (0, 1]'),
+            (self.top_k >= 1, 'top_k must be >= 1'),
+            (self.repetition_penalty > 0.0, 'repetition_penalty must be > 0'),
+            (self.seed >= -1, 'seed must be -1 (random) or >= 0'),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Turn:
+    """One earlier question/answer pair of the conversation (text only)."""
+
+    question: str
+    answer: str
+
+
+@dataclasses.dataclass
+class Request:
+    """One question for the engine. image is an RGB uint8 array (H, W, 3) or None for text only."""
+
+    prompt: str
+    image: Optional[object] = None          # numpy.ndarray; typed loosely so this module needs no numpy
+    settings: GenerationSettings = dataclasses.field(default_factory=GenerationSettings)
+    system_prompt: str = ''
+    history: Tuple[Turn, ...] = ()
+
+
+@dataclasses.dataclass
+class Result:
+    """The outcome of one request: the full text and what it cost."""
+
+    text: str = ''
+    stop_reason: StopReason = StopReason.ERROR
+    error: str = ''                    # one readable sentence when stop_reason is ERROR (or why cancelled)
+    image_tokens: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    max_length: int = 0                # the KV-cache length this request was given
+    time_to_first_token_s: float = 0.0  # processor + set_inputs (vision + prefill) + first token
+    decode_tokens_per_s: float = 0.0    # tokens after the first, over the time after the first
+    total_s: float = 0.0
+    image_size: Tuple[int, int] = (0, 0)  # (height, width) handed to the processor after bounding
+    image_encode_s: float = 0.0         # bounding + PNG/JPEG encoding of the frame, in the worker
+    stages: List[Tuple[str, float]] = dataclasses.field(default_factory=list)  # extra timings (name, s)
+
+    @property
+    def ok(self) -> bool:
+        return self.stop_reason in (StopReason.END_OF_TEXT, StopReason.LENGTH)

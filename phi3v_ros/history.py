@@ -1,0 +1,44 @@
+"""Earlier question/answer pairs, kept as text (Phi-3-vision cannot re-read earlier images)."""
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Tuple
+
+from phi3v_ros.generation import Turn
+
+
+class ConversationHistory:
+    def __init__(self, max_turns: int = 0) -> None:
+        self._turns: 'collections.deque[Turn]' = collections.deque()
+        self._lock = threading.Lock()
+        self.max_turns = max_turns
+
+    @property
+    def max_turns(self) -> int:
+        return self._max_turns
+
+    @max_turns.setter
+    def max_turns(self, value: int) -> None:
+        if value < 0:
+            raise ValueError('history_turns must be >= 0')
+        with self._lock:
+            self._max_turns = value
+            while len(self._turns) > value:
+                self._turns.popleft()
+
+    def add(self, question: str, answer: str) -> None:
+        with self._lock:
+            if self._max_turns == 0:
+                return
+            self._turns.append(Turn(question, answer))
+            while len(self._turns) > self._max_turns:
+                self._turns.popleft()
+
+    def turns(self) -> Tuple[Turn, ...]:
+        with self._lock:
+            return tuple(self._turns)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._turns.clear()

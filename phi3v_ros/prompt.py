@@ -1,0 +1,47 @@
+"""The Phi-3 chat prompt: validation of user text and the exact template the model was trained on."""
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+from phi3v_ros.errors import PromptError
+from phi3v_ros.generation import Turn
+
+IMAGE_TAG = '<|image_1|>'
+
+# Any `<|name|>` in user text would be read by the processor as a chat or image tag: an injected
+# `<|image_1|>` adds an image slot (and fails the request), an injected `<|end|>` ends the turn.
+# Breaking the `<|` opener keeps the characters visible to the model without their meaning.
+_TAG_OPENER = re.compile(r'<\s*\|')
+# C0/C1 control characters other than newline and tab carry no meaning for the model.
+_CONTROL_CHARS = re.compile('[\x00-\x08\x0b-\x1f\x7f-\x9f]')
+
+
+def neutralize(text: str) -> str:
+    """Return text that cannot change the prompt's structure (no chat tags, no control chars)."""
+    return _TAG_OPENER.sub('< |', _CONTROL_CHARS.sub('', text))
+
+
+def validate_question(text: str, max_chars: int) -> str:
+    """Return the question stripped of surrounding whitespace, or raise PromptError saying why not."""
+    question = text.strip()
+    if not question:
+        raise PromptError('the prompt is empty')
+    if max_chars > 0 and len(question) > max_chars:
+        raise PromptError(
+            f'the prompt is {len(question)} characters long, more than max_prompt_chars ({max_chars})')
+    return question
+
+
+def build_chat_prompt(question: str, *, has_image: bool, system_prompt: str = '',
+                      history: Iterable[Turn] = ()) -> str:
+    """Phi-3 chat format; the image tag goes into the current turn only (earlier turns are text)."""
+    parts = []
+    if system_prompt.strip():
+        parts.append(f'<|system|>\n{neutralize(system_prompt.strip())}<|end|>\n')
+    for turn in history:
+        parts.append(f'<|user|>\n{neutralize(turn.question)}<|end|>\n')
+        parts.append(f'<|assistant|>\n{neutralize(turn.answer)}<|end|>\n')
+    image = f'{IMAGE_TAG}\n' if has_image else ''
+    parts.append(f'<|user|>\n{image}{neutralize(question)}<|end|>\n<|assistant|>\n')
+    return ''.join(parts)

@@ -1,0 +1,1 @@
+"""Command-line tools shipped with phi3v_ros (each module is one entry point)."""

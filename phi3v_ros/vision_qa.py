@@ -1,0 +1,285 @@
+"""The question-answering service behind the node, without ROS: prompts in, one reply each out.
+
+A prompt is validated on arrival, waits in a bounded queue while the engine is busy or loading, gets the
+latest fresh frame bound to it when its turn comes, and is answered by the engine in the worker
+process. Every prompt gets exactly one reply: the answer, or a sentence starting with ERROR_PREFIX.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import time
+from typing import Callable, Optional
+
+from phi3v_ros.engine_client import EngineState
+from phi3v_ros.errors import EngineError, ImageConversionError, PromptError
+from phi3v_ros.frame_cache import Frame, FrameCache
+from phi3v_ros.generation import GenerationSettings, Request, Result, StopReason
+from phi3v_ros.history import ConversationHistory
+from phi3v_ros.prompt import validate_question
+from phi3v_ros.prompt_queue import PromptQueue
+
+ERROR_PREFIX = 'ERROR: '
+
+
+@dataclasses.dataclass(frozen=True)
+class QAOptions:
+    """The request policies; every field is a node parameter of the same name (seconds as *_s)."""
+
+    max_image_age_s: float = 0.0        # 0 = any age
+    image_wait_timeout_s: float = 2.0
+    allow_text_only: bool = False
+    max_queue: int = 4
+    busy_policy: str = 'reject'
+    max_prompt_chars: int = 4000
+    history_turns: int = 0
+    system_prompt: str = ''
+    settings: GenerationSettings = GenerationSettings()
+
+
+@dataclasses.dataclass(frozen=True)
+class Ticket:
+    id: int
+    question: str
+    received: float      # time.monotonic()
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """What is published for one prompt. outcome: 'answered', 'rejected' (never processed) or 'failed'."""
+
+    ticket: Ticket
+    text: str
+    outcome: str
+    result: Optional[Result] = None
+    frame: Optional[Frame] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == 'answered'
+
+
+@dataclasses.dataclass
+class Counters:
+    received: int = 0
+    answered: int = 0
+    rejected: int = 0
+    failed: int = 0
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _Failed(Exception):
+    """A taken prompt cannot be answered; the message is the reply's sentence (without the prefix)."""
+
+
+class VisionQA:
+    """Owns the queue and the dispatcher thread; the engine and the frame source are given to it."""
+
+    def __init__(self, engine, frames: FrameCache, convert_frame: Callable[[Frame], object],
+                 on_reply: Callable[[Reply], None],
+                 on_piece: Callable[[Ticket, str], None] = lambda ticket, piece: None,
+                 options: QAOptions = QAOptions(),
+                 log: Callable[[str], None] = lambda text: None) -> None:
+        self._engine = engine
+        self._frames = frames
+        self._convert_frame = convert_frame
+        self._on_reply = on_reply
+        self._on_piece = on_piece
+        self._log = log
+        self._ids = itertools.count(1)
+        self._queue: PromptQueue[Ticket] = PromptQueue(options.max_queue, options.busy_policy)
+        self._history = ConversationHistory(options.history_turns)
+        self._options = options
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._cancel = threading.Event()
+        self._current: Optional[Ticket] = None
+        self.counters = Counters()
+        self.last_result: Optional[Result] = None
+        self._thread = threading.Thread(target=self._dispatch, name='phi3v-dispatcher', daemon=True)
+
+    # -- called from ROS callbacks --------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def ask(self, text: str) -> Ticket:
+        """Take a prompt; never blocks. Refusals are replied to at once, from the caller's thread."""
+        with self._lock:
+            self.counters.received += 1
+        ticket = Ticket(next(self._ids), text, time.monotonic())
+        try:
+            ticket = dataclasses.replace(
+                ticket, question=validate_question(text, self._options.max_prompt_chars))
+        except PromptError as exc:
+            self._reply(ticket, f'{exc}.', 'rejected')
+            return ticket
+        if self._closing.is_set():
+            self._reply(ticket, 'the node is shutting down.', 'rejected')
+            return ticket
+        loser = self._queue.put(ticket)
+        if loser is ticket:
+            self._reply(ticket, f'busy: {self._queue.max_size} prompts are already waiting '
+                                '(busy_policy reject); ask again later.', 'rejected')
+        elif loser is not None:
+            self._reply(loser, 'dropped from the queue for a newer prompt (busy_policy drop_oldest).',
+                        'rejected')
+        return ticket
+
+    def cancel(self) -> bool:
+        """Stop the prompt being processed (its reply says it was cancelled). False if there is none."""
+        with self._lock:
+            if self._current is None:
+                return False
+            self._cancel.set()
+        self._engine.cancel()
+        return True
+
+    def reset_history(self) -> None:
+        self._history.clear()
+
+    def configure(self, options: QAOptions) -> None:
+        """Apply changed parameters; they take effect from the next prompt taken."""
+        self._queue.configure(options.max_queue, options.busy_policy)
+        self._history.max_turns = options.history_turns
+        self._options = options
+
+    @property
+    def options(self) -> QAOptions:
+        return self._options
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Stop taking prompts; the ones still waiting get an ERROR reply. Close the engine after this."""
+        self._closing.set()
+        for ticket in self._queue.close():
+            self._reply(ticket, 'the node is shutting down.', 'rejected')
+        self._cancel.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._engine.cancel()
+            self._thread.join(timeout_s)
+
+    # -- dispatcher thread ----------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while not self._closing.is_set():
+            ticket = self._queue.get()
+            if ticket is None:
+                continue
+            with self._lock:
+                self._current = ticket
+                self._cancel.clear()
+            try:
+                self._serve(ticket)
+            finally:
+                with self._lock:
+                    self._current = None
+
+    def _serve(self, ticket: Ticket) -> None:
+        options = self._options
+        frame = None
+        try:
+            self._wait_for_engine()
+            frame = self._bind_frame(options)
+            image = None if frame is None else self._convert(frame)
+            result = self._run(ticket, image, options)
+        except _Cancelled:
+            self._reply(ticket, self._cancel_reason(), 'failed', frame=frame)
+            return
+        except _Failed as exc:
+            self._reply(ticket, str(exc), 'failed', frame=frame)
+            return
+        self.last_result = result
+        if result.stop_reason == StopReason.CANCELLED:
+            self._reply(ticket, self._cancel_reason(), 'failed', result, frame)
+        elif result.stop_reason == StopReason.ERROR:
+            self._reply(ticket, f'the model failed: {result.error}', 'failed', result, frame)
+        elif not result.text.strip():
+            self._reply(ticket, 'the model ended its answer without any text.', 'failed', result, frame)
+        else:
+            self._history.add(ticket.question, result.text.strip())
+            self._reply(ticket, result.text, 'answered', result, frame)
+
+    def _wait_for_engine(self) -> None:
+        while True:
+            self._check_cancel()
+            state = self._engine.state
+            if state in (EngineState.READY, EngineState.GENERATING):
+                return
+            if state in (EngineState.FAILED, EngineState.STOPPED):
+                raise _Failed(f'the model is not available: {self._engine.detail}.')
+            try:
+                if self._engine.wait_ready(0.1):
+                    return
+            except EngineError as exc:
+                raise _Failed(f'the model is not available: {exc}.') from None
+
+    def _bind_frame(self, options: QAOptions) -> Optional[Frame]:
+        frame = self._frames.wait_for_fresh(options.max_image_age_s, 0.0)
+        deadline = time.monotonic() + options.image_wait_timeout_s
+        while frame is None and time.monotonic() < deadline:
+            self._check_cancel()
+            frame = self._frames.wait_for_fresh(options.max_image_age_s,
+                                                min(0.1, deadline - time.monotonic()))
+        if frame is not None or options.allow_text_only:
+            return frame
+        if self._frames.latest() is None:
+            raise _Failed(f'no camera image has arrived (waited {options.image_wait_timeout_s:g} s).')
+        raise _Failed(f'the latest camera image is {self._frames.latest().age_s():.1f} s old, older than '
+                      f'max_image_age ({options.max_image_age_s:g} s), and no newer one arrived within '
+                      f'{options.image_wait_timeout_s:g} s.')
+
+    def _convert(self, frame: Frame):
+        try:
+            return self._convert_frame(frame)
+        except ImageConversionError as exc:
+            raise _Failed(f'the camera image could not be used: {exc}') from None
+
+    def _run(self, ticket: Ticket, image, options: QAOptions) -> Result:
+        done = threading.Event()
+        outcome = []
+
+        def on_result(result: Result) -> None:
+            outcome.append(result)
+            done.set()
+
+        request = Request(prompt=ticket.question, image=image, settings=options.settings,
+                          system_prompt=options.system_prompt, history=self._history.turns())
+        self._check_cancel()
+        try:
+            self._engine.submit(request, on_result=on_result,
+                                on_piece=lambda piece: self._on_piece(ticket, piece))
+        except EngineError as exc:
+            raise _Failed(f'the model is not available: {exc}.') from None
+        if self._cancel.is_set():   # cancel() may have come between _check_cancel and submit
+            self._engine.cancel()
+        done.wait()
+        return outcome[0]
+
+    def _cancel_reason(self) -> str:
+        if self._closing.is_set():
+            return 'the node is shutting down.'
+        return 'cancelled (~/cancel was called) before the answer was complete.'
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise _Cancelled()
+
+    def _reply(self, ticket: Ticket, text: str, outcome: str, result: Optional[Result] = None,
+               frame: Optional[Frame] = None) -> None:
+        if outcome != 'answered':
+            text = ERROR_PREFIX + text
+        with self._lock:
+            setattr(self.counters, outcome, getattr(self.counters, outcome) + 1)
+        self._on_reply(Reply(ticket, text, outcome, result, frame))

@@ -1,0 +1,145 @@
+"""The worker process: owns the Engine, answers one request at a time, streams pieces back.
+
+It runs apart from the ROS node because onnxruntime-genai holds the GIL through the whole prefill
+(seconds on a Jetson) and because some of its failures (libjpeg's exit(1), an out-of-memory abort)
+end the process they happen in. Messages on the pipe are tuples whose first item names them:
+
+parent -> worker: ('generate', id, WorkItem) | ('cancel', id) | ('shutdown',)
+worker -> parent: ('log', text) | ('ready', info) | ('load_failed', reason)
+                  | ('piece', id, text) | ('result', id, Result)
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import queue
+import signal
+import sys
+import threading
+from typing import Optional, Tuple
+
+from phi3v_ros.engine import Engine, EngineConfig
+from phi3v_ros.errors import Phi3vRosError
+from phi3v_ros.frame_transport import FrameReceiver, FrameRef
+from phi3v_ros.generation import GenerationSettings, Request, Result, StopReason, Turn
+
+WARMUP_PROMPT = 'Describe the image.'
+WARMUP_IMAGE_SIDE = 336
+
+
+@dataclasses.dataclass
+class WorkItem:
+    """A Request without its pixels: the frame waits in shared memory (see frame_transport.py)."""
+
+    prompt: str
+    settings: GenerationSettings
+    system_prompt: str = ''
+    history: Tuple[Turn, ...] = ()
+    frame: Optional[FrameRef] = None
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies, however the parent dies."""
+    if not sys.platform.startswith('linux'):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _warm_up(engine: Engine) -> None:
+    import numpy as np   # the worker has numpy anyway (image preparation); imported late to start fast
+    image = np.full((WARMUP_IMAGE_SIDE, WARMUP_IMAGE_SIDE, 3), 127, np.uint8)
+    engine.generate(Request(prompt=WARMUP_PROMPT, image=image,
+                            settings=GenerationSettings(max_new_tokens=2)))
+
+
+class _Inbox:
+    """Reads the pipe on its own thread so that a cancel arrives while the main thread decodes."""
+
+    def __init__(self, conn) -> None:
+        self._conn = conn
+        self.work: 'queue.Queue' = queue.Queue()
+        self._cancelled = set()
+        self._shutting_down = False
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, name='phi3v-worker-inbox', daemon=True).start()
+
+    def is_cancelled(self, request_id: int) -> bool:
+        with self._lock:
+            return self._shutting_down or request_id in self._cancelled
+
+    def forget(self, request_id: int) -> None:
+        with self._lock:
+            self._cancelled.discard(request_id)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                os._exit(0)   # the parent is gone: nobody is left to answer
+            kind = message[0]
+            if kind == 'generate':
+                self.work.put(message)
+            elif kind == 'cancel':
+                with self._lock:
+                    self._cancelled.add(message[1])
+            elif kind == 'shutdown':
+                with self._lock:
+                    self._shutting_down = True   # ends the request in flight at the next token
+                self.work.put(None)
+                return
+
+
+def worker_main(conn, config: EngineConfig, warmup: bool) -> None:
+    """Entry point of the spawned process."""
+    _die_with_parent()
+    # Ctrl-C reaches the whole process group; the parent decides when the worker stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        engine = Engine(config, log=lambda text: conn.send(('log', text)))
+        if warmup:
+            _warm_up(engine)
+    except Phi3vRosError as exc:
+        conn.send(('load_failed', str(exc)))
+        return
+    except Exception as exc:  # noqa: BLE001 - anything at load time must reach the parent as text
+        conn.send(('load_failed', f'{type(exc).__name__}: {exc}'))
+        return
+    conn.send(('ready', {'provider': engine.provider, 'load_s': engine.load_s,
+                         'genai_version': engine.genai_version, 'pid': os.getpid(),
+                         'context_length': engine.context_length}))
+    inbox = _Inbox(conn)
+    frames = FrameReceiver()
+    while True:
+        message = inbox.work.get()
+        if message is None:
+            break
+        _, request_id, item = message
+        result = _answer(engine, frames, inbox, request_id, item, conn)
+        inbox.forget(request_id)
+        conn.send(('result', request_id, result))
+    frames.close()
+
+
+def _answer(engine: Engine, frames: FrameReceiver, inbox: _Inbox, request_id: int,
+            item: WorkItem, conn) -> Result:
+    if inbox.is_cancelled(request_id):
+        return Result(stop_reason=StopReason.CANCELLED, error='cancelled')
+    image = None if item.frame is None else frames.view(item.frame)
+    request = Request(prompt=item.prompt, image=image, settings=item.settings,
+                      system_prompt=item.system_prompt, history=item.history)
+    try:
+        return engine.generate(
+            request,
+            on_piece=lambda piece: conn.send(('piece', request_id, piece)),
+            should_stop=lambda: inbox.is_cancelled(request_id))
+    except Exception as exc:  # noqa: BLE001 - a bug must cost one request, not the worker
+        return Result(stop_reason=StopReason.ERROR, error=f'internal error: {type(exc).__name__}: {exc}')
+    finally:
+        del request, image   # release the shared-memory view before the block can be closed

@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny real Phi-3-vision models generated once per test session."""
+import os
+import sys
+
+import pytest
+
+# Tests import the package from the source tree (also under colcon, which installs it anyway).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope='session')
+def tiny_model(tmp_path_factory):
+    """A random-weight model in the phi3v folder layout that answers readable text."""
+    pytest.importorskip('onnxruntime_genai')
+    from phi3v_ros.tools.make_tiny_model import make_tiny_model
+    return str(make_tiny_model(tmp_path_factory.mktemp('tiny') / 'model', seed=0))
+
+
+@pytest.fixture(scope='session')
+def tiny_model_that_ends(tmp_path_factory):
+    """The same model, biased to answer <|end|> at once."""
+    pytest.importorskip('onnxruntime_genai')
+    from phi3v_ros.tools.make_tiny_model import make_tiny_model
+    return str(make_tiny_model(tmp_path_factory.mktemp('tiny_end') / 'model', seed=0,
+                               end_immediately=True))
