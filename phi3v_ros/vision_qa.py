@@ -217,7 +217,7 @@ class VisionQA:
             state = self._engine.state
             if state in (EngineState.READY, EngineState.GENERATING):
                 return
-            if state in (EngineState.FAILED, EngineState.STOPPED):
+            if state == EngineState.FAILED:   # STOPPED: not started yet, wait like for LOADING
                 raise _Failed(f'the model is not available: {self._engine.detail}.')
             try:
                 if self._engine.wait_ready(0.1):

@@ -1,0 +1,204 @@
+"""vision_qa_node: the ROS 2 shell around VisionQA. It wires topics, services, parameters and
+diagnostics to the core and does nothing else (see vision_qa.py for the request logic)."""
+from __future__ import annotations
+
+import sys
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from phi3v_ros.diagnostics import engine_status
+from phi3v_ros.engine import EngineConfig
+from phi3v_ros.engine_client import EngineClient
+from phi3v_ros.frame_cache import FrameCache
+from phi3v_ros.frame_conversion import FrameConverter, load_cv_bridge_converter
+from phi3v_ros.parameters import PARAMETERS, check_value, qa_options
+from phi3v_ros.vision_qa import Reply, Ticket, VisionQA
+
+RELIABLE_DEPTH = 10
+STREAM_DEPTH = 100
+
+
+def _descriptor(spec) -> ParameterDescriptor:
+    descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+    if spec.choices:
+        descriptor.additional_constraints = 'one of: ' + ', '.join(spec.choices)
+    if spec.value_range is not None:
+        low, high = spec.value_range
+        if isinstance(spec.default, float):
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high))]
+        else:
+            descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
+    return descriptor
+
+
+class VisionQANode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__('vision_qa', **kwargs)
+        self._values = {}
+        for spec in PARAMETERS:
+            value = self.declare_parameter(spec.name, spec.default, _descriptor(spec)).value
+            problem = check_value(spec.name, value)
+            if problem:
+                raise ValueError(problem)
+            self._values[spec.name] = value
+        v = self._values
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._frames = FrameCache()
+        fallback = load_cv_bridge_converter()
+        self._engine = EngineClient(
+            EngineConfig(model_path=v['model_path'], provider=v['provider'], device_id=v['device_id'],
+                         max_image_side=v['max_image_side'], image_format=v['image_format'],
+                         cuda_graph=v['cuda_graph']),
+            warmup=v['warmup'], stall_timeout_s=v['stall_timeout'], load_timeout_s=v['load_timeout'],
+            on_state=self._on_engine_state, log=self.get_logger().info)
+        self._qa = VisionQA(self._engine, self._frames, FrameConverter(v['max_image_pixels'], fallback),
+                            on_reply=self._publish_reply, on_piece=self._publish_piece,
+                            options=qa_options(v), log=self.get_logger().info)
+
+        self._answer_pub = self.create_publisher(String, v['answer_topic'], RELIABLE_DEPTH)
+        self._stream_pub = self.create_publisher(String, v['answer_topic'] + '/stream', STREAM_DEPTH)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', RELIABLE_DEPTH)
+        image_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=v['image_qos_depth'],
+            reliability=(ReliabilityPolicy.RELIABLE if v['image_reliability'] == 'reliable'
+                         else ReliabilityPolicy.BEST_EFFORT))
+        if v['use_compressed']:
+            self.create_subscription(CompressedImage, v['image_topic'] + '/compressed', self._on_image,
+                                     image_qos)
+        else:
+            self.create_subscription(Image, v['image_topic'], self._on_image, image_qos)
+        self.create_subscription(String, v['prompt_topic'], self._on_prompt, RELIABLE_DEPTH)
+        self.create_service(Trigger, '~/cancel', self._on_cancel)
+        self.create_service(Trigger, '~/reset', self._on_reset)
+        self.create_timer(v['diagnostics_period'], self._publish_diagnostics)
+
+        self._engine.start()
+        self._qa.start()
+        self.get_logger().info(
+            f'listening on {self._resolved(v["image_topic"])}{"/compressed" if v["use_compressed"] else ""} '
+            f'and {self._resolved(v["prompt_topic"])}, answering on {self._resolved(v["answer_topic"])}; '
+            f'loading {v["model_path"]} (provider {v["provider"]})')
+
+    def _resolved(self, topic: str) -> str:
+        return self.resolve_topic_name(topic)
+
+    # -- callbacks ----------------------------------------------------------------------------
+
+    def _on_image(self, message) -> None:
+        stamp = message.header.stamp
+        self._frames.store(message, stamp.sec + stamp.nanosec * 1e-9)
+
+    def _on_prompt(self, message: String) -> None:
+        self._qa.ask(message.data)
+
+    def _on_cancel(self, request, response):
+        response.success = self._qa.cancel()
+        response.message = 'cancelling the current answer' if response.success else 'nothing to cancel'
+        return response
+
+    def _on_reset(self, request, response):
+        self._qa.reset_history()
+        response.success = True
+        response.message = 'conversation history cleared'
+        return response
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        values = dict(self._values)
+        for parameter in parameters:
+            if parameter.name not in values:
+                continue
+            problem = check_value(parameter.name, parameter.value)
+            if problem:
+                return SetParametersResult(successful=False, reason=problem)
+            values[parameter.name] = parameter.value
+        try:
+            options = qa_options(values)
+            options.settings.validate()
+            self._qa.configure(options)
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self._values = values
+        return SetParametersResult(successful=True)
+
+    def _on_engine_state(self, state, detail: str) -> None:
+        text = f'engine {state.value}' + (f': {detail}' if detail else '')
+        if state.value == 'failed':
+            self.get_logger().error(text)
+        else:
+            self.get_logger().info(text)
+
+    # -- output -------------------------------------------------------------------------------
+
+    def _publish_piece(self, ticket: Ticket, piece: str) -> None:
+        self._publish(self._stream_pub, piece)
+
+    def _publish_reply(self, reply: Reply) -> None:
+        self._publish(self._answer_pub, reply.text)
+        logger = self.get_logger()
+        frame = reply.frame
+        used = 'no frame' if frame is None else (
+            f'frame stamp {frame.stamp_s:.3f} (age {frame.age_s():.3f} s when answered, #{frame.sequence})')
+        result = reply.result
+        cost = '' if result is None else (
+            f' in {result.total_s:.2f} s (first token {result.time_to_first_token_s:.3f} s, '
+            f'{result.prompt_tokens} prompt + {result.generated_tokens} new tokens, '
+            f'{result.decode_tokens_per_s:.1f} tok/s)')
+        line = f'prompt #{reply.ticket.id} {reply.outcome}{cost}, {used}'
+        if reply.ok:
+            logger.info(line)
+        else:
+            logger.warning(f'{line}: {reply.text}')
+
+    def _publish(self, publisher, text: str) -> None:
+        try:
+            publisher.publish(String(data=text))
+        except Exception as exc:  # noqa: BLE001 - publishing after shutdown must not kill a thread
+            self.get_logger().debug(f'could not publish: {exc}')
+
+    def _publish_diagnostics(self) -> None:
+        level, message, values = engine_status(self._engine, self._qa, self._frames,
+                                               self._values['model_path'])
+        status = DiagnosticStatus(level=bytes([level]), name=f'{self.get_fully_qualified_name()}: engine',
+                                  message=message, hardware_id=self._values['model_path'],
+                                  values=[KeyValue(key=k, value=v) for k, v in values])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(array)
+
+    def destroy_node(self) -> None:
+        self._qa.close()
+        self._engine.close()
+        super().destroy_node()
+
+
+def main(args=None) -> int:
+    # rclpy (Humble and later) turns SIGINT and SIGTERM into a context shutdown: spin() then ends
+    # with KeyboardInterrupt or ExternalShutdownException and the finally block stops the worker.
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = VisionQANode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:
+        print(f'vision_qa_node: {exc}', file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Run vision_qa_node as its own process and talk to it over real DDS (no launch, no ros2 CLI)."""
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+
+def isolate_ros_domain():
+    """A random ROS domain on localhost only, for this test process and the nodes it starts."""
+    os.environ['ROS_DOMAIN_ID'] = str(random.randint(1, 100))
+    if os.environ.get('ROS_DISTRO') == 'humble':
+        os.environ['ROS_LOCALHOST_ONLY'] = '1'
+    else:   # Iron and later (ROS_LOCALHOST_ONLY is deprecated there)
+        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+
+
+def entry_point(name):
+    """The installed console script (how users start it), else `python -m` on the module."""
+    script = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
+    if script:
+        return [script]
+    modules = {'vision_qa_node': 'phi3v_ros.vision_qa_node', 'ask': 'phi3v_ros.ask',
+               'synthetic_camera': 'phi3v_ros.tools.synthetic_camera'}
+    return [sys.executable, '-m', modules[name]]
+
+
+class NodeProcess:
+    """vision_qa_node in a subprocess; its output is kept for assertions and failure messages."""
+
+    def __init__(self, parameters, extra_args=()):
+        args = entry_point('vision_qa_node') + ['--ros-args']
+        for name, value in parameters.items():
+            args += ['-p', f'{name}:={value}']
+        args += list(extra_args)
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, start_new_session=True)
+        self.lines = []
+        self._line_added = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            with self._line_added:
+                self.lines.append(line.rstrip('\n'))
+                self._line_added.notify_all()
+
+    def wait_for_line(self, text, timeout=60):
+        with self._line_added:
+            found = self._line_added.wait_for(lambda: any(text in line for line in self.lines), timeout)
+        assert found, f'{text!r} not logged within {timeout} s; log:\n' + self.output()
+        return next(line for line in self.lines if text in line)
+
+    def output(self):
+        return '\n'.join(self.lines)
+
+    def descendants(self):
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def send_signal(self, signum):
+        self.process.send_signal(signum)
+
+    def stop(self, timeout=10):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        return self.process.returncode
+
+
+def wait_until(condition, timeout=30.0, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+class RosPeer:
+    """The test's side of the conversation: publishes frames and prompts, records what comes back."""
+
+    def __init__(self, namespace='', node_name='vision_qa'):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from rcl_interfaces.srv import SetParameters
+        from sensor_msgs.msg import CompressedImage, Image
+        from std_msgs.msg import String
+        from std_srvs.srv import Trigger
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node('test_peer', namespace=namespace, context=self.context)
+        image_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                               reliability=ReliabilityPolicy.RELIABLE)
+        self.image_pub = self.node.create_publisher(Image, 'image', image_qos)
+        self.compressed_pub = self.node.create_publisher(CompressedImage, 'image/compressed', image_qos)
+        self.prompt_pub = self.node.create_publisher(String, 'prompt', 10)
+        self.answers, self.pieces, self.diagnostics = [], [], []
+        self.changed = threading.Condition()
+        self.node.create_subscription(String, 'answer', self._record(self.answers), 10)
+        self.node.create_subscription(String, 'answer/stream', self._record(self.pieces), 1000)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._record(self.diagnostics), 10)
+        prefix = f'{namespace.rstrip("/")}/{node_name}' if namespace else f'/{node_name}'
+        self.cancel_client = self.node.create_client(Trigger, f'{prefix}/cancel')
+        self.reset_client = self.node.create_client(Trigger, f'{prefix}/reset')
+        self.parameter_client = self.node.create_client(SetParameters, f'{prefix}/set_parameters')
+        self.executor = MultiThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._spinner = threading.Thread(target=self._spin, daemon=True)
+        self._spinner.start()
+        self._String, self._Image, self._CompressedImage = String, Image, CompressedImage
+        self._Trigger = Trigger
+
+    def _spin(self):
+        from rclpy.executors import ExternalShutdownException
+        try:
+            self.executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    def _record(self, store):
+        def callback(message):
+            with self.changed:
+                store.append(message)
+                self.changed.notify_all()
+        return callback
+
+    def wait_for(self, condition, timeout=60.0):
+        with self.changed:
+            return self.changed.wait_for(condition, timeout)
+
+    def wait_connected(self, timeout=60.0):
+        """Until the node's prompt subscription and answer publisher are matched with ours."""
+        assert wait_until(lambda: self.prompt_pub.get_subscription_count() > 0
+                          and self.image_pub.get_subscription_count() + self.compressed_pub.get_subscription_count() > 0
+                          and self.node.count_publishers(self.node.resolve_topic_name('answer')) > 0,
+                          timeout), 'the node did not connect'
+
+    def wait_ready(self, timeout=60.0):
+        """Until /diagnostics says the engine is ready."""
+        assert self.wait_for(lambda: any(self.engine_value(d, 'engine_state') == 'ready'
+                                         for d in self.diagnostics), timeout), 'engine not ready'
+
+    @staticmethod
+    def engine_value(array, key):
+        for status in array.status:
+            for pair in status.values:
+                if pair.key == key:
+                    return pair.value
+        return None
+
+    def latest_diagnostic(self, key):
+        with self.changed:
+            return None if not self.diagnostics else self.engine_value(self.diagnostics[-1], key)
+
+    def publish_frame(self, rgb, encoding='rgb8', stamp_s=None):
+        import numpy as np
+        message = self._Image(height=rgb.shape[0], width=rgb.shape[1], encoding=encoding, is_bigendian=0,
+                              step=rgb.shape[1] * 3)
+        message.data = np.ascontiguousarray(rgb).tobytes()
+        if stamp_s is None:
+            message.header.stamp = self.node.get_clock().now().to_msg()
+        else:
+            message.header.stamp.sec, message.header.stamp.nanosec = int(stamp_s), int(stamp_s % 1 * 1e9)
+        self.image_pub.publish(message)
+        return message
+
+    def deliver_frame(self, rgb, encoding='rgb8', timeout=10.0):
+        """Publish until the node's diagnostics count one more frame (best-effort readers may drop
+        a large frame, typically the first after discovery)."""
+        before = int(self.latest_diagnostic('frames_received') or 0)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.publish_frame(rgb, encoding)
+            if self.wait_for(lambda: int(self.latest_diagnostic('frames_received') or 0) > before, 0.5):
+                return
+        raise AssertionError('the node did not receive the frame')
+
+    def publish_raw(self, message):
+        (self.compressed_pub if hasattr(message, 'format') else self.image_pub).publish(message)
+
+    def ask(self, text):
+        self.prompt_pub.publish(self._String(data=text))
+
+    def wait_answers(self, count, timeout=60.0):
+        assert self.wait_for(lambda: len(self.answers) >= count, timeout), (
+            f'{len(self.answers)} of {count} answers within {timeout} s: {[a.data for a in self.answers]}')
+        return [a.data for a in self.answers]
+
+    def call(self, client, request, timeout=10.0):
+        assert client.wait_for_service(timeout_sec=timeout), f'{client.srv_name} not available'
+        future = client.call_async(request)
+        done = threading.Event()
+        future.add_done_callback(lambda f: done.set())
+        assert done.wait(timeout), f'{client.srv_name} did not answer'
+        return future.result()
+
+    def trigger(self, client):
+        return self.call(client, self._Trigger.Request())
+
+    def set_parameters(self, **values):
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+        request = SetParameters.Request(
+            parameters=[Parameter(name, value=value).to_parameter_msg() for name, value in values.items()])
+        return self.call(self.parameter_client, request).results
+
+    def close(self):
+        import rclpy
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)

@@ -1,0 +1,77 @@
+import threading
+
+import pytest
+
+from phi3v_ros.history import ConversationHistory
+from phi3v_ros.prompt_queue import PromptQueue
+
+
+def test_fifo_within_the_bound():
+    queue = PromptQueue(3)
+    assert [queue.put(i) for i in (1, 2, 3)] == [None, None, None]
+    assert len(queue) == 3
+    assert [queue.get(0) for _ in range(3)] == [1, 2, 3]
+    assert queue.get(0.01) is None
+
+
+def test_reject_policy_refuses_the_new_prompt():
+    queue = PromptQueue(2, 'reject')
+    queue.put('a')
+    queue.put('b')
+    assert queue.put('c') == 'c'
+    assert [queue.get(0), queue.get(0)] == ['a', 'b']
+
+
+def test_drop_oldest_policy_hands_back_the_oldest():
+    queue = PromptQueue(2, 'drop_oldest')
+    queue.put('a')
+    queue.put('b')
+    assert queue.put('c') == 'a'
+    assert [queue.get(0), queue.get(0)] == ['b', 'c']
+
+
+def test_configure_changes_bound_and_policy_and_validates():
+    queue = PromptQueue(1, 'reject')
+    queue.configure(2, 'drop_oldest')
+    assert queue.put(1) is None and queue.put(2) is None and queue.put(3) == 1
+    with pytest.raises(ValueError, match='max_queue'):
+        queue.configure(0, 'reject')
+    with pytest.raises(ValueError, match='busy_policy'):
+        queue.configure(1, 'newest')
+
+
+def test_close_wakes_the_consumer_and_returns_waiting_items():
+    queue = PromptQueue(5)
+    got = []
+    consumer = threading.Thread(target=lambda: got.append(queue.get()))
+    consumer.start()
+    queue.put('x')
+    consumer.join(5)
+    assert got == ['x']
+    queue.put('y')
+    queue.put('z')
+    waiting_consumer = threading.Thread(target=lambda: got.append(queue.get()))
+    assert queue.close() == ['y', 'z']
+    waiting_consumer.start()
+    waiting_consumer.join(5)
+    assert got == ['x', None]
+    assert queue.put('late') == 'late'   # refused once closed
+
+
+def test_history_keeps_the_last_turns_and_clears():
+    history = ConversationHistory(2)
+    for i in range(3):
+        history.add(f'q{i}', f'a{i}')
+    assert [t.question for t in history.turns()] == ['q1', 'q2']
+    history.max_turns = 1
+    assert [t.question for t in history.turns()] == ['q2']
+    history.clear()
+    assert history.turns() == ()
+
+
+def test_history_of_zero_turns_keeps_nothing():
+    history = ConversationHistory(0)
+    history.add('q', 'a')
+    assert history.turns() == ()
+    with pytest.raises(ValueError):
+        history.max_turns = -1

@@ -1,0 +1,237 @@
+"""VisionQA (the node's request logic, without ROS) driving the real engine in its worker process."""
+import dataclasses
+import threading
+import time
+
+import pytest
+
+from phi3v_ros.engine import EngineConfig
+from phi3v_ros.engine_client import EngineClient
+from phi3v_ros.errors import ImageConversionError
+from phi3v_ros.frame_cache import FrameCache
+from phi3v_ros.generation import GenerationSettings
+from phi3v_ros.vision_qa import ERROR_PREFIX, QAOptions, VisionQA
+from phi3v_test_utils import gradient_image
+
+pytest.importorskip('onnxruntime_genai')
+
+SHORT = GenerationSettings(max_new_tokens=8)
+LONG = GenerationSettings(max_new_tokens=4000)
+
+
+@pytest.fixture(scope='module')
+def engine(tiny_model):
+    client = EngineClient(EngineConfig(model_path=tiny_model, provider='cpu'), warmup=False)
+    client.start()
+    assert client.wait_ready(60)
+    yield client
+    client.close()
+
+
+class Harness:
+    def __init__(self, engine, options, convert=None):
+        self.frames = FrameCache()
+        self.replies = []
+        self.pieces = {}
+        self.reply_arrived = threading.Condition()
+        self.first_piece = threading.Event()
+        self.qa = VisionQA(engine, self.frames, convert or (lambda frame: frame.message),
+                           on_reply=self._on_reply, on_piece=self._on_piece, options=options)
+        self.qa.start()
+
+    def _on_reply(self, reply):
+        with self.reply_arrived:
+            self.replies.append(reply)
+            self.reply_arrived.notify_all()
+
+    def _on_piece(self, ticket, piece):
+        self.pieces.setdefault(ticket.id, []).append(piece)
+        self.first_piece.set()
+
+    def wait_replies(self, count, timeout=60):
+        with self.reply_arrived:
+            assert self.reply_arrived.wait_for(lambda: len(self.replies) >= count, timeout), self.replies
+        return list(self.replies)
+
+    def reply_to(self, ticket):
+        return next(r for r in self.replies if r.ticket.id == ticket.id)
+
+
+@pytest.fixture
+def make(engine):
+    made = []
+
+    def factory(convert=None, **options):
+        harness = Harness(engine, QAOptions(**{'settings': SHORT, **options}), convert)
+        made.append(harness)
+        return harness
+    yield factory
+    for harness in made:
+        harness.qa.close()
+
+
+def test_answers_a_prompt_about_the_latest_frame_and_streams_it(make):
+    h = make()
+    h.frames.store(gradient_image(480, 640), 12.5)
+    ticket = h.qa.ask('  What is this?  ')
+    reply = h.wait_replies(1)[0]
+    assert reply.ok and not reply.text.startswith(ERROR_PREFIX)
+    assert reply.ticket.question == 'What is this?'
+    assert ''.join(h.pieces[ticket.id]) == reply.text
+    assert reply.frame.stamp_s == 12.5 and reply.result.image_tokens > 0
+    assert h.qa.counters.answered == 1 and h.qa.counters.received == 1
+
+
+@pytest.mark.parametrize('prompt,reason', [('', 'empty'), (' \n\t', 'empty'), ('x' * 101, 'max_prompt_chars')])
+def test_invalid_prompts_get_an_error_reply_at_once(make, prompt, reason):
+    h = make(max_prompt_chars=100)
+    h.qa.ask(prompt)
+    reply = h.wait_replies(1, timeout=1)[0]
+    assert reply.text.startswith(ERROR_PREFIX) and reason in reply.text
+    assert reply.outcome == 'rejected' and h.qa.counters.rejected == 1
+
+
+def test_no_frame_gives_an_error_after_the_wait(make):
+    h = make(image_wait_timeout_s=0.3)
+    start = time.monotonic()
+    h.qa.ask('What is this?')
+    reply = h.wait_replies(1)[0]
+    assert time.monotonic() - start >= 0.3
+    assert reply.text == ERROR_PREFIX + 'no camera image has arrived (waited 0.3 s).'
+    assert h.qa.counters.failed == 1
+
+
+def test_text_only_mode_answers_without_a_frame(make):
+    h = make(image_wait_timeout_s=0.0, allow_text_only=True)
+    h.qa.ask('Hello?')
+    reply = h.wait_replies(1)[0]
+    assert reply.ok and reply.frame is None and reply.result.image_tokens == 0
+
+
+def test_stale_frame_gives_an_error_after_the_wait(make):
+    h = make(max_image_age_s=0.05, image_wait_timeout_s=0.2)
+    h.frames.store(gradient_image(48, 64), 0.0)
+    time.sleep(0.1)
+    h.qa.ask('What is this?')
+    reply = h.wait_replies(1)[0]
+    assert reply.text.startswith(ERROR_PREFIX + 'the latest camera image is')
+    assert 'max_image_age (0.05 s)' in reply.text
+
+
+def test_a_fresh_frame_arriving_during_the_wait_is_used(make):
+    h = make(max_image_age_s=0.05, image_wait_timeout_s=10.0)
+    h.frames.store(gradient_image(48, 64, seed=1), 1.0)
+    time.sleep(0.1)
+    h.qa.ask('What is this?')
+    time.sleep(0.2)
+    h.frames.store(gradient_image(48, 64, seed=2), 2.0)
+    reply = h.wait_replies(1)[0]
+    assert reply.ok and reply.frame.stamp_s == 2.0
+
+
+def test_conversion_error_is_a_readable_error_reply(make):
+    def refuse(frame):
+        raise ImageConversionError("unsupported encoding '32FC1'")
+    h = make(convert=refuse)
+    h.frames.store(object(), 0.0)
+    h.qa.ask('What is this?')
+    assert h.wait_replies(1)[0].text == (
+        ERROR_PREFIX + "the camera image could not be used: unsupported encoding '32FC1'")
+
+
+def flood(h, count):
+    """Start a long answer, then send count prompts while it runs."""
+    h.frames.store(gradient_image(48, 64), 0.0)
+    busy = h.qa.ask('Describe everything.')
+    assert h.first_piece.wait(30)
+    return busy, [h.qa.ask(f'question {i}') for i in range(count)]
+
+
+def test_reject_policy_refuses_prompts_beyond_the_queue(make):
+    h = make(max_queue=2, busy_policy='reject', settings=LONG)
+    busy, tickets = flood(h, 5)
+    rejected = h.wait_replies(3, timeout=5)
+    assert {r.ticket.id for r in rejected} == {t.id for t in tickets[2:]}
+    assert all('busy' in r.text for r in rejected)
+    h.qa.cancel()
+    replies = h.wait_replies(6)
+    assert len(replies) == 6 and len({r.ticket.id for r in replies}) == 6   # exactly one each
+    assert h.reply_to(tickets[0]).ok and h.reply_to(tickets[1]).ok
+    assert 'cancelled' in h.reply_to(busy).text
+
+
+def test_drop_oldest_policy_drops_the_oldest_waiting_prompt(make):
+    h = make(max_queue=2, busy_policy='drop_oldest', settings=LONG)
+    busy, tickets = flood(h, 5)
+    dropped = h.wait_replies(3, timeout=5)
+    assert {r.ticket.id for r in dropped} == {t.id for t in tickets[:3]}
+    assert all('dropped' in r.text for r in dropped)
+    h.qa.cancel()
+    h.wait_replies(6)
+    assert h.reply_to(tickets[3]).ok and h.reply_to(tickets[4]).ok
+    counters = h.qa.counters
+    assert (counters.received, counters.answered, counters.rejected, counters.failed) == (6, 2, 3, 1)
+
+
+def test_cancel_with_nothing_running_is_refused(make):
+    assert make().qa.cancel() is False
+
+
+def test_history_is_used_and_reset_clears_it(make):
+    h = make(history_turns=2, allow_text_only=True, image_wait_timeout_s=0.0)
+    h.qa.ask('First question?')
+    first = h.wait_replies(1)[0]
+    h.qa.ask('First question?')
+    second = h.wait_replies(2)[1]
+    assert second.result.prompt_tokens > first.result.prompt_tokens
+    h.qa.reset_history()
+    h.qa.ask('First question?')
+    third = h.wait_replies(3)[2]
+    assert third.result.prompt_tokens == first.result.prompt_tokens
+
+
+def test_configure_applies_to_the_next_prompt(make):
+    h = make(allow_text_only=True, image_wait_timeout_s=0.0)
+    h.qa.ask('Hi')
+    assert h.wait_replies(1)[0].result.generated_tokens == 8
+    h.qa.configure(dataclasses.replace(h.qa.options, settings=GenerationSettings(max_new_tokens=3)))
+    h.qa.ask('Hi')
+    assert h.wait_replies(2)[1].result.generated_tokens == 3
+
+
+def test_prompts_wait_while_the_engine_loads(tiny_model):
+    client = EngineClient(EngineConfig(model_path=tiny_model, provider='cpu'), warmup=True)
+    h = Harness(client, QAOptions(settings=SHORT, allow_text_only=True, image_wait_timeout_s=0.0))
+    try:
+        h.qa.ask('Asked before the engine started')
+        client.start()
+        assert h.wait_replies(1)[0].ok
+    finally:
+        h.qa.close()
+        client.close()
+
+
+def test_failed_engine_answers_every_prompt_with_the_reason(tmp_path):
+    client = EngineClient(EngineConfig(model_path=str(tmp_path / 'missing'), provider='cpu'))
+    client.start()
+    h = Harness(client, QAOptions(settings=SHORT))
+    try:
+        for _ in range(3):
+            h.qa.ask('Anyone there?')
+        replies = h.wait_replies(3)
+        assert all(r.text.startswith(ERROR_PREFIX + 'the model is not available') for r in replies)
+        assert all('does not exist' in r.text for r in replies)
+    finally:
+        h.qa.close()
+        client.close()
+
+
+def test_close_answers_waiting_prompts(make):
+    h = make(max_queue=3, settings=LONG)
+    busy, tickets = flood(h, 3)
+    h.qa.close()
+    replies = h.wait_replies(4, timeout=10)
+    assert {r.ticket.id for r in replies} == {busy.id} | {t.id for t in tickets}
+    assert all('shutting down' in r.text for r in replies)
+    h.qa.ask('late')
+    assert 'shutting down' in h.wait_replies(5, timeout=1)[4].text
