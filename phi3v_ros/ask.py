@@ -60,8 +60,12 @@ class AskClient:
         self._asked = True
         self._publisher.publish(String(data=question))
 
+    def complete(self) -> bool:
+        return self.answer is not None and ''.join(self.pieces) == self.answer
+
     def _on_piece(self, message: String) -> None:
-        if self._asked and self.answer is None:
+        # Pieces and the answer travel on two topics: the last pieces may come after the answer.
+        if self._asked and not self.complete():
             self.pieces.append(message.data)
             if self._stream:
                 sys.stdout.write(message.data)
@@ -99,8 +103,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f'\nask: no answer within {args.timeout:g} s', file=sys.stderr)
             return EXIT_TIMEOUT
         answer = client.answer
-        # Pieces travel on their own topic: the last ones may arrive just after the answer.
-        spin_until(node, lambda: ''.join(client.pieces) == answer, PIECES_GRACE_S)
+        if not answer.startswith(ERROR_PREFIX):
+            spin_until(node, client.complete, PIECES_GRACE_S)
         if answer.startswith(ERROR_PREFIX):
             if client.pieces and not args.no_stream:
                 print()

@@ -16,7 +16,7 @@ from std_srvs.srv import Trigger
 
 from phi3v_ros.diagnostics import engine_status
 from phi3v_ros.engine import EngineConfig
-from phi3v_ros.engine_client import EngineClient
+from phi3v_ros.engine_client import EngineClient, EngineState
 from phi3v_ros.frame_cache import FrameCache
 from phi3v_ros.frame_conversion import FrameConverter, load_cv_bridge_converter
 from phi3v_ros.parameters import PARAMETERS, check_value, qa_options
@@ -129,12 +129,17 @@ class VisionQANode(Node):
         self._values = values
         return SetParametersResult(successful=True)
 
-    def _on_engine_state(self, state, detail: str) -> None:
+    def _on_engine_state(self, state: EngineState, detail: str) -> None:
         text = f'engine {state.value}' + (f': {detail}' if detail else '')
-        if state.value == 'failed':
-            self.get_logger().error(text)
-        else:
-            self.get_logger().info(text)
+        logger = self.get_logger()
+        if state == EngineState.FAILED:
+            logger.error(text)
+        elif state == EngineState.RESTARTING:
+            logger.warning(text)
+        elif state in (EngineState.LOADING, EngineState.READY) and detail:
+            logger.info(text)   # loading, and ready after loading ('ready: cuda provider')
+        elif state != EngineState.STOPPED:   # stopped comes after shutdown: no logger any more
+            logger.debug(text)
 
     # -- output -------------------------------------------------------------------------------
 

@@ -4,16 +4,23 @@ import sys
 
 import pytest
 
+LONG_CONTEXT = 32768
+
 # Tests import the package from the source tree (also under colcon, which installs it anyway).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope='session')
 def tiny_model(tmp_path_factory):
-    """A random-weight model in the phi3v folder layout that answers readable text."""
+    """A random-weight model in the phi3v folder layout that answers readable text.
+
+    Its context is long (32k tokens) so that a test can keep a generation running for seconds
+    (cancel, queue floods); the KV cache is sized per request, so short requests stay cheap.
+    """
     pytest.importorskip('onnxruntime_genai')
     from phi3v_ros.tools.make_tiny_model import make_tiny_model
-    return str(make_tiny_model(tmp_path_factory.mktemp('tiny') / 'model', seed=0))
+    return str(make_tiny_model(tmp_path_factory.mktemp('tiny') / 'model', seed=0,
+                               context_length=LONG_CONTEXT))
 
 
 @pytest.fixture(scope='session')

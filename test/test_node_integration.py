@@ -12,6 +12,7 @@ pytest.importorskip('rclpy')
 pytest.importorskip('onnxruntime_genai')
 
 ERROR = 'ERROR: '
+LONG = 20000   # new tokens: seconds on the tiny model, so tests cancel it
 BASE = {'provider': 'cpu', 'max_new_tokens': 12, 'diagnostics_period': 0.2, 'warmup': False}
 
 
@@ -96,7 +97,7 @@ def test_text_only_mode(clean, node):
 
 @pytest.mark.parametrize('policy,expected_error', [('reject', 'busy'), ('drop_oldest', 'dropped')])
 def test_queue_overflow_under_each_policy(clean, node, policy, expected_error):
-    clean.set_parameters(max_new_tokens=4000, max_queue=1, busy_policy=policy)
+    clean.set_parameters(max_new_tokens=LONG, max_queue=1, busy_policy=policy)
     clean.deliver_frame(gradient_image(48, 64))
     clean.ask('Long one')
     assert clean.wait_for(lambda: clean.pieces, 30)
@@ -104,6 +105,7 @@ def test_queue_overflow_under_each_policy(clean, node, policy, expected_error):
         clean.ask(f'extra {i}')
     errors = clean.wait_answers(2, timeout=10)
     assert all(expected_error in a for a in errors)
+    clean.set_parameters(max_new_tokens=12)   # for the prompt still waiting
     assert clean.trigger(clean.cancel_client).success
     answers = clean.wait_answers(4)
     assert 'cancelled' in answers[2]      # the long one
@@ -178,7 +180,7 @@ def test_ask_client_exit_codes(clean, node):
     nobody = subprocess.run(ask + ['Hello?', '--namespace', '/nobody', '--connect-timeout', '1'],
                             capture_output=True, text=True, timeout=60)
     assert nobody.returncode == 3 and 'no vision_qa node' in nobody.stderr
-    clean.set_parameters(max_new_tokens=4000, max_queue=2)
+    clean.set_parameters(max_new_tokens=LONG, max_queue=2)
     clean.ask('Keep busy')
     assert clean.wait_for(lambda: clean.pieces, 30)
     late = subprocess.run(ask + ['Too slow?', '--timeout', '0.1'], capture_output=True, text=True,

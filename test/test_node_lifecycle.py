@@ -28,7 +28,7 @@ def start_node(model, peer, **parameters):
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_generation_leaves_no_process_behind(tiny_model, signum):
     peer = RosPeer()
-    process = start_node(tiny_model, peer, max_new_tokens=4000, allow_text_only=True,
+    process = start_node(tiny_model, peer, max_new_tokens=20000, allow_text_only=True,
                          image_wait_timeout=0.0)
     children = process.descendants()
     assert children, 'the worker process should be running'

@@ -1,0 +1,52 @@
+"""Start vision_qa_node: ros2 launch phi3v_ros vision_qa.launch.py model_path:=/path/to/model.
+
+Arguments left empty keep the value from params_file (default: config/vision_qa.yaml of this package).
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+# Launch arguments that set the node parameter of the same name when they are not empty.
+PARAMETER_ARGUMENTS = [
+    ('model_path', 'Phi-3-vision ONNX model folder (default: the fetch_model folder)'),
+    ('provider', 'execution provider: auto, cuda or cpu'),
+    ('image_topic', 'camera topic (sensor_msgs/Image)'),
+    ('prompt_topic', 'question topic (std_msgs/String)'),
+    ('answer_topic', 'answer topic (std_msgs/String); pieces go to <answer_topic>/stream'),
+    ('use_compressed', 'true: subscribe <image_topic>/compressed (sensor_msgs/CompressedImage)'),
+]
+
+
+def _node(context):
+    overrides = {}
+    for name, _ in PARAMETER_ARGUMENTS:
+        value = LaunchConfiguration(name).perform(context)
+        if value != '':
+            overrides[name] = (value.lower() == 'true') if name == 'use_compressed' else value
+    return [Node(
+        package='phi3v_ros',
+        executable='vision_qa_node',
+        name='vision_qa',
+        namespace=LaunchConfiguration('namespace'),
+        output='screen',
+        emulate_tty=True,
+        parameters=[LaunchConfiguration('params_file'), overrides],   # later entries win
+        arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
+    )]
+
+
+def generate_launch_description():
+    share = get_package_share_directory('phi3v_ros')
+    declared = [DeclareLaunchArgument(name, default_value='', description=description)
+                for name, description in PARAMETER_ARGUMENTS]
+    declared += [
+        DeclareLaunchArgument('namespace', default_value='', description='namespace of the node'),
+        DeclareLaunchArgument('params_file', default_value=os.path.join(share, 'config', 'vision_qa.yaml'),
+                              description='parameter file'),
+        DeclareLaunchArgument('log_level', default_value='info', description='debug, info, warn or error'),
+    ]
+    return LaunchDescription(declared + [OpaqueFunction(function=_node)])

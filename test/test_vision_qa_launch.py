@@ -1,0 +1,73 @@
+"""launch_testing: vision_qa.launch.py on the tiny model answers a question, then exits cleanly.
+
+Runs under `colcon test` on a ROS 2 install; skipped where launch_testing is not installed (PyPI).
+"""
+import os
+import tempfile
+import threading
+import unittest
+
+import pytest
+
+launch_testing = pytest.importorskip('launch_testing')
+pytest.importorskip('launch_ros')
+pytest.importorskip('onnxruntime_genai')
+
+import launch  # noqa: E402
+import launch_testing.actions  # noqa: E402
+import launch_testing.asserts  # noqa: E402
+import numpy as np  # noqa: E402
+import rclpy  # noqa: E402
+from ament_index_python.packages import get_package_share_directory  # noqa: E402
+from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from phi3v_ros.tools.make_tiny_model import make_tiny_model  # noqa: E402
+
+
+@pytest.mark.launch_test
+def generate_test_description():
+    model = make_tiny_model(os.path.join(tempfile.mkdtemp(prefix='phi3v_ros_launch_test_'), 'model'))
+    launch_file = os.path.join(get_package_share_directory('phi3v_ros'), 'launch', 'vision_qa.launch.py')
+    include = launch.actions.IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(launch_file),
+        launch_arguments={'model_path': str(model), 'provider': 'cpu'}.items())
+    return launch.LaunchDescription([include, launch_testing.actions.ReadyToTest()])
+
+
+class TestVisionQALaunch(unittest.TestCase):
+
+    def test_answer_arrives(self):
+        rclpy.init()
+        node = rclpy.create_node('vision_qa_launch_test')
+        answers = []
+        got_answer = threading.Event()
+        node.create_subscription(String, 'answer', lambda m: (answers.append(m.data), got_answer.set()), 10)
+        image_pub = node.create_publisher(Image, 'image', 10)
+        prompt_pub = node.create_publisher(String, 'prompt', 10)
+        try:
+            end = node.get_clock().now().nanoseconds + 60 * 10**9
+            while prompt_pub.get_subscription_count() == 0 and node.get_clock().now().nanoseconds < end:
+                rclpy.spin_once(node, timeout_sec=0.1)
+            frame = Image(height=48, width=64, encoding='rgb8', step=64 * 3)
+            frame.data = np.full((48, 64, 3), 100, np.uint8).tobytes()
+            for _ in range(20):   # the camera subscription is best effort: send a few frames
+                frame.header.stamp = node.get_clock().now().to_msg()
+                image_pub.publish(frame)
+                rclpy.spin_once(node, timeout_sec=0.05)
+            prompt_pub.publish(String(data='What do you see?'))
+            while not got_answer.is_set() and node.get_clock().now().nanoseconds < end:
+                rclpy.spin_once(node, timeout_sec=0.1)
+            self.assertTrue(answers, 'no answer within 60 s')
+            self.assertFalse(answers[0].startswith('ERROR: '), answers[0])
+        finally:
+            node.destroy_node()
+            rclpy.shutdown()
+
+
+@launch_testing.post_shutdown_test()
+class TestVisionQAShutdown(unittest.TestCase):
+
+    def test_exit_code(self, proc_info):
+        launch_testing.asserts.assertExitCodes(proc_info)
