@@ -1,0 +1,236 @@
+"""Download the published Phi-3-vision ONNX model and print the path to pass as ``model_path``.
+
+Usage::
+
+    ros2 run phi3v_ros fetch_model                    # CUDA int4 (about 2.6 GB), the node's default folder
+    ros2 run phi3v_ros fetch_model --variant cpu      # CPU int4, for a machine without a GPU
+    ros2 run phi3v_ros fetch_model --variant fp16 --dest /data/models
+
+The folder matches the installed onnxruntime-genai: releases before 0.5 read the May-2024 exports
+(microsoft/Phi-3-vision-128k-instruct-onnx-cuda, -onnx-cpu), 0.5 and later the Nov-2024 re-exports
+(microsoft/Phi-3-vision-128k-instruct-onnx). Downloads use huggingface_hub, which resumes an interrupted
+download and shows progress bars; the files land in ``DEST/<repository>/<folder>``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from phi3v_ros.model_paths import (MAY2024_CPU, MAY2024_FP16, MAY2024_INT4, MODEL_DIR_ENV, NOV2024_CPU,
+                                   NOV2024_INT4, ModelFolder, default_model_path, model_root)
+
+GENAI_DISTRIBUTIONS = ('onnxruntime-genai-cuda', 'onnxruntime-genai', 'onnxruntime-genai-directml')
+VARIANTS = ('int4', 'fp16', 'cpu')
+LFS_POINTER_PREFIX = b'version https://git-lfs'
+GIB = 1024 ** 3
+
+
+class FetchError(RuntimeError):
+    """The model cannot be fetched or is not usable; the message says what to do."""
+
+
+def _parse(version: str) -> Tuple[int, ...]:
+    parts = []
+    for piece in version.split('.'):
+        digits = ''.join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ''
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def installed_genai(version_of: Optional[Callable[[str], str]] = None) -> Optional[Tuple[str, str]]:
+    """(distribution, version) of the installed onnxruntime-genai, CUDA build first; None if none."""
+    if version_of is None:
+        from importlib import metadata
+
+        def version_of(name):
+            return metadata.version(name)
+    for name in GENAI_DISTRIBUTIONS:
+        try:
+            return name, version_of(name)
+        except Exception:   # PackageNotFoundError, or a broken installation
+            continue
+    return None
+
+
+def select_folder(variant: str, genai_version: Optional[str]) -> ModelFolder:
+    """The published folder that this onnxruntime-genai loads, or FetchError with the reason."""
+    if variant not in VARIANTS:
+        raise FetchError(f'unknown variant {variant!r}: choose one of {", ".join(VARIANTS)}')
+    version = _parse(genai_version) if genai_version else None
+    if version is not None and version < (0, 3):
+        raise FetchError(f'onnxruntime-genai {genai_version} predates Phi-3-vision support (added in 0.3): '
+                         f'install 0.5 or newer (on a Jetson: ros2 run phi3v_ros build_genai_wheel --install)')
+    if version is not None and version < (0, 5):
+        return {'int4': MAY2024_INT4, 'fp16': MAY2024_FP16, 'cpu': MAY2024_CPU}[variant]
+    if variant == 'fp16':
+        raise FetchError(
+            f'the only published fp16 Phi-3-vision export ({MAY2024_FP16.repo_id}, {MAY2024_FP16.folder}, '
+            f'May 2024) loads only with onnxruntime-genai 0.3/0.4, while '
+            + (f'the installed {genai_version}' if genai_version else 'the assumed 0.5+ (none is installed here)')
+            + ' reads only the Nov-2024 re-exports, which have no fp16 folder: use --variant int4, or pass '
+              '--genai-version 0.4.0 if the node really runs 0.4')
+    return NOV2024_CPU if variant == 'cpu' else NOV2024_INT4
+
+
+def validate_model_folder(path: Path) -> List[str]:
+    """What is missing or broken in a downloaded model folder (empty list: it looks loadable)."""
+    path = Path(path)
+    problems = []
+    if not path.is_dir():
+        return [f'{path} does not exist']
+    config_path = path / 'genai_config.json'
+    for name in ('genai_config.json', 'processor_config.json', 'tokenizer.json'):
+        if not (path / name).is_file():
+            problems.append(f'{name} is missing')
+    onnx_files = sorted(path.glob('*.onnx'))
+    if not onnx_files:
+        problems.append('no .onnx files')
+    referenced: List[str] = []
+    if config_path.is_file():
+        try:
+            model = json.loads(config_path.read_text(encoding='utf-8')).get('model', {})
+            for part in ('decoder', 'vision', 'embedding'):
+                filename = (model.get(part) or {}).get('filename')
+                if filename:
+                    referenced.append(filename)
+        except (ValueError, AttributeError) as exc:
+            problems.append(f'genai_config.json is not valid JSON ({exc})')
+    for filename in referenced:
+        if not (path / filename).is_file():
+            problems.append(f'{filename} (named in genai_config.json) is missing')
+    for file in list(onnx_files) + sorted(path.glob('*.onnx.data')):
+        with open(file, 'rb') as handle:
+            if handle.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX:
+                problems.append(f'{file.name} is a Git LFS pointer, not the weights (cloned without git-lfs?)')
+    return problems
+
+
+def hf_download(repo_id: str, allow_patterns: List[str], local_dir: str, revision: Optional[str] = None) -> str:
+    """The real download: huggingface_hub resumes partial files and shows progress bars."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:
+        raise FetchError(f'huggingface_hub is not installed ({exc}): install it with '
+                         f'`{sys.executable} -m pip install huggingface_hub`, then rerun') from exc
+    kwargs = {'allow_patterns': allow_patterns, 'local_dir': local_dir}
+    if revision:
+        kwargs['revision'] = revision
+    return snapshot_download(repo_id, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='fetch_model',
+        description='Download the published Phi-3-vision ONNX model that the installed onnxruntime-genai '
+                    'loads, and print the folder to pass as model_path. Rerunning resumes.')
+    parser.add_argument('--variant', choices=VARIANTS, default='int4',
+                        help='int4: CUDA int4, about 2.6 GB (default); fp16: CUDA fp16, about 8 GB (only '
+                             'onnxruntime-genai 0.4); cpu: CPU int4, about 3.2 GB, for machines without a GPU')
+    parser.add_argument('--dest', help=f'model root folder (default {model_root()}, or ${MODEL_DIR_ENV}); '
+                                       f'files go to DEST/<repository>/<folder>')
+    parser.add_argument('--genai-version', help='choose the folder for this onnxruntime-genai version instead '
+                                                'of the installed one')
+    parser.add_argument('--revision', help='a Hugging Face revision (branch, tag or commit) to pin')
+    parser.add_argument('--dry-run', action='store_true', help='print what would be downloaded, and where')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None, download: Callable[..., str] = hf_download,
+         version_of: Optional[Callable[[str], str]] = None, out: Callable[[str], None] = print,
+         disk_free: Callable[[Path], Optional[int]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    genai = None
+    if args.genai_version:
+        genai_version, genai_source = args.genai_version, '--genai-version'
+    else:
+        genai = installed_genai(version_of)
+        genai_version = genai[1] if genai else None
+        genai_source = f'installed {genai[0]}' if genai else 'not installed here'
+    try:
+        folder = select_folder(args.variant, genai_version)
+    except FetchError as exc:
+        out(f'error: {exc}')
+        return 2
+    root = Path(args.dest).expanduser() if args.dest else model_root()
+    local_dir = root / folder.repo_name
+    target = folder.local_path(root)
+    out(f'onnxruntime-genai: {genai_version or "none"} ({genai_source}) -> the '
+        f'{"May-2024 export" if folder.export == "may2024" else "Nov-2024 re-export"}')
+    if genai_version is None:
+        out('note: onnxruntime-genai is not installed in this Python; the folder for 0.5 and newer was chosen '
+            '(pass --genai-version if the node runs another)')
+    if genai and genai[0] == 'onnxruntime-genai' and folder.variant != 'cpu':
+        out('note: the installed onnxruntime-genai is the CPU build; --variant cpu is the model made for CPU '
+            '(on a Jetson, build the CUDA wheel: ros2 run phi3v_ros build_genai_wheel --install)')
+    out(f'model: {folder.repo_id} / {folder.folder} (about {folder.size_gb:g} GB)')
+    out(f'into:  {target}')
+    if args.dry_run:
+        out(f'would call huggingface_hub.snapshot_download({folder.repo_id!r}, '
+            f'allow_patterns=[{folder.folder + "/*"!r}], local_dir={str(local_dir)!r})')
+        return 0
+    if not validate_model_folder(target):
+        out('already downloaded and complete.')
+        _print_result(target, out)
+        return 0
+    free = (disk_free or _disk_free)(root)
+    if free is not None and free < folder.size_gb * 1.05 * 1e9 - _present_bytes(target):
+        out(f'error: only {free / GIB:.1f} GiB free under {root}; the model needs about {folder.size_gb:g} GB: '
+            f'free some space or pass --dest on a disk with room')
+        return 1
+    local_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        download(folder.repo_id, allow_patterns=[folder.folder + '/*'], local_dir=str(local_dir),
+                 revision=args.revision)
+    except FetchError as exc:
+        out(f'error: {exc}')
+        return 1
+    except KeyboardInterrupt:
+        out('interrupted: run the same command again to resume the download')
+        return 130
+    except Exception as exc:   # network errors, missing repository, ...: huggingface_hub raises many kinds
+        out(f'error: the download failed ({type(exc).__name__}: {exc}); check the network (and HF_ENDPOINT / '
+            f'proxy settings), then run the same command again: it resumes')
+        return 1
+    problems = validate_model_folder(target)
+    if problems:
+        out(f'error: the downloaded folder {target} is incomplete: {"; ".join(problems)}: run the same command '
+            f'again to resume, or delete the folder to start over')
+        return 1
+    _print_result(target, out)
+    return 0
+
+
+def _print_result(target: Path, out: Callable[[str], None]) -> None:
+    out('')
+    out(f'model_path: {target}')
+    if str(target) == default_model_path():
+        out('(this is the node\'s default model_path: no parameter needed)')
+    else:
+        out(f'pass it as the node parameter model_path, e.g. '
+            f'ros2 run phi3v_ros vision_qa_node --ros-args -p model_path:={target}')
+
+
+def _disk_free(path: Path) -> Optional[int]:
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _present_bytes(folder: Path) -> int:
+    if not folder.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in folder.rglob('*') if f.is_file())
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Downloads verified against pinned sha256 sums, and the header extraction from a source archive."""
+from __future__ import annotations
+
+import hashlib
+import tarfile
+import urllib.request
+from pathlib import Path
+from typing import Callable, List, Optional
+
+CHUNK = 1024 * 1024
+
+
+class DownloadError(RuntimeError):
+    """A download failed or did not match its pinned sha256; the message says what to do."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for block in iter(lambda: handle.read(CHUNK), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str, delete_on_mismatch: bool = True) -> None:
+    actual = sha256_file(path)
+    if actual.lower() != expected.lower():
+        if delete_on_mismatch:
+            Path(path).unlink()
+        raise DownloadError(
+            f'{Path(path).name} does not match its pinned sha256 (expected {expected}, got {actual}); '
+            f'it was {"deleted" if delete_on_mismatch else "kept"}: rerun to download it again, and if it '
+            f'fails again the source changed: do not use it')
+
+
+def download(url: str, dest: Path, sha256: str, opener: Callable = urllib.request.urlopen,
+             progress: Optional[Callable[[int, Optional[int]], None]] = None) -> Path:
+    """Download url to dest unless dest already has the pinned content; verify before keeping it.
+
+    The file is written to ``dest.part`` and only renamed to ``dest`` once its sha256 matches, so an
+    interrupted or corrupted download is never used.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        try:
+            verify_sha256(dest, sha256)
+            return dest
+        except DownloadError:
+            pass   # deleted: download again
+    part = dest.with_name(dest.name + '.part')
+    try:
+        with opener(url) as response, open(part, 'wb') as handle:
+            total = response.headers.get('Content-Length') if hasattr(response, 'headers') else None
+            total = int(total) if total else None
+            received = 0
+            for block in iter(lambda: response.read(CHUNK), b''):
+                handle.write(block)
+                received += len(block)
+                if progress:
+                    progress(received, total)
+    except OSError as exc:
+        raise DownloadError(f'could not download {url} ({exc}): check the network and rerun '
+                            f'(the builder resumes where it stopped)') from exc
+    verify_sha256(part, sha256)
+    part.replace(dest)
+    return dest
+
+
+def extract_headers(archive: Path, dest: Path, subdir: str = 'include/onnxruntime/core/session/') -> List[str]:
+    """Copy the ``*.h`` files of ``<top>/<subdir>`` of a .tar.gz into dest (flat). Returns their names."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    names = []
+    with tarfile.open(archive, 'r:*') as tar:
+        for member in tar.getmembers():
+            parts = member.name.split('/', 1)
+            if len(parts) != 2 or not member.isfile():
+                continue
+            inner = parts[1]
+            if not inner.startswith(subdir) or '/' in inner[len(subdir):] or not inner.endswith('.h'):
+                continue
+            name = Path(inner).name
+            handle = tar.extractfile(member)
+            if handle is None:
+                continue
+            (dest / name).write_bytes(handle.read())
+            names.append(name)
+    if not names:
+        raise DownloadError(f'{archive.name} has no {subdir}*.h: it is not an ONNX Runtime source archive')
+    return sorted(names)
