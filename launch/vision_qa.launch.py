@@ -19,14 +19,20 @@ PARAMETER_ARGUMENTS = [
     ('answer_topic', 'answer topic (std_msgs/String); pieces go to <answer_topic>/stream'),
     ('use_compressed', 'true: subscribe <image_topic>/compressed (sensor_msgs/CompressedImage)'),
 ]
+BOOLEANS = {'true': True, '1': True, 'yes': True, 'on': True,
+            'false': False, '0': False, 'no': False, 'off': False}
 
 
 def _node(context):
     overrides = {}
     for name, _ in PARAMETER_ARGUMENTS:
         value = LaunchConfiguration(name).perform(context)
-        if value != '':
-            overrides[name] = (value.lower() == 'true') if name == 'use_compressed' else value
+        if value != '' and name == 'use_compressed':
+            if value.lower() not in BOOLEANS:
+                raise ValueError(f'use_compressed must be true or false, not {value!r}')
+            overrides[name] = BOOLEANS[value.lower()]
+        elif value != '':
+            overrides[name] = value
     return [Node(
         package='phi3v_ros',
         executable='vision_qa_node',

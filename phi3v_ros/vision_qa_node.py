@@ -2,6 +2,7 @@
 diagnostics to the core and does nothing else (see vision_qa.py for the request logic)."""
 from __future__ import annotations
 
+import signal
 import sys
 
 import rclpy
@@ -199,6 +200,9 @@ def main(args=None) -> int:
         print(f'vision_qa_node: {exc}', file=sys.stderr)
         return 2
     finally:
+        # `ros2 launch` forwards Ctrl-C after the terminal already sent it: a second SIGINT must
+        # not interrupt the worker's orderly stop.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

@@ -25,14 +25,19 @@ from std_msgs.msg import String  # noqa: E402
 
 from phi3v_ros.tools.make_tiny_model import make_tiny_model  # noqa: E402
 
+# A namespace of its own keeps this test apart from any other vision_qa node on the same ROS domain.
+NAMESPACE = f'/phi3v_launch_test_{os.getpid()}'
+# Removed when the test process exits.
+MODEL_DIR = tempfile.TemporaryDirectory(prefix='phi3v_ros_launch_test_')
+
 
 @pytest.mark.launch_test
 def generate_test_description():
-    model = make_tiny_model(os.path.join(tempfile.mkdtemp(prefix='phi3v_ros_launch_test_'), 'model'))
+    model = make_tiny_model(os.path.join(MODEL_DIR.name, 'model'))
     launch_file = os.path.join(get_package_share_directory('phi3v_ros'), 'launch', 'vision_qa.launch.py')
     include = launch.actions.IncludeLaunchDescription(
         PythonLaunchDescriptionSource(launch_file),
-        launch_arguments={'model_path': str(model), 'provider': 'cpu'}.items())
+        launch_arguments={'model_path': str(model), 'provider': 'cpu', 'namespace': NAMESPACE}.items())
     return launch.LaunchDescription([include, launch_testing.actions.ReadyToTest()])
 
 
@@ -40,7 +45,7 @@ class TestVisionQALaunch(unittest.TestCase):
 
     def test_answer_arrives(self):
         rclpy.init()
-        node = rclpy.create_node('vision_qa_launch_test')
+        node = rclpy.create_node('vision_qa_launch_test', namespace=NAMESPACE)
         answers = []
         got_answer = threading.Event()
         node.create_subscription(String, 'answer', lambda m: (answers.append(m.data), got_answer.set()), 10)
@@ -48,7 +53,9 @@ class TestVisionQALaunch(unittest.TestCase):
         prompt_pub = node.create_publisher(String, 'prompt', 10)
         try:
             end = node.get_clock().now().nanoseconds + 60 * 10**9
-            while prompt_pub.get_subscription_count() == 0 and node.get_clock().now().nanoseconds < end:
+            # Frames sent before the (best effort) image subscription is matched are lost.
+            while ((image_pub.get_subscription_count() == 0 or prompt_pub.get_subscription_count() == 0)
+                   and node.get_clock().now().nanoseconds < end):
                 rclpy.spin_once(node, timeout_sec=0.1)
             frame = Image(height=48, width=64, encoding='rgb8', step=64 * 3)
             frame.data = np.full((48, 64, 3), 100, np.uint8).tobytes()
