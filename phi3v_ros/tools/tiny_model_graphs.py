@@ -16,7 +16,7 @@ onnxruntime releases (e.g. on a Jetson) load them too.
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -94,44 +94,18 @@ def _randn(rng: np.random.Generator, shape, scale: float) -> np.ndarray:
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
-def build_vision(dims: Dims, rng: np.random.Generator, *, sensitivity: float = 8.0,
-                 amplitude: float = 2.0) -> onnx.ModelProto:
-    """Vision encoder: average pooling, a random projection and a sine, laid out in Phi-3's rows.
+def phi3v_row_sources(g: _Graph) -> Tuple[str, str]:
+    """For every image_features row: the crop it comes from and its patch, both indices into all crops.
 
     Image i (padded size H x W, h = H/336, w = W/336) gets (h*w + 1) * 144 + 1 + (h + 1) * 12 rows,
     the count the Phi3ImageTransform reports in num_image_tokens. Row r of an image belongs to crop
-    min(r // 144, h*w) (crop 0 is the global view) and patch r % 144 of that crop's 12 x 12 grid of
-    28 x 28 pixel patches. Its features are amplitude * sin(sensitivity * (A @ crop summary
-    (3 x 4 x 4 means) + B @ patch means (3) + bias)): the sine with a high ``sensitivity`` makes
-    even small changes of the pictures' colours give clearly different rows, hence different
-    generated words.
+    min(r // 144, h*w) (crop 0 is the global view) and patch r % 144 of that crop's 12 x 12 grid.
+    Reads the graph inputs 'pixel_values' [images, crops, 3, 336, 336] and 'image_sizes' [images, 2].
     """
-    g = _Graph('tiny_phi3v_vision')
-    hidden = dims.hidden_size
-    grid = int(np.sqrt(TOKENS_PER_CROP))                                       # 12 patches a side
-    summary = 3 * POOL_GRID * POOL_GRID
-    w_crop = g.const(_randn(rng, (summary, hidden), 1.0 / np.sqrt(summary)), 'vision.crop_proj.weight')
-    w_patch = g.const(_randn(rng, (3, hidden), 0.5 / np.sqrt(3)), 'vision.patch_proj.weight')
-    b_proj = g.const(_randn(rng, (hidden,), 1.0), 'vision.proj.bias')
-
     i64 = np.int64
     c0, c1 = g.const(np.array(0, i64)), g.const(np.array(1, i64))
     c_crop = g.const(np.array(CROP_SIZE, i64))
     c_tokens = g.const(np.array(TOKENS_PER_CROP, i64))
-
-    # per crop: patch means [crops_total * 144, 3] and a 3 x 4 x 4 summary [crops_total, 48]
-    flat = g.op('Reshape', ['pixel_values', g.const(np.array([-1, 3, CROP_SIZE, CROP_SIZE], i64))])
-    k = CROP_SIZE // grid
-    patches = g.op('AveragePool', [flat], kernel_shape=[k, k], strides=[k, k])    # [M, 3, 12, 12]
-    k2 = grid // POOL_GRID
-    crop_sum = g.op('AveragePool', [patches], kernel_shape=[k2, k2], strides=[k2, k2])  # [M, 3, 4, 4]
-    crop_sum = g.op('Reshape', [crop_sum, g.const(np.array([-1, summary], i64))])
-    crop_feat = g.op('MatMul', [crop_sum, w_crop])                                  # [M, hidden]
-    patches = g.op('Transpose', [g.op('Reshape', [patches, g.const(np.array([0, 3, -1], i64))])],
-                   perm=[0, 2, 1])                                                  # [M, 144, 3]
-    patches = g.op('Reshape', [patches, g.const(np.array([-1, 3], i64))])
-    patch_feat = g.op('MatMul', [patches, w_patch])                                 # [M * 144, hidden]
-
     # rows per image from image_sizes [images, 2] (padded height, width)
     hw = g.op('Div', ['image_sizes', c_crop])                                  # [N, 2]
     h = g.op('Squeeze', [g.op('Slice', [hw, g.const(np.array([0], i64)), g.const(np.array([1], i64)),
@@ -156,6 +130,45 @@ def build_vision(dims: Dims, rng: np.random.Generator, *, sensitivity: float = 8
     crop = g.op('Min', [crop, g.op('Sub', [num_crops, c1])])
     crop_index = g.op('Add', [g.op('Mul', [image, num_crops]), crop])          # [T] into M
     patch_index = g.op('Add', [g.op('Mul', [crop_index, c_tokens]), g.op('Mod', [offset, c_tokens])])
+    return crop_index, patch_index
+
+
+def build_vision(dims: Dims, rng: np.random.Generator, *, sensitivity: float = 8.0,
+                 amplitude: float = 2.0) -> onnx.ModelProto:
+    """Vision encoder: average pooling, a random projection and a sine, laid out in Phi-3's rows.
+
+    Image i (padded size H x W, h = H/336, w = W/336) gets (h*w + 1) * 144 + 1 + (h + 1) * 12 rows,
+    the count the Phi3ImageTransform reports in num_image_tokens. Row r of an image belongs to crop
+    min(r // 144, h*w) (crop 0 is the global view) and patch r % 144 of that crop's 12 x 12 grid of
+    28 x 28 pixel patches. Its features are amplitude * sin(sensitivity * (A @ crop summary
+    (3 x 4 x 4 means) + B @ patch means (3) + bias)): the sine with a high ``sensitivity`` makes
+    even small changes of the pictures' colours give clearly different rows, hence different
+    generated words.
+    """
+    g = _Graph('tiny_phi3v_vision')
+    hidden = dims.hidden_size
+    grid = int(np.sqrt(TOKENS_PER_CROP))                                       # 12 patches a side
+    summary = 3 * POOL_GRID * POOL_GRID
+    w_crop = g.const(_randn(rng, (summary, hidden), 1.0 / np.sqrt(summary)), 'vision.crop_proj.weight')
+    w_patch = g.const(_randn(rng, (3, hidden), 0.5 / np.sqrt(3)), 'vision.patch_proj.weight')
+    b_proj = g.const(_randn(rng, (hidden,), 1.0), 'vision.proj.bias')
+
+    i64 = np.int64
+
+    # per crop: patch means [crops_total * 144, 3] and a 3 x 4 x 4 summary [crops_total, 48]
+    flat = g.op('Reshape', ['pixel_values', g.const(np.array([-1, 3, CROP_SIZE, CROP_SIZE], i64))])
+    k = CROP_SIZE // grid
+    patches = g.op('AveragePool', [flat], kernel_shape=[k, k], strides=[k, k])    # [M, 3, 12, 12]
+    k2 = grid // POOL_GRID
+    crop_sum = g.op('AveragePool', [patches], kernel_shape=[k2, k2], strides=[k2, k2])  # [M, 3, 4, 4]
+    crop_sum = g.op('Reshape', [crop_sum, g.const(np.array([-1, summary], i64))])
+    crop_feat = g.op('MatMul', [crop_sum, w_crop])                                  # [M, hidden]
+    patches = g.op('Transpose', [g.op('Reshape', [patches, g.const(np.array([0, 3, -1], i64))])],
+                   perm=[0, 2, 1])                                                  # [M, 144, 3]
+    patches = g.op('Reshape', [patches, g.const(np.array([-1, 3], i64))])
+    patch_feat = g.op('MatMul', [patches, w_patch])                                 # [M * 144, hidden]
+
+    crop_index, patch_index = phi3v_row_sources(g)
     pre = g.op('Add', [g.op('Add', [g.op('Gather', [crop_feat, crop_index], axis=0),
                                      g.op('Gather', [patch_feat, patch_index], axis=0)]), b_proj])
     pre = g.op('Mul', [pre, g.const(np.array(sensitivity, np.float32))])
@@ -173,9 +186,13 @@ def build_vision(dims: Dims, rng: np.random.Generator, *, sensitivity: float = 8
 
 
 def build_embedding(dims: Dims, table: np.ndarray) -> onnx.ModelProto:
-    """Token embedding; positions with negative ids take the next row of image_features in order."""
+    """Token embedding; positions with negative ids take the next row of image_features in order.
+
+    The table's dtype (float32 or float16) is the dtype of image_features and inputs_embeds.
+    """
     g = _Graph('tiny_phi3v_embedding')
     hidden = dims.hidden_size
+    elem_type = helper.np_dtype_to_tensor_dtype(table.dtype)
     i64 = np.int64
     emb = g.const(table, 'embed_tokens.weight')
     c0 = g.const(np.array(0, i64))
@@ -186,7 +203,7 @@ def build_embedding(dims: Dims, table: np.ndarray) -> onnx.ModelProto:
     img_i = g.op('Cast', [is_img], to=TensorProto.INT64)
     # 0 for a text token, k for the k-th image token (row k of the zero-row-padded features)
     index = g.op('Mul', [g.op('CumSum', [img_i, c0]), img_i])
-    padded = g.op('Concat', [g.const(np.zeros((1, hidden), np.float32)), 'image_features'], axis=0)
+    padded = g.op('Concat', [g.const(np.zeros((1, hidden), table.dtype)), 'image_features'], axis=0)
     img = g.op('Gather', [padded, index], axis=0)
     mixed = g.op('Where', [g.op('Unsqueeze', [is_img, g.const(np.array([1], i64))]), img, text])
     shape = g.op('Concat', [g.op('Shape', ['input_ids']), g.const(np.array([hidden], i64))], axis=0)
@@ -194,9 +211,9 @@ def build_embedding(dims: Dims, table: np.ndarray) -> onnx.ModelProto:
 
     inputs = [
         helper.make_tensor_value_info('input_ids', TensorProto.INT64, ['batch_size', 'sequence_length']),
-        helper.make_tensor_value_info('image_features', TensorProto.FLOAT, ['num_image_tokens', hidden]),
+        helper.make_tensor_value_info('image_features', elem_type, ['num_image_tokens', hidden]),
     ]
-    outputs = [helper.make_tensor_value_info('inputs_embeds', TensorProto.FLOAT,
+    outputs = [helper.make_tensor_value_info('inputs_embeds', elem_type,
                                              ['batch_size', 'sequence_length', hidden])]
     return g.model(inputs, outputs)
 
