@@ -24,8 +24,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest test $(PYTEST_ARGS)
 
+# What the node costs on top of the model, side by side with the engine called directly (about 6 min on
+# 2 cores); prints the table of the README's Benchmarks section and writes every number to bench/results.json.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python -m bench.node_overhead --out bench/results.json
+	$(BIN)/python -m bench.run --out bench/results.json $(BENCH_ARGS)
+
+# The long run (not part of `make test`): node + camera + a prompt every 3 s, memory and latency over time.
+# bench/soak_results.json holds the recorded 30-minute run; this writes to .cache/ so it is not overwritten.
+SOAK_DURATION ?= 1800
+soak: $(STAMP)
+	mkdir -p .cache
+	$(BIN)/python -m bench.soak --duration $(SOAK_DURATION) --out .cache/soak_results.json
 
 clean:
 	rm -rf $(VENV) .cache build install log .pytest_cache .hypothesis *.egg-info

@@ -29,6 +29,7 @@ class EngineConfig:
     image_format: str = 'png'         # png (lossless) or jpeg
     jpeg_quality: int = 95
     cuda_graph: bool = False          # onnxruntime-genai provider option enable_cuda_graph (CUDA only)
+    stream_interval_s: float = 0.02   # the worker joins pieces closer together than this (piece_coalescer)
 
 
 def import_genai():
@@ -177,8 +178,9 @@ class Engine:
         # The KV cache is allocated for max_length up front: size it for this request only.
         result.max_length = min(result.prompt_tokens + settings.max_new_tokens, self.context_length)
         params = og.GeneratorParams(self._model)
-        search = dict(max_length=result.max_length, do_sample=settings.do_sample,
-                      repetition_penalty=settings.repetition_penalty)
+        search = dict(max_length=result.max_length, do_sample=settings.do_sample)
+        if settings.repetition_penalty != 1.0:
+            search['repetition_penalty'] = settings.repetition_penalty
         if settings.do_sample:
             search.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
             if settings.seed >= 0:

@@ -137,6 +137,14 @@ class EngineClient:
                 pass   # the worker is dying; the monitor thread fails the request at once
             return request_id
 
+    def frame_buffer(self, shape: tuple):
+        """An array in the shared block frames travel in, to convert the next request's frame straight
+        into (submit() then copies nothing); None while a request is in flight (its frame is there)."""
+        with self._lock:
+            if self._in_flight is not None or self._closing.is_set():
+                return None
+            return self._frames.buffer(shape)
+
     def cancel(self, request_id: Optional[int] = None) -> bool:
         """Ask the worker to stop the request in flight (or request_id) between tokens."""
         with self._lock:

@@ -33,10 +33,15 @@ def load_cv_bridge_converter() -> Optional[Callable[[object], np.ndarray]]:
 
 
 class FrameConverter:
+    """allocate(shape) may give the array to convert a raw frame into (the engine's shared memory,
+    see EngineClient.frame_buffer), or None; compressed and cv_bridge frames get their own array."""
+
     def __init__(self, max_pixels: int,
-                 fallback: Optional[Callable[[object], np.ndarray]] = None) -> None:
+                 fallback: Optional[Callable[[object], np.ndarray]] = None,
+                 allocate: Optional[Callable[[tuple], Optional[np.ndarray]]] = None) -> None:
         self.max_pixels = max_pixels
         self.fallback = fallback
+        self.allocate = allocate
 
     def __call__(self, frame: Frame) -> np.ndarray:
         message = frame.message
@@ -48,4 +53,14 @@ class FrameConverter:
                     f'the frame has {message.width}x{message.height} pixels, more than max_image_pixels '
                     f'({self.max_pixels})')
             return self.fallback(message)
-        return image_to_rgb(message, max_pixels=self.max_pixels)
+        return image_to_rgb(message, max_pixels=self.max_pixels, out=self._destination(message))
+
+    def _destination(self, message) -> Optional[np.ndarray]:
+        if self.allocate is None:
+            return None
+        height, width = message.height, message.width
+        # Only sizes image_to_rgb will accept: a bad header must not size the shared block.
+        if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0
+                and height * width <= self.max_pixels and is_supported(message.encoding)):
+            return None
+        return self.allocate((height, width, 3))

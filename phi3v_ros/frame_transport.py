@@ -16,21 +16,41 @@ FrameRef = Tuple[str, Tuple[int, ...]]   # (shared-memory name, array shape); dt
 
 
 class FrameSender:
-    """Parent side: copies a frame into a shared block that grows as needed."""
+    """Parent side: copies a frame into a shared block that grows as needed.
+
+    buffer() hands out the block itself, so that a frame can be converted straight into it; put() of
+    that very array then copies nothing (a 1920x1080 frame: one 6 MB copy less, ~1 ms here).
+    """
 
     def __init__(self) -> None:
         self._block: Optional[shared_memory.SharedMemory] = None
 
+    def _reserve(self, nbytes: int) -> None:
+        if self._block is None or self._block.size < nbytes:
+            self.close()
+            # Round up so that a stream of slightly different sizes does not reallocate every time.
+            size = max(nbytes, 1) + (1 << 20)
+            self._block = shared_memory.SharedMemory(create=True, size=size)
+
+    def buffer(self, shape: Tuple[int, ...]) -> np.ndarray:
+        """A writable uint8 array of this shape in the shared block (valid until the next buffer/put)."""
+        self._reserve(int(np.prod(shape)))
+        return np.ndarray(shape, np.uint8, self._block.buf)
+
     def put(self, frame: np.ndarray) -> FrameRef:
         if frame.dtype != np.uint8:
             raise ValueError(f'frames must be uint8, not {frame.dtype}')
-        if self._block is None or self._block.size < frame.nbytes:
-            self.close()
-            # Round up so that a stream of slightly different sizes does not reallocate every time.
-            size = max(frame.nbytes, 1) + (1 << 20)
-            self._block = shared_memory.SharedMemory(create=True, size=size)
-        np.ndarray(frame.shape, np.uint8, self._block.buf)[...] = frame
+        if not self._holds(frame):
+            self._reserve(frame.nbytes)
+            np.ndarray(frame.shape, np.uint8, self._block.buf)[...] = frame
         return self._block.name, tuple(frame.shape)
+
+    def _holds(self, frame: np.ndarray) -> bool:
+        """True when frame is a buffer() of the current block, laid out as put() would write it."""
+        if self._block is None or not frame.flags.c_contiguous:
+            return False
+        start = np.ndarray((1,), np.uint8, self._block.buf).ctypes.data
+        return frame.ctypes.data == start and frame.nbytes <= self._block.size
 
     @property
     def name(self) -> Optional[str]:
@@ -39,7 +59,10 @@ class FrameSender:
     def close(self) -> None:
         if self._block is not None:
             block, self._block = self._block, None
-            block.close()
+            try:
+                block.close()
+            except BufferError:
+                pass   # a buffer() array is still alive (shutdown mid-request): unmapped when it goes
             try:
                 block.unlink()
             except FileNotFoundError:

@@ -161,9 +161,9 @@ def _byte_view(data: Any, what: str) -> memoryview:
 def _guarded(func):
     """Re-raise anything but ImageConversionError as ImageConversionError (cv2.error, ...)."""
     @functools.wraps(func)
-    def wrapper(msg, *, max_pixels=DEFAULT_MAX_PIXELS):
+    def wrapper(msg, *, max_pixels=DEFAULT_MAX_PIXELS, **kwargs):
         try:
-            return func(msg, max_pixels=max_pixels)
+            return func(msg, max_pixels=max_pixels, **kwargs)
         except ImageConversionError:
             raise
         except Exception as exc:  # the contract: callers only ever see ImageConversionError
@@ -172,13 +172,26 @@ def _guarded(func):
     return wrapper
 
 
-def _finish(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Last sanity check of every result (cheap: never copies a well-formed array)."""
+def _finish(rgb: np.ndarray, height: int, width: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Last sanity check of every result (cheap: never copies a well-formed array); with out, the
+    result is in out (written there by the conversion itself, or copied once if it could not be)."""
     if rgb.dtype != np.uint8 or rgb.shape != (height, width, 3):
         raise ImageConversionError(
             'conversion produced an array of shape %s and dtype %s instead of (%d, %d, 3) uint8'
             % (rgb.shape, rgb.dtype, height, width))
+    if out is not None:
+        if rgb.ctypes.data != out.ctypes.data:
+            np.copyto(out, rgb)
+        return out
     return np.ascontiguousarray(rgb)
+
+
+def _check_out(out: Optional[np.ndarray], height: int, width: int) -> None:
+    if out is not None and (not isinstance(out, np.ndarray) or out.dtype != np.uint8
+                            or out.shape != (height, width, 3) or not out.flags.c_contiguous
+                            or not out.flags.writeable):
+        raise ImageConversionError(
+            'out must be a writable C-contiguous (%d, %d, 3) uint8 array' % (height, width))
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,18 +264,22 @@ def _validate_raw(msg: Any, max_pixels: int) -> Tuple[str, _Spec, int, int, int,
 
 
 def _convert_raw(spec: _Spec, height: int, width: int, step: int, big_endian: bool,
-                 buf: memoryview) -> np.ndarray:
+                 buf: memoryview, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """The RGB array; for 8-bit and NV encodings written straight into out when it is given."""
     kind, ch = spec.kind, spec.channels
     if kind == 'u8':
         shape = (height, width) if ch == 1 else (height, width, ch)
         strides = (step, 1) if ch == 1 else (step, ch, 1)
         view = _strided(buf, shape, strides)
         if spec.code is None:        # rgb8: one copy (numpy skips the row padding)
+            if out is not None:
+                np.copyto(out, view)
+                return out
             return view.copy()
-        return cv2.cvtColor(view, spec.code)
+        return cv2.cvtColor(view, spec.code) if out is None else cv2.cvtColor(view, spec.code, dst=out)
     if kind == 'nv':
         view = _strided(buf, (height * 3 // 2, width), (step, 1))
-        return cv2.cvtColor(view, spec.code)
+        return cv2.cvtColor(view, spec.code) if out is None else cv2.cvtColor(view, spec.code, dst=out)
     if kind == 'hi16':
         # The most significant byte of every sample, straight from the bytes: offset 0 for
         # big-endian data, 1 for little-endian, whatever this machine's byte order is.
@@ -289,7 +306,8 @@ def _convert_raw(spec: _Spec, height: int, width: int, step: int, big_endian: bo
 
 
 @_guarded
-def image_to_rgb(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def image_to_rgb(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 out: Optional[np.ndarray] = None) -> np.ndarray:
     """Convert a ``sensor_msgs/Image``-like message to an (H, W, 3) uint8 RGB array.
 
     ``msg`` needs ``encoding``, ``height``, ``width``, ``step``, ``is_bigendian`` and ``data``
@@ -312,7 +330,10 @@ def image_to_rgb(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
 
     16-bit data honours ``is_bigendian``.  ``data`` must be exactly ``height * step`` bytes.
 
-    Returns a new C-contiguous array that never shares memory with ``msg.data``.
+    Returns a new C-contiguous array that never shares memory with ``msg.data``; or, when ``out``
+    (a writable C-contiguous ``(height, width, 3)`` uint8 array, e.g. a view of shared memory) is
+    given, writes the result into ``out`` and returns it (8-bit and NV encodings convert straight
+    into it, the others are copied into it once).
 
     Raises:
         ImageConversionError: unsupported/float/empty encoding, zero or too many pixels
@@ -321,8 +342,9 @@ def image_to_rgb(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
     """
     limit = _check_max_pixels(max_pixels)
     _, spec, height, width, step, buf = _validate_raw(msg, limit)
-    rgb = _convert_raw(spec, height, width, step, bool(msg.is_bigendian), buf)
-    return _finish(rgb, height, width)
+    _check_out(out, height, width)
+    rgb = _convert_raw(spec, height, width, step, bool(msg.is_bigendian), buf, out)
+    return _finish(rgb, height, width, out)
 
 
 # --------------------------------------------------------------------------------------------

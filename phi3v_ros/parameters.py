@@ -48,6 +48,10 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec('stall_timeout', 60.0,
                   'seconds without progress from the worker during a request before it is restarted',
                   read_only=True, value_range=(1.0, 3600.0)),
+    ParameterSpec('stream_interval', 0.02,
+                  'seconds; streamed pieces that come sooner than this after the last stream message are '
+                  'joined into the next one (0 = one message per piece)', read_only=True,
+                  value_range=(0.0, 1.0)),
     ParameterSpec('load_timeout', 600.0, 'seconds the worker may take to load and warm up the model',
                   read_only=True, value_range=(1.0, 7200.0)),
     # -- topics --

@@ -25,11 +25,11 @@ def neutralize(text: str) -> str:
 def validate_question(text: str, max_chars: int) -> str:
     """Return the question stripped of surrounding whitespace, or raise PromptError saying why not."""
     question = text.strip()
-    if not question:
-        raise PromptError('the prompt is empty')
     if max_chars > 0 and len(question) > max_chars:
         raise PromptError(
             f'the prompt is {len(question)} characters long, more than max_prompt_chars ({max_chars})')
+    if not question or not neutralize(question).strip():   # nothing left once control chars go
+        raise PromptError('the prompt is empty')
     return question
 
 

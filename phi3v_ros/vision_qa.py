@@ -10,7 +10,7 @@ import dataclasses
 import itertools
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 from phi3v_ros.engine_client import EngineState
 from phi3v_ros.errors import EngineError, ImageConversionError, PromptError
@@ -54,6 +54,8 @@ class Reply:
     outcome: str
     result: Optional[Result] = None
     frame: Optional[Frame] = None
+    # Where the node's own time went, in seconds (see VisionQA._serve), plus 'stream_messages' (a count).
+    timings: Dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -187,29 +189,37 @@ class VisionQA:
                     self._current = None
 
     def _serve(self, ticket: Ticket) -> None:
+        """Answer one taken prompt. timings (seconds): queue = arrival to taken; wait = for the engine
+        and a fresh frame; convert = the frame to RGB; to_worker = into shared memory + the request down
+        the pipe; handoff = worker round trip outside Engine.generate; reply = result to reply."""
         options = self._options
         frame = None
+        timings = {'queue': time.monotonic() - ticket.received}
         try:
+            start = time.monotonic()
             self._wait_for_engine()
             frame = self._bind_frame(options)
+            bound = time.monotonic()
             image = None if frame is None else self._convert(frame)
-            result = self._run(ticket, image, options)
+            timings.update(wait=bound - start, convert=time.monotonic() - bound)
+            result = self._run(ticket, image, options, timings)
         except _Cancelled:
-            self._reply(ticket, self._cancel_reason(), 'failed', frame=frame)
+            self._reply(ticket, self._cancel_reason(), 'failed', frame=frame, timings=timings)
             return
         except _Failed as exc:
-            self._reply(ticket, str(exc), 'failed', frame=frame)
+            self._reply(ticket, str(exc), 'failed', frame=frame, timings=timings)
             return
         self.last_result = result
         if result.stop_reason == StopReason.CANCELLED:
-            self._reply(ticket, self._cancel_reason(), 'failed', result, frame)
+            self._reply(ticket, self._cancel_reason(), 'failed', result, frame, timings)
         elif result.stop_reason == StopReason.ERROR:
-            self._reply(ticket, f'the model failed: {result.error}', 'failed', result, frame)
+            self._reply(ticket, f'the model failed: {result.error}', 'failed', result, frame, timings)
         elif not result.text.strip():
-            self._reply(ticket, 'the model ended its answer without any text.', 'failed', result, frame)
+            self._reply(ticket, 'the model ended its answer without any text.', 'failed', result, frame,
+                        timings)
         else:
             self._history.add(ticket.question, result.text.strip())
-            self._reply(ticket, result.text, 'answered', result, frame)
+            self._reply(ticket, result.text, 'answered', result, frame, timings)
 
     def _wait_for_engine(self) -> None:
         while True:
@@ -246,26 +256,38 @@ class VisionQA:
         except ImageConversionError as exc:
             raise _Failed(f'the camera image could not be used: {exc}') from None
 
-    def _run(self, ticket: Ticket, image, options: QAOptions) -> Result:
+    def _run(self, ticket: Ticket, image, options: QAOptions, timings: Dict[str, float]) -> Result:
         done = threading.Event()
         outcome = []
+        arrived = []
+        stream_messages = [0]
 
         def on_result(result: Result) -> None:
+            arrived.append(time.monotonic())
             outcome.append(result)
             done.set()
+
+        def on_piece(piece: str) -> None:
+            stream_messages[0] += 1
+            self._on_piece(ticket, piece)
 
         request = Request(prompt=ticket.question, image=image, settings=options.settings,
                           system_prompt=options.system_prompt, history=self._history.turns())
         self._check_cancel()
+        start = time.monotonic()
         try:
-            self._engine.submit(request, on_result=on_result,
-                                on_piece=lambda piece: self._on_piece(ticket, piece))
+            self._engine.submit(request, on_result=on_result, on_piece=on_piece)
         except EngineError as exc:
             raise _Failed(f'the model is not available: {exc}.') from None
+        submitted = time.monotonic()
         if self._cancel.is_set():   # cancel() may have come between _check_cancel and submit
             self._engine.cancel()
         done.wait()
-        return outcome[0]
+        result = outcome[0]
+        timings.update(to_worker=submitted - start,
+                       handoff=max(0.0, arrived[0] - submitted - result.total_s),
+                       reply=time.monotonic() - arrived[0], stream_messages=stream_messages[0])
+        return result
 
     def _cancel_reason(self) -> str:
         if self._closing.is_set():
@@ -277,9 +299,9 @@ class VisionQA:
             raise _Cancelled()
 
     def _reply(self, ticket: Ticket, text: str, outcome: str, result: Optional[Result] = None,
-               frame: Optional[Frame] = None) -> None:
+               frame: Optional[Frame] = None, timings: Optional[Dict[str, float]] = None) -> None:
         if outcome != 'answered':
             text = ERROR_PREFIX + text
         with self._lock:
             setattr(self.counters, outcome, getattr(self.counters, outcome) + 1)
-        self._on_reply(Reply(ticket, text, outcome, result, frame))
+        self._on_reply(Reply(ticket, text, outcome, result, frame, dict(timings or {})))

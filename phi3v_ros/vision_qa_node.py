@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
+from rclpy.logging import LoggingSeverity
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -25,6 +28,11 @@ from phi3v_ros.vision_qa import Reply, Ticket, VisionQA
 
 RELIABLE_DEPTH = 10
 STREAM_DEPTH = 100
+# Prompts and answers: reliable, keep last 1000. With a depth of 10, a burst of prompts (a client
+# publishing in a loop, several clients at once) overflowed the subscription's history before the
+# executor took them, and those prompts were lost in the middleware without any reply; a burst of
+# replies (busy rejections) likewise overwrote answers not yet acknowledged by a subscriber.
+PROMPT_DEPTH = ANSWER_DEPTH = 1000
 
 
 def _descriptor(spec) -> ParameterDescriptor:
@@ -54,18 +62,23 @@ class VisionQANode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._frames = FrameCache()
+        # A measurement hook for the benchmarks (bench/responsiveness.py): at debug level, every frame's
+        # delay from its header stamp to the image callback is logged. Decided once, so that the callback
+        # costs one attribute read otherwise. Meaningful only when the camera stamps with this clock.
+        self._trace_frames = self.get_logger().is_enabled_for(LoggingSeverity.DEBUG)
         fallback = load_cv_bridge_converter()
         self._engine = EngineClient(
             EngineConfig(model_path=v['model_path'], provider=v['provider'], device_id=v['device_id'],
                          max_image_side=v['max_image_side'], image_format=v['image_format'],
-                         cuda_graph=v['cuda_graph']),
+                         cuda_graph=v['cuda_graph'], stream_interval_s=v['stream_interval']),
             warmup=v['warmup'], stall_timeout_s=v['stall_timeout'], load_timeout_s=v['load_timeout'],
             on_state=self._on_engine_state, log=self.get_logger().info)
-        self._qa = VisionQA(self._engine, self._frames, FrameConverter(v['max_image_pixels'], fallback),
+        converter = FrameConverter(v['max_image_pixels'], fallback, allocate=self._engine.frame_buffer)
+        self._qa = VisionQA(self._engine, self._frames, converter,
                             on_reply=self._publish_reply, on_piece=self._publish_piece,
                             options=qa_options(v), log=self.get_logger().info)
 
-        self._answer_pub = self.create_publisher(String, v['answer_topic'], RELIABLE_DEPTH)
+        self._answer_pub = self.create_publisher(String, v['answer_topic'], ANSWER_DEPTH)
         self._stream_pub = self.create_publisher(String, v['answer_topic'] + '/stream', STREAM_DEPTH)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', RELIABLE_DEPTH)
         image_qos = QoSProfile(
@@ -77,7 +90,7 @@ class VisionQANode(Node):
                                      image_qos)
         else:
             self.create_subscription(Image, v['image_topic'], self._on_image, image_qos)
-        self.create_subscription(String, v['prompt_topic'], self._on_prompt, RELIABLE_DEPTH)
+        self.create_subscription(String, v['prompt_topic'], self._on_prompt, PROMPT_DEPTH)
         self.create_service(Trigger, '~/cancel', self._on_cancel)
         self.create_service(Trigger, '~/reset', self._on_reset)
         self.create_timer(v['diagnostics_period'], self._publish_diagnostics)
@@ -95,8 +108,13 @@ class VisionQANode(Node):
     # -- callbacks ----------------------------------------------------------------------------
 
     def _on_image(self, message) -> None:
+        arrived = time.time()
         stamp = message.header.stamp
-        self._frames.store(message, stamp.sec + stamp.nanosec * 1e-9)
+        stamp_s = stamp.sec + stamp.nanosec * 1e-9
+        self._frames.store(message, stamp_s)
+        if self._trace_frames:   # only with --log-level debug (see __init__)
+            self.get_logger().debug(f'frame #{self._frames.received}: header stamp to image callback '
+                                    f'{(arrived - stamp_s) * 1e3:.2f} ms')
 
     def _on_prompt(self, message: String) -> None:
         self._qa.ask(message.data)
@@ -148,17 +166,22 @@ class VisionQANode(Node):
         self._publish(self._stream_pub, piece)
 
     def _publish_reply(self, reply: Reply) -> None:
+        start = time.monotonic()
         self._publish(self._answer_pub, reply.text)
+        published = time.monotonic()
         logger = self.get_logger()
         frame = reply.frame
         used = 'no frame' if frame is None else (
             f'frame stamp {frame.stamp_s:.3f} (age {frame.age_s():.3f} s when answered, #{frame.sequence})')
         result = reply.result
         cost = '' if result is None else (
-            f' in {result.total_s:.2f} s (first token {result.time_to_first_token_s:.3f} s, '
+            f' in {result.total_s:.4f} s (first token {result.time_to_first_token_s:.4f} s, '
             f'{result.prompt_tokens} prompt + {result.generated_tokens} new tokens, '
             f'{result.decode_tokens_per_s:.1f} tok/s)')
         line = f'prompt #{reply.ticket.id} {reply.outcome}{cost}, {used}'
+        if result is not None and reply.timings:
+            line += '; ' + _node_timings(reply.timings, published - start,
+                                         published - reply.ticket.received)
         if reply.ok:
             logger.info(line)
         else:
@@ -181,9 +204,24 @@ class VisionQANode(Node):
         self._diagnostics_pub.publish(array)
 
     def destroy_node(self) -> None:
-        self._qa.close()
-        self._engine.close()
+        # Also called (by main, and on newer rclpy by the context's shutdown) on a node whose
+        # constructor failed half-way, e.g. on a parameter refused by its descriptor.
+        if getattr(self, '_qa', None) is not None:
+            self._qa.close()
+        if getattr(self, '_engine', None) is not None:
+            self._engine.close()
         super().destroy_node()
+
+
+def _node_timings(timings: dict, publish_s: float, node_s: float) -> str:
+    """'node 3.1 ms: queue 0.1, wait 0.0, ... ms, 5 stream messages': the node's own time for one answer
+    (arrival of the prompt to the answer published, less Engine.generate in the worker), by stage."""
+    stages = [(name, timings.get(name, 0.0)) for name in
+              ('queue', 'wait', 'convert', 'to_worker', 'handoff', 'reply')] + [('publish', publish_s)]
+    own = sum(seconds for _, seconds in stages)
+    parts = ', '.join(f'{name} {seconds * 1e3:.2f}' for name, seconds in stages)
+    return (f'node {own * 1e3:.2f} ms of {node_s * 1e3:.1f} ms: {parts} ms, '
+            f'{int(timings.get("stream_messages", 0))} stream messages')
 
 
 def main(args=None) -> int:
@@ -196,7 +234,9 @@ def main(args=None) -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except ValueError as exc:
+    except (ValueError, ParameterException) as exc:
+        # a parameter out of its descriptor's range or of the wrong type (`-p max_queue:=0`,
+        # `-p stall_timeout:=5`): one line saying which, not a traceback
         print(f'vision_qa_node: {exc}', file=sys.stderr)
         return 2
     finally:

@@ -1,4 +1,5 @@
 """Run vision_qa_node as its own process and talk to it over real DDS (no launch, no ros2 CLI)."""
+import atexit
 import os
 import random
 import shutil
@@ -30,6 +31,17 @@ def entry_point(name):
     return [sys.executable, '-m', modules[name]]
 
 
+_STARTED = []
+
+
+@atexit.register
+def _kill_leftovers():
+    """A test that fails between start and stop must not leave a node (and its worker) running."""
+    for node in _STARTED:
+        if node.process.poll() is None:
+            os.killpg(node.process.pid, signal.SIGKILL)
+
+
 class NodeProcess:
     """vision_qa_node in a subprocess; its output is kept for assertions and failure messages."""
 
@@ -40,6 +52,7 @@ class NodeProcess:
         args += list(extra_args)
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True, start_new_session=True)
+        _STARTED.append(self)
         self.lines = []
         self._line_added = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()

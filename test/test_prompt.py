@@ -46,3 +46,14 @@ def test_validate_question_strips_and_refuses_empty_and_long_prompts():
     with pytest.raises(PromptError, match='max_prompt_chars'):
         validate_question('x' * 11, 10)
     assert validate_question('x' * 11, 0) == 'x' * 11   # 0 = no limit
+
+
+def test_a_prompt_of_control_characters_only_is_empty():
+    with pytest.raises(PromptError, match='empty'):
+        validate_question('\x01\x02\x1b\x7f\x85', 100)
+    assert validate_question('\x1b[31mred?', 100) == '\x1b[31mred?'   # kept; the template drops \x1b
+
+
+def test_the_length_bound_comes_before_any_other_work_on_the_text():
+    with pytest.raises(PromptError, match='max_prompt_chars'):
+        validate_question('\x01' * 3_000_000, 4000)

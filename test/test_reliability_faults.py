@@ -1,0 +1,277 @@
+"""Faults around vision_qa_node running as its own process: the worker killed (mid-answer, while
+loading, while idle), a worker that keeps dying, a worker that stalls (alive but silent), and the
+node stopped by SIGINT/SIGTERM (to it or to its whole process group, as Ctrl-C does) or SIGKILL at
+different moments: no prompt is left unanswered, no process and no shared-memory block is left behind.
+
+"Keeps crashing" is produced from outside: every worker is SIGKILLed as soon as it appears, which is
+what the Linux OOM killer does to a worker loading a model too big for the board. (Every broken model
+folder tried - bad JSON, missing or corrupt graphs, a tokenizer or processor config that does not
+parse, a config that does not match the graphs - fails cleanly with a load error instead, see
+test_reliability_bad_input.py.)
+"""
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+from phi3v_test_utils import gradient_image
+from reliability_helpers import (BASE, ERROR, NodePeer, alive, cpu_seconds, start_nodes,
+                                 wait_for_worker, worker_of)
+from ros_harness import NodeProcess, isolate_ros_domain, wait_until
+
+pytest.importorskip('rclpy')
+pytest.importorskip('onnxruntime_genai')
+
+LONG = 20000   # new tokens: seconds of generation on the tiny model
+TEXT_ONLY = {'allow_text_only': True, 'image_wait_timeout': 0.0}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def ros_domain():
+    isolate_ros_domain()
+
+
+@pytest.fixture(scope='module')
+def peer():
+    ros_peer = NodePeer()
+    yield ros_peer
+    ros_peer.close()
+
+
+@pytest.fixture(scope='module')
+def node(tiny_model, peer):
+    process = NodeProcess({'model_path': tiny_model, **BASE, **TEXT_ONLY, 'stall_timeout': 1.0})
+    peer.wait_connected()
+    peer.wait_ready()
+    yield process
+    assert process.stop() == 0, process.output()
+
+
+@pytest.fixture
+def ready(peer, node):
+    """The shared node, ready, with short answers and an empty answer list."""
+    peer.wait_ready()
+    peer.set_parameters(max_new_tokens=4)
+    peer.clear_answers()
+    yield peer
+    assert node.process.poll() is None, node.output()
+
+
+def start_long_answer(peer):
+    peer.set_parameters(max_new_tokens=LONG)
+    count = peer.answer_count()
+    peer.ask('Tell me everything.')
+    assert peer.wait_for(lambda: len(peer.pieces) > 0, 30), 'the answer did not start streaming'
+    return count
+
+
+def assert_next_prompt_answered(peer):
+    peer.wait_ready()
+    peer.set_parameters(max_new_tokens=4)
+    reply = peer.ask_and_wait('Are you back?')
+    assert not reply.startswith(ERROR), reply
+
+
+def test_worker_killed_mid_answer(ready, node):
+    peer = ready
+    worker = worker_of(node)
+    count = start_long_answer(peer)
+    worker.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    reply = peer.wait_answers(count + 1, timeout=5)[count]
+    assert time.monotonic() - killed < 1.0
+    assert reply.startswith(ERROR + 'the model failed: the inference worker was killed by SIGKILL'), reply
+    assert wait_for_worker(node, other_than=worker.pid)
+    assert_next_prompt_answered(peer)
+    assert peer.answer_count() == count + 2
+
+
+def test_worker_killed_while_idle(ready, node):
+    peer = ready
+    worker = worker_of(node)
+    restarts = int(peer.latest_diagnostic('worker_restarts'))
+    worker.send_signal(signal.SIGKILL)
+    assert peer.wait_diagnostic(lambda v: int(v['worker_restarts']) == restarts + 1, 10)
+    wait_for_worker(node, other_than=worker.pid)
+    assert peer.answer_count() == 0          # nobody asked, nobody is answered
+    assert_next_prompt_answered(peer)
+
+
+def test_worker_killed_while_loading_then_the_waiting_prompt_is_answered(ready, node):
+    peer = ready
+    first = worker_of(node)
+    first.send_signal(signal.SIGKILL)
+    second = wait_for_worker(node, other_than=first.pid)   # spawned after the 0.5 s backoff
+    peer.ask('Asked while the model loads')
+    second.send_signal(signal.SIGKILL)                      # before it reported ready
+    assert peer.wait_diagnostic(lambda v: v['engine_state'] == 'restarting'
+                                and 'killed by SIGKILL' in v['engine_detail'], 10)
+    reply = peer.wait_answers(1, timeout=30)[0]
+    assert not reply.startswith(ERROR), reply   # it waited in the queue for the third worker
+    assert worker_of(node).pid not in (first.pid, second.pid)
+    assert 'engine ready' in node.output()
+
+
+def test_a_stalled_worker_is_detected_and_replaced(ready, node):
+    peer = ready
+    worker = worker_of(node)
+    count = start_long_answer(peer)
+    worker.send_signal(signal.SIGSTOP)     # alive, but silent
+    stopped = time.monotonic()
+    try:
+        reply = peer.wait_answers(count + 1, timeout=10)[count]
+    finally:
+        if alive(worker):
+            worker.send_signal(signal.SIGCONT)
+    took = time.monotonic() - stopped
+    assert 1.0 <= took < 2.5, took             # stall_timeout is 1 s
+    assert 'was silent for stall_timeout (1 s)' in reply and reply.startswith(ERROR), reply
+    assert wait_until(lambda: not alive(worker), 5)
+    assert_next_prompt_answered(peer)
+    print(f'\nstalled worker: ERROR reply {took:.2f} s after SIGSTOP')
+
+
+class WorkerKiller:
+    """SIGKILLs every worker the node starts (as an OOM killer would at load), noting when."""
+
+    def __init__(self, node):
+        self.node = node
+        self.seen = []          # (monotonic time, pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        killed = set()
+        while not self._stop.is_set():
+            worker = worker_of(self.node)
+            if worker is not None and worker.pid not in killed:
+                try:
+                    worker.send_signal(signal.SIGKILL)
+                except psutil.NoSuchProcess:
+                    pass
+                killed.add(worker.pid)
+                self.seen.append((time.monotonic(), worker.pid))
+            time.sleep(0.002)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_a_worker_that_keeps_dying_backs_off_reports_failed_and_does_not_spin(ready, node):
+    peer = ready
+    killer = WorkerKiller(node)
+    try:
+        assert peer.wait_diagnostic(lambda v: v['engine_state'] == 'failed', 30), (
+            peer.latest_diagnostic('engine_detail'))
+        status = peer.latest_status()
+        assert status.level == b'\x02'
+        assert 'killed by SIGKILL (3 times in a row)' in status.message, status.message
+        asked = time.monotonic()
+        reply = peer.ask_and_wait('Anyone there?', timeout=5)
+        assert time.monotonic() - asked < 1.0
+        assert reply.startswith(ERROR + 'the model is not available: the inference worker was killed '
+                                'by SIGKILL (3 times in a row); retrying every'), reply
+        # failed, between retries: the node sleeps
+        before, started = cpu_seconds(node.process.pid), time.monotonic()
+        assert wait_until(lambda: len(killer.seen) >= 5, 15), killer.seen   # the 4th and 5th retries
+        busy = cpu_seconds(node.process.pid) - before
+        elapsed = time.monotonic() - started
+    finally:
+        killer.stop()
+    gaps = [b[0] - a[0] for a, b in zip(killer.seen, killer.seen[1:])]
+    # backoff 0.5, 1, 2, 4 s (+ the time each spawn takes to show up)
+    assert gaps[-1] >= 3.5 and all(later > earlier for earlier, later in zip(gaps, gaps[1:])), gaps
+    assert busy / elapsed < 0.15, f'the node used {busy:.2f} s of CPU in {elapsed:.1f} s while failed'
+    print(f'\nrestart gaps {[round(g, 2) for g in gaps]} s; node CPU while failed {busy:.2f} s in '
+          f'{elapsed:.1f} s')
+    # the killer is gone: the next retry (8 s after the last) loads and the node recovers
+    assert peer.wait_diagnostic(lambda v: v['engine_state'] == 'ready', 30)
+    assert peer.latest_diagnostic('worker_restarts') is not None
+    assert_next_prompt_answered(peer)
+
+
+# -- stopping the node -----------------------------------------------------------------------------
+
+def session_processes(session_id):
+    """Every live process in the node's session (it was started with start_new_session)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == session_id and alive(process):
+                found.append(process)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return found
+
+
+def mapped_shm(node):
+    names = set()
+    for process in [psutil.Process(node.process.pid)] + node.descendants():
+        try:
+            names |= {os.path.basename(m.path) for m in process.memory_maps() if '/psm_' in m.path}
+        except psutil.Error:
+            continue
+    return names
+
+
+# (moment, signal, to the whole group as a terminal's Ctrl-C or a supervisor does, or to the node)
+STOPS = [('loading', signal.SIGINT, True), ('idle', signal.SIGTERM, False),
+         ('restart backoff', signal.SIGINT, False), ('answering', signal.SIGTERM, True),
+         ('answering', signal.SIGINT, True), ('idle', signal.SIGKILL, False)]
+
+
+def test_stopping_the_node_at_any_moment_leaves_nothing_behind(tiny_model):
+    """Six nodes start at once (one per case, in their own namespaces), then each is stopped."""
+    names = [f'/stop{i}' for i in range(len(STOPS))]
+    processes = start_nodes([({'model_path': tiny_model, **BASE, 'warmup': True, 'image_wait_timeout': 1.0},
+                              ['-r', f'__ns:={name}']) for name in names])
+    peers = [NodePeer(name) for name in names]
+    report = []
+    try:
+        for (moment, signum, group), process, peer in zip(STOPS, processes, peers):
+            if moment == 'loading':
+                assert wait_until(lambda: worker_of(process) is not None, 30)
+                assert 'engine ready' not in process.output()
+            else:
+                peer.wait_connected()
+                peer.wait_ready()
+                peer.deliver_frame(gradient_image(120, 160))
+                assert not peer.ask_and_wait('Frame please?').startswith(ERROR)   # the shm block exists
+            shm = mapped_shm(process)
+            assert shm or moment == 'loading'
+            if moment == 'restart backoff':
+                worker = worker_of(process)
+                worker.send_signal(signal.SIGKILL)
+                assert wait_until(lambda: not alive(worker), 5)   # the next one comes 0.5 s later
+            elif moment == 'answering':
+                peer.set_parameters(max_new_tokens=LONG)
+                peer.ask('Long one')
+                assert peer.wait_for(lambda: len(peer.pieces) > 0, 30)
+            session = process.process.pid
+            if group:
+                os.killpg(session, signum)
+            else:
+                process.send_signal(signum)
+            stopped = time.monotonic()
+            code = process.process.wait(10)
+            took = time.monotonic() - stopped
+            assert wait_until(lambda: not session_processes(session), 5), (
+                moment, signum, [p.cmdline() for p in session_processes(session)])
+            assert wait_until(lambda: not any(os.path.exists(f'/dev/shm/{n}') for n in shm), 5), (
+                moment, signum, shm)
+            if signum != signal.SIGKILL:
+                assert code == 0 and took < 5, (moment, signum, code, took, process.output())
+            report.append(f'{moment}/{signal.Signals(signum).name}{"(group)" if group else ""}: '
+                          f'exit {code} in {took:.2f} s')
+    finally:
+        for peer in peers:
+            peer.close()
+        for process in processes:
+            if process.process.poll() is None:
+                os.killpg(process.process.pid, signal.SIGKILL)
+    print('\n' + '; '.join(report))

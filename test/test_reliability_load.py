@@ -1,0 +1,261 @@
+"""Load on vision_qa_node as its own process over real DDS: a 1080p 60 Hz camera for 30 s while prompts
+are answered, 500-prompt floods under each busy policy, and several client processes asking at once.
+
+The node and the camera run with a Fast DDS profile whose shared-memory segment (32 MiB, as in
+bench/fastdds_large_shm.xml) holds a 1080p frame: with the default 512 KiB segment a best-effort reader
+loses almost every 1080p frame (about 3 of 60 per second here). The README explains it.
+"""
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from phi3v_test_utils import gradient_image
+from reliability_helpers import BASE, ERROR, NodePeer, cpu_seconds, rss_mb
+from ros_harness import NodeProcess, entry_point, isolate_ros_domain, wait_until
+
+pytest.importorskip('rclpy')
+pytest.importorskip('onnxruntime_genai')
+
+FLOOD = 500
+FLOOD_SECONDS = 30.0
+LARGE_SHM_PROFILE = '''<?xml version="1.0" encoding="UTF-8" ?>
+<dds xmlns="http://www.eprosima.com">
+  <profiles>
+    <transport_descriptors>
+      <transport_descriptor>
+        <transport_id>large_shm</transport_id>
+        <type>SHM</type>
+        <segment_size>33554432</segment_size>
+      </transport_descriptor>
+      <transport_descriptor>
+        <transport_id>udp</transport_id>
+        <type>UDPv4</type>
+      </transport_descriptor>
+    </transport_descriptors>
+    <participant profile_name="large_shm" is_default_profile="true">
+      <rtps>
+        <userTransports>
+          <transport_id>large_shm</transport_id>
+          <transport_id>udp</transport_id>
+        </userTransports>
+        <useBuiltinTransports>false</useBuiltinTransports>
+      </rtps>
+    </participant>
+  </profiles>
+</dds>
+'''
+
+
+@pytest.fixture(scope='module', autouse=True)
+def ros_domain():
+    isolate_ros_domain()
+
+
+@pytest.fixture(scope='module')
+def shm_profile(tmp_path_factory):
+    path = tmp_path_factory.mktemp('fastdds') / 'large_shm.xml'
+    path.write_text(LARGE_SHM_PROFILE)
+    # Humble's Fast DDS 2.x reads FASTRTPS_DEFAULT_PROFILES_FILE, 3.x FASTDDS_DEFAULT_PROFILES_FILE
+    return {'FASTRTPS_DEFAULT_PROFILES_FILE': str(path), 'FASTDDS_DEFAULT_PROFILES_FILE': str(path)}
+
+
+def with_env(extra, start):
+    saved = dict(os.environ)
+    os.environ.update(extra)
+    try:
+        return start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope='module')
+def peer():
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+    ros_peer = NodePeer()
+    # Every reply of a flood: keep-all on both ends of our side (the node keeps the last 1000).
+    deep = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+    ros_peer.all_answers = []
+    ros_peer.node.create_subscription(String, 'answer', ros_peer._record(ros_peer.all_answers), deep)
+    ros_peer.flood_pub = ros_peer.node.create_publisher(String, 'prompt', deep)
+    yield ros_peer
+    ros_peer.close()
+
+
+@pytest.fixture(scope='module')
+def node(tiny_model, peer, shm_profile):
+    process = with_env(shm_profile, lambda: NodeProcess(
+        {'model_path': tiny_model, **BASE, 'diagnostics_period': 0.2, 'image_wait_timeout': 1.0}))
+    peer.wait_connected()
+    assert wait_until(lambda: peer.flood_pub.get_subscription_count() > 0, 30)
+    peer.wait_ready()
+    yield process
+    assert process.stop() == 0, process.output()
+
+
+@pytest.fixture
+def clean(peer, node):
+    peer.set_parameters(max_new_tokens=4, max_queue=4, busy_policy='reject', max_image_age=0.0)
+    with peer.changed:
+        peer.answers.clear()
+        peer.all_answers.clear()
+    yield peer
+    assert node.process.poll() is None, node.output()
+
+
+ANSWER_LINE = re.compile(r'prompt #(\d+) (\w+).*?frame stamp ([0-9.]+)')
+
+
+def test_1080p_at_60_hz_for_30_s_while_answering(clean, node, shm_profile):
+    peer = clean
+    peer.set_parameters(max_image_age=0.5)   # the node itself refuses frames older than that
+    camera = with_env(shm_profile, lambda: subprocess.Popen(
+        entry_point('synthetic_camera') + ['--width', '1920', '--height', '1080', '--rate', '60',
+                                           '--best-effort'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True))
+    try:
+        assert peer.wait_diagnostic(lambda v: int(v.get('frames_received', 0)) > 10, 30), (
+            'no camera frames reached the node')
+        pid = node.process.pid
+        first_frames = int(peer.latest_diagnostic('frames_received'))
+        cpu_before = cpu_seconds(pid)
+        node.lines.clear()
+        asked, ages, memory = [], [], []
+        started = time.monotonic()
+        while time.monotonic() - started < FLOOD_SECONDS:
+            asked.append(time.time())
+            reply = peer.ask_and_wait('What do you see?', timeout=30)
+            assert not reply.startswith(ERROR), reply
+            ages.append(float(peer.latest_diagnostic('latest_frame_age_s')))
+            memory.append((time.monotonic() - started, rss_mb(pid)))
+            time.sleep(0.5)
+        elapsed = time.monotonic() - started
+        frames = int(peer.latest_diagnostic('frames_received')) - first_frames
+        cpu = (cpu_seconds(pid) - cpu_before) / elapsed
+    finally:
+        camera.send_signal(2)
+        camera.wait(10)
+    rate = frames / elapsed
+    # the answers used fresh frames: stamped by the camera at most 0.25 s before the question
+    assert wait_until(lambda: sum('answered' in line for line in node.lines) >= len(asked), 10)
+    stamps = [float(m.group(3)) for m in map(ANSWER_LINE.search, node.lines) if m and m.group(2) == 'answered']
+    staleness = [ask - stamp for ask, stamp in zip(asked, stamps)]
+    early = [mb for t, mb in memory if 5 <= t < 12]
+    late = [mb for t, mb in memory if t >= elapsed - 7]
+    print(f'\n1080p flood: {frames} frames in {elapsed:.1f} s ({rate:.1f} Hz received of 60), '
+          f'{len(asked)} answers, frame age at each answer max {max(ages):.3f} s, '
+          f'frame stamp before the question max {max(staleness):.3f} s, node RSS '
+          f'{min(mb for _, mb in memory):.0f}-{max(mb for _, mb in memory):.0f} MB, node CPU {cpu:.0%}')
+    assert len(asked) >= 20
+    assert rate > 20, f'the node received only {rate:.1f} frames/s'
+    assert max(ages) < 0.5, ages          # no backlog: the latest frame is always recent
+    assert max(staleness) < 0.25, staleness
+    assert max(late) - min(early) < 40, memory   # no growth beyond allocator noise (a frame is 6 MB)
+
+
+def settle_flood(peer, before, count):
+    """Wait for every reply of a flood on the deep subscription; return (answers, errors)."""
+    assert peer.wait_for(lambda: len(peer.all_answers) >= count, 60), (
+        f'{len(peer.all_answers)} of {count} replies')
+    peer.wait_settled(before + count)
+    replies = [m.data for m in peer.all_answers]
+    assert len(replies) == count, len(replies)       # exactly one each, nothing late
+    return [r for r in replies if not r.startswith(ERROR)], [r for r in replies if r.startswith(ERROR)]
+
+
+@pytest.mark.parametrize('policy,loser_text', [('reject', 'busy: 4 prompts are already waiting'),
+                                               ('drop_oldest', 'dropped from the queue')])
+def test_500_prompts_as_fast_as_possible(clean, node, policy, loser_text):
+    from std_msgs.msg import String
+    peer = clean
+    peer.set_parameters(busy_policy=policy, max_new_tokens=8)
+    peer.deliver_frame(gradient_image(120, 160))
+    # warm the allocator with a small flood first, then take the memory baseline
+    before = peer.settled_received()
+    for i in range(50):
+        peer.flood_pub.publish(String(data=f'warm-up {i}'))
+    settle_flood(peer, before, 50)
+    with peer.changed:
+        peer.all_answers.clear()
+    pid = node.process.pid
+    baseline, threads = rss_mb(pid), len(node.descendants()) + psutil_threads(pid)
+    counts_before = peer.counters()
+    before = peer.settled_received()
+    started = time.monotonic()
+    for i in range(FLOOD):
+        peer.flood_pub.publish(String(data=f'Question {i}: what is there?'))
+    published = time.monotonic() - started
+    answers, errors = settle_flood(peer, before, FLOOD)
+    took = time.monotonic() - started
+    counts = {k: v - counts_before[k] for k, v in peer.counters().items()}
+    assert counts['received'] == FLOOD
+    assert counts['answered'] == len(answers) >= 1
+    assert counts['rejected'] + counts['failed'] == len(errors)
+    assert all(loser_text in e for e in errors), set(e[:60] for e in errors)
+    assert not peer.ask_and_wait('And now?').startswith(ERROR)   # no deadlock, no stuck queue
+    assert wait_until(lambda: rss_mb(pid) < baseline + 15, 10), (baseline, rss_mb(pid))
+    assert len(node.descendants()) + psutil_threads(pid) <= threads + 2
+    print(f'\n{policy}: {FLOOD} prompts published in {published:.2f} s, all replied in {took:.2f} s: '
+          f'{len(answers)} answered, {len(errors)} ERROR; node RSS {baseline:.0f} -> {rss_mb(pid):.0f} MB')
+
+
+def psutil_threads(pid):
+    import psutil
+    return psutil.Process(pid).num_threads()
+
+
+FLOOD_CLIENT = '''
+import sys, time
+import rclpy
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
+rclpy.init()
+node = rclpy.create_node('flood_client_' + sys.argv[1])
+pub = node.create_publisher(String, 'prompt', QoSProfile(history=HistoryPolicy.KEEP_ALL,
+                                                         reliability=ReliabilityPolicy.RELIABLE))
+deadline = time.monotonic() + 30
+while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+    time.sleep(0.01)
+print('ready', flush=True)
+sys.stdin.readline()                       # all clients start together
+for i in range(int(sys.argv[2])):
+    pub.publish(String(data=f'client {sys.argv[1]} question {i}'))
+from rclpy.duration import Duration
+print('sent' if pub.wait_for_all_acked(Duration(seconds=30)) else 'not acknowledged', flush=True)
+'''
+
+
+def test_several_client_processes_at_once(clean, node, tmp_path):
+    peer = clean
+    peer.set_parameters(max_queue=8)
+    peer.deliver_frame(gradient_image(120, 160))
+    before = peer.settled_received()
+    script = tmp_path / 'flood_client.py'
+    script.write_text(FLOOD_CLIENT)
+    floods = [subprocess.Popen([sys.executable, str(script), str(i), '100'], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for i in range(3)]
+    for flood in floods:
+        assert flood.stdout.readline().strip() == 'ready'
+    asks = [subprocess.Popen(entry_point('ask') + [f'Client {i}: what is it?', '--timeout', '60'],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(3)]
+    for flood in floods:
+        flood.stdin.write('go\n')
+        flood.stdin.flush()
+    for flood in floods:
+        assert flood.stdout.readline().strip() == 'sent', flood.stdout.read()
+        flood.wait(30)
+    results = [a.communicate(timeout=90) + (a.returncode,) for a in asks]
+    total = 3 * 100 + 3
+    answers, errors = settle_flood(peer, before, total)
+    for out, err, code in results:
+        # every ask client gets an answer or an ERROR reply (answers are not tagged, see the README)
+        assert code in (0, 1), (code, out, err)
+    assert len(answers) + len(errors) == total and len(answers) >= 1
+    assert all('busy' in e for e in errors)
