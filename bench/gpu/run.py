@@ -194,8 +194,67 @@ def node_runs(args, cuda_graph) -> dict:
         peer.close()
     # No nvidia-smi sampling here: timing only (GPU memory is measured on the engine children).
     result = finish(runs[args.warmup:], {})
-    result['log_tail'] = log.splitlines()[-5:]
+    answered = [line for line in log.splitlines() if ' answered in ' in line]
+    result['log_tail'] = answered[-args.repeats:]
+    result.update(node_side(result['log_tail']))
     return result
+
+
+def node_side(lines) -> dict:
+    """What the node's own log says of each answer: prompt arrival to answer published, the node's own
+    share of it, and the decode speed the worker saw (free of the DDS path to the asking process)."""
+    import re
+    totals, own, decode = [], [], []
+    for line in lines:
+        match = re.search(r'node ([0-9.]+) ms of ([0-9.]+) ms', line)
+        speed = re.search(r'new tokens, ([0-9.]+) tok/s', line)
+        if match and speed:
+            own.append(float(match.group(1)) / 1000)
+            totals.append(float(match.group(2)) / 1000)
+            decode.append(float(speed.group(1)))
+    if not totals:
+        return {}
+    return {'node_side_total_s': summarise(totals), 'node_own_s': summarise(own),
+            'worker_decode_tok_s': summarise(decode)}
+
+
+ECHO_NODE = """
+import rclpy
+from std_msgs.msg import String
+rclpy.init()
+node = rclpy.create_node('echo')
+answer = node.create_publisher(String, 'answer', 1000)
+node.create_subscription(String, 'prompt', lambda m: answer.publish(String(data=m.data)), 1000)
+try:
+    rclpy.spin(node)
+except BaseException:
+    pass
+"""
+
+
+def dds_round_trips(count: int = 50) -> dict:
+    """Prompt -> answer round trip through a bare rclpy echo node: the DDS share of the node's time."""
+    from ros_harness import RosPeer, isolate_ros_domain, wait_until
+    isolate_ros_domain()
+    peer = RosPeer()
+    echo = subprocess.Popen([sys.executable, '-c', ECHO_NODE])
+    times = []
+    try:
+        assert wait_until(lambda: peer.prompt_pub.get_subscription_count() > 0
+                          and peer.node.count_publishers(peer.node.resolve_topic_name('answer')) > 0, 60)
+        for index in range(count):
+            with peer.changed:
+                peer.answers.clear()
+            start = time.perf_counter()
+            peer.ask(f'ping {index}')
+            assert peer.wait_for(lambda: peer.answers, 10), 'echo lost'
+            times.append(time.perf_counter() - start)
+            time.sleep(0.05)
+    finally:
+        echo.terminate()
+        echo.wait(10)
+        peer.close()
+    return {key: value * 1000 for key, value in summarise(times).items() if key != 'n'}
 
 
 # -- functional checks on CUDA ------------------------------------------------------------------------
@@ -317,6 +376,8 @@ def main(argv=None) -> int:
                 results[f'node_graph_{"on" if graph else "off"}'] = node_runs(args, graph)
             except Exception as exc:  # noqa: BLE001 - keep the other measurements
                 results[f'node_graph_{"on" if graph else "off"}'] = {'error': repr(exc)}
+    if 'dds' in only:
+        results['dds_round_trip_ms'] = dds_round_trips()
     if 'checks' in only:
         try:
             results['cuda_checks'] = cuda_checks(args)
@@ -363,9 +424,15 @@ def derive(results) -> None:
         node_total, engine_total = med(f'node_graph_{graph}', 'total_s'), med(f'engine_graph_{graph}', 'total_s')
         if node_total and engine_total:
             results[f'ratio_node_over_engine_graph_{graph}'] = node_total / engine_total
+        node_side_total = med(f'node_graph_{graph}', 'node_side_total_s')
+        if node_side_total and engine_total:
+            results[f'ratio_node_side_over_engine_graph_{graph}'] = node_side_total / engine_total
         node_decode, raw_decode = med(f'node_graph_{graph}', 'decode_tok_s'), med('raw', 'decode_tok_s')
         if node_decode and raw_decode:
             results[f'ratio_node_decode_over_raw_graph_{graph}'] = node_decode / raw_decode
+        worker_decode = med(f'node_graph_{graph}', 'worker_decode_tok_s')
+        if worker_decode and raw_decode:
+            results[f'ratio_node_worker_decode_over_raw_graph_{graph}'] = worker_decode / raw_decode
     if raw.get('peak_gpu_mib') and off.get('peak_gpu_mib'):
         results['memory_saved_mib_vs_7680'] = raw['peak_gpu_mib'] - off['peak_gpu_mib']
     if off.get('max_length'):
