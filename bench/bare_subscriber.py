@@ -3,7 +3,8 @@
 A bare rclpy node subscribing sensor_msgs/Image with the node's default camera QoS (best effort,
 keep last 1), spun the way the node spins (rclpy.spin, one thread), whose callback only counts. It
 prints `frames <count>` once a second, and with --delays `delay <ms>` per frame (header stamp to
-callback, both on this machine's clock).
+callback, both on this machine's clock). It also offers an empty std_srvs/Trigger service,
+`/bare_subscriber/reset`, the reference for the node's `~/reset` round trip.
 
     python -m bench.bare_subscriber [--topic image] [--delays]
 """
@@ -18,6 +19,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
+from std_srvs.srv import Trigger
 
 
 class BareSubscriber(Node):
@@ -29,6 +31,11 @@ class BareSubscriber(Node):
         self._delays = delays
         self.create_subscription(Image, topic, self._on_image, qos)
         self.create_timer(1.0, self._report)
+        self.create_service(Trigger, '~/reset', self._on_reset)
+
+    def _on_reset(self, request, response):
+        response.success = True
+        return response
 
     def _on_image(self, message: Image) -> None:
         self.count += 1

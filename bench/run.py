@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict
 
 from bench import ingestion, overhead, responsiveness, throughput
 import cv2
@@ -33,8 +33,7 @@ TARGETS = {
     'overhead_ratio_1920x1080': ('<=', 1.10),
     'first_piece_added_ms_640x480': ('<=', 5.0),
     'first_piece_added_ms_1920x1080': ('<=', 5.0),
-    'ingestion_cpu_ratio_1920x1080': ('<=', 1.2),
-    'ingestion_cpu_ratio_1920x1080_default_environment': ('<=', 1.2),
+    'ingestion_cpu_per_frame_ratio_1920x1080': ('<=', 1.2),
     'image_callback_delay_p99_ms_during_inference': ('<', 20.0),
     'reset_round_trip_p99_ms_during_inference': ('<', 20.0),
 }
@@ -104,6 +103,9 @@ def run_throughput(model: str, args, results: Dict[str, object], peer: Peer) -> 
             rows.append(throughput.flood(node, peer, policy, args.flood_rate, args.flood_s, max_queue=4))
         results['throughput'] = {'frame': '640x480', 'max_new_tokens': args.max_new_tokens, 'policies': rows,
                                  'direct_back_to_back_answers_per_minute': round(ceiling, 1)}
+        if 'overhead' in results:   # the same ceiling from the pooled direct processes of every round
+            median_s = results['overhead'][0]['direct_total_ms']['median'] / 1e3
+            results['throughput']['direct_pooled_answers_per_minute'] = round(60.0 / median_s, 1)
     finally:
         if direct is not None:
             direct.close()
@@ -119,10 +121,9 @@ def _check(name: str, value) -> Dict[str, object]:
 def targets(results: Dict[str, object]) -> Dict[str, object]:
     values = {name: results.get(name) for name in TARGETS}
     if 'ingestion' in results:
-        values['ingestion_cpu_ratio_1920x1080'] = results['ingestion']['cpu_ratio']
-    if 'ingestion_default_environment' in results:
-        values['ingestion_cpu_ratio_1920x1080_default_environment'] = \
-            results['ingestion_default_environment']['cpu_ratio']
+        # per received frame: a best-effort reader that falls behind skips frames and spends nothing
+        # on them, so the raw CPU ratio rewards the one that keeps up less (both are in the table)
+        values['ingestion_cpu_per_frame_ratio_1920x1080'] = results['ingestion']['cpu_per_frame_ratio']
     if 'responsiveness' in results:
         busy = results['responsiveness']['during_inference']
         values['image_callback_delay_p99_ms_during_inference'] = busy['image_callback_delay_node'].get('p99_ms')
@@ -130,10 +131,16 @@ def targets(results: Dict[str, object]) -> Dict[str, object]:
     return {name: _check(name, value) for name, value in values.items() if value is not None}
 
 
+def _num(value: float) -> str:
+    """Three significant figures or so: 237, 23.7, 2.37."""
+    magnitude = abs(value)
+    return f'{value:.0f}' if magnitude >= 100 else f'{value:.1f}' if magnitude >= 10 else f'{value:.2f}'
+
+
 def _fmt(summary: Dict[str, float], unit: str = '') -> str:
     if not summary or 'median' not in summary:
         return '-'
-    return f'{summary["median"]:g}{unit} ({summary["p10"]:g}-{summary["p90"]:g})'
+    return f'{_num(summary["median"])}{unit} ({_num(summary["p10"])} to {_num(summary["p90"])})'
 
 
 def table(results: Dict[str, object]) -> str:
@@ -147,6 +154,7 @@ def table(results: Dict[str, object]) -> str:
     over = {row['frame']: row for row in results.get('overhead', [])}
     if over:
         a, b = over.get('640x480'), over.get('1920x1080')
+
         def pair(fn):
             return [fn(a) if a else '-', fn(b) if b else '-']
         rows = [
@@ -156,7 +164,7 @@ def table(results: Dict[str, object]) -> str:
              '<= 1.05 / <= 1.10', f'{mark("overhead_ratio_640x480")} / {mark("overhead_ratio_1920x1080")}'),
             ('overhead ratio per round (fresh processes each)', pair(lambda r: ' '.join(f'{x:.2f}' for x in r['overhead_ratio_per_round'])), '', ''),
             ('control: a second direct process / direct (all rounds; per round)', pair(lambda r: f'{r["control_ratio"]:.3f}; ' + ' '.join(f'{x:.2f}' for x in r['control_ratio_per_round']) if 'control_ratio' in r else '-'), '', ''),
-            ('overhead ratio from exact parts: (direct + time outside engine + node CPU) / direct', pair(lambda r: f'{r["structural_overhead_ratio"]:.3f}'), '', ''),
+            ('overhead ratio from exact parts: (direct + time outside engine [+ node CPU]) / direct', pair(lambda r: f'{r["structural_overhead_ratio_low"]:.3f} - {r["structural_overhead_ratio"]:.3f}'), '', ''),
             ('added ms (median node - median direct)', pair(lambda r: f'{r["added_ms"]:+.1f}'), '', ''),
             ('- DDS: prompt in + answer out', pair(lambda r: _fmt(r['breakdown']['dds_prompt_and_answer_ms'])), '', ''),
             ('- node: queue + wait + convert + to worker + handoff + reply + publish',
@@ -170,7 +178,7 @@ def table(results: Dict[str, object]) -> str:
              pair(lambda r: f"{r['breakdown']['generate_slower_in_worker_ms_of_medians']:g}"), '', ''),
             ('node time outside its engine, per request (exact: total - generate in the worker)',
              pair(lambda r: _fmt(r['breakdown']['outside_generate_ms'])), '', ''),
-            ('stream messages per answer (128 tokens)', pair(lambda r: _fmt(r['breakdown']['stream_messages_per_answer'])), '', ''),
+            ('stream messages per answer (128 tokens)', pair(lambda r: '{median:g} ({p10:g} to {p90:g})'.format(**r['breakdown']['stream_messages_per_answer'])), '', ''),
             ('CPU per question, ms: node process / worker / direct process', pair(lambda r: f"{r['breakdown']['node_process_cpu_ms']['median']:g} / {r['breakdown']['worker_cpu_ms']['median']:g} / {r['breakdown']['direct_process_cpu_ms']['median']:g}"), '', ''),
             ('decode tok/s direct / in the node', pair(lambda r: f'{r["decode_tokens_per_s_direct"]["median"]:g} / {r["decode_tokens_per_s_node"]["median"]:g}'), '', ''),
             ('first piece: direct, ms', pair(lambda r: _fmt(r['direct_first_piece_ms'])), '', ''),
@@ -178,7 +186,7 @@ def table(results: Dict[str, object]) -> str:
             ('first piece through the node - direct first piece (median - median), ms',
              pair(lambda r: f'{r["first_piece_vs_direct_added_ms"]:+.1f}'), '', ''),
             ('**first piece through the node - first token in its engine**, ms (per request)',
-             pair(lambda r: f'**{r["first_piece_added_ms"]:.2f}** ({r["first_piece_after_engine_first_token_ms"]["p10"]:g}-{r["first_piece_after_engine_first_token_ms"]["p90"]:g})'),
+             pair(lambda r: f'**{r["first_piece_added_ms"]:.2f}** ({_num(r["first_piece_after_engine_first_token_ms"]["p10"])} to {_num(r["first_piece_after_engine_first_token_ms"]["p90"])})'),
              '<= 5', f'{mark("first_piece_added_ms_640x480")} / {mark("first_piece_added_ms_1920x1080")}'),
             ('same tokens, same text, stream joined = answer', pair(lambda r: 'yes' if r['checks']['texts_identical'] and r['checks']['stream_joined_equals_answer'] and r['checks']['tokens_direct'] == r['checks']['tokens_node'] else '**no**'), '', ''),
         ]
@@ -189,23 +197,24 @@ def table(results: Dict[str, object]) -> str:
         ing = results.get(key)
         if not ing:
             continue
-        name = 'ingestion_cpu_ratio_1920x1080' + ('' if key == 'ingestion' else '_default_environment')
-        lines.append(f'| frame ingestion, 1920x1080 bgr8 at 30 Hz, no prompts, {label}: node CPU / bare subscriber CPU '
-                     f'({ing["node_cpu_percent_while_streaming"]:g}% / {ing["bare_cpu_percent_while_streaming"]:g}% of a core; '
-                     f'{ing["node_frames"]} / {ing["bare_frames"]} frames; page faults {ing["node_page_faults"]} / '
-                     f'{ing["bare_page_faults"]}; per frame {ing["cpu_per_frame_ratio"]}) | | '
-                     f'**{ing["cpu_ratio"]:.3f}** | <= 1.2 | {mark(name)} |')
+        name = 'ingestion_cpu_per_frame_ratio_1920x1080' if key == 'ingestion' else None
+        lines.append(f'| frame ingestion, 1920x1080 bgr8 at 30 Hz, no prompts, {label}: node / bare subscriber, CPU per '
+                     f'received frame (CPU {ing["node_cpu_percent_while_streaming"]:g}% / {ing["bare_cpu_percent_while_streaming"]:g}% '
+                     f'of a core, ratio {ing["cpu_ratio"]:.3f}; frames {ing["node_frames"]} / {ing["bare_frames"]} of '
+                     f'~{ing["frames_published_approx"]}; page faults {ing["node_page_faults"]} / {ing["bare_page_faults"]}) | | '
+                     f'**{ing["cpu_per_frame_ratio"]:.3f}** | {"<= 1.2" if name else ""} | {mark(name) if name else ""} |')
     resp = results.get('responsiveness')
     if resp:
         for label, key in (('image callback delay (stamp to callback), node', 'image_callback_delay_node'),
                            ('image callback delay, bare subscriber (same stream)', 'image_callback_delay_bare_subscriber'),
                            ('`~/reset` round trip', 'reset_round_trip'),
+                           ('the same empty service in the bare subscriber, round trip', 'bare_reset_round_trip'),
                            ('empty-prompt echo round trip', 'echo_round_trip')):
             idle, busy = resp['idle'][key], resp['during_inference'][key]
             name = {'image_callback_delay_node': 'image_callback_delay_p99_ms_during_inference',
                     'reset_round_trip': 'reset_round_trip_p99_ms_during_inference'}.get(key)
             lines.append(f'| {label}, p99 ms: idle -> during inference (640x480 camera) | '
-                         f'{idle.get("p99_ms", "-")} -> **{busy.get("p99_ms", "-")}** (median {busy.get("median_ms", "-")}) | | '
+                         f'{idle.get("p99_ms", 0):.1f} -> **{busy.get("p99_ms", 0):.1f}** (median {busy.get("median_ms", 0):.1f}) | | '
                          f'{"< 20" if name else ""} | {mark(name) if name else ""} |')
     mem = results.get('memory')
     if mem:
@@ -221,9 +230,12 @@ def table(results: Dict[str, object]) -> str:
     if thr:
         for row in thr['policies']:
             lines.append(f'| answers per minute under load, busy_policy {row["policy"]} ({row["prompt_rate_hz"]:g} '
-                         f'prompts/s, max_queue {row["max_queue"]}; ERROR replies {sum(row["error_replies"].values())}) | '
-                         f'{row["answers_per_minute"]} (engine alone back to back: '
-                         f'{thr["direct_back_to_back_answers_per_minute"]}) | | | |')
+                         f'prompts/s for {row["duration_s"]:g} s, max_queue {row["max_queue"]}; {row["prompts"]} prompts, '
+                         f'ERROR replies {sum(row["error_replies"].values())}; prompt to answer '
+                         f'{_fmt(row["answer_latency_ms"], " ms")}) | '
+                         f'{row["answers_per_minute"]} (engine alone: {thr["direct_back_to_back_answers_per_minute"]} back '
+                         f'to back in one process, {thr.get("direct_pooled_answers_per_minute", "-")} from the pooled '
+                         f'direct median) | | | |')
     return '\n'.join(lines)
 
 
@@ -240,7 +252,7 @@ def main(argv=None) -> int:
     parser.add_argument('--flood-rate', type=float, default=10.0, help='prompts per second under load')
     parser.add_argument('--flood-s', type=float, default=20.0)
     parser.add_argument('--ingestion-s', type=float, default=20.0)
-    parser.add_argument('--probe-s', type=float, default=8.0)
+    parser.add_argument('--probe-s', type=float, default=12.0)
     parser.add_argument('--only', default=','.join(PARTS), help=f'comma-separated subset of {PARTS}')
     parser.add_argument('--quick', action='store_true', help='fewer repeats, shorter windows (a smoke test)')
     args = parser.parse_args(argv)
