@@ -1,6 +1,8 @@
-"""Start vision_qa_node: ros2 launch phi3v_ros vision_qa.launch.py model_path:=/path/to/model.
+"""
+Start vision_qa_node: ros2 launch phi3v_ros vision_qa.launch.py model_path:=/path/to/model.
 
-Arguments left empty keep the value from params_file (default: config/vision_qa.yaml of this package).
+Arguments left empty keep the value from params_file (default: config/vision_qa.yaml of this
+package).
 """
 import os
 
@@ -51,8 +53,10 @@ def generate_launch_description():
                 for name, description in PARAMETER_ARGUMENTS]
     declared += [
         DeclareLaunchArgument('namespace', default_value='', description='namespace of the node'),
-        DeclareLaunchArgument('params_file', default_value=os.path.join(share, 'config', 'vision_qa.yaml'),
+        DeclareLaunchArgument('params_file',
+                              default_value=os.path.join(share, 'config', 'vision_qa.yaml'),
                               description='parameter file'),
-        DeclareLaunchArgument('log_level', default_value='info', description='debug, info, warn or error'),
+        DeclareLaunchArgument('log_level', default_value='info',
+                              description='debug, info, warn or error'),
     ]
     return LaunchDescription(declared + [OpaqueFunction(function=_node)])

@@ -1,4 +1,5 @@
-"""ask: publish one question to a vision_qa node, print the answer as it streams, exit by outcome.
+"""
+ask: publish one question to a vision_qa node, print the answer as it streams, exit by outcome.
 
     ros2 run phi3v_ros ask "What is in front of you?" [--timeout 60] [--namespace /robot1]
     ros2 run phi3v_ros ask "..." --ros-args -r prompt:=/my/prompt -r answer:=/my/answer
@@ -13,12 +14,11 @@ import sys
 import time
 from typing import List, Optional
 
+from phi3v_ros.vision_qa import ERROR_PREFIX
 import rclpy
 from rclpy.node import Node
 from rclpy.utilities import remove_ros_args
 from std_msgs.msg import String
-
-from phi3v_ros.vision_qa import ERROR_PREFIX
 
 EXIT_ANSWER, EXIT_ERROR_REPLY, EXIT_TIMEOUT, EXIT_NO_NODE = 0, 1, 2, 3
 PIECES_GRACE_S = 0.5
@@ -31,7 +31,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                         help='seconds to wait for the complete answer (default 60)')
     parser.add_argument('--connect-timeout', type=float, default=10.0,
                         help='seconds to wait for a vision_qa node to be found (default 10)')
-    parser.add_argument('--namespace', default='', help='namespace of the vision_qa node, e.g. /robot1')
+    parser.add_argument('--namespace', default='',
+                        help='namespace of the vision_qa node, e.g. /robot1')
     parser.add_argument('--prompt-topic', default='prompt')
     parser.add_argument('--answer-topic', default='answer')
     parser.add_argument('--no-stream', action='store_true', help='print only the final answer')
@@ -94,8 +95,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         client = AskClient(node, args.prompt_topic, args.answer_topic, stream=not args.no_stream)
         if not spin_until(node, client.connected, args.connect_timeout):
-            print(f'ask: no vision_qa node found on {node.resolve_topic_name(args.prompt_topic)} within '
-                  f'{args.connect_timeout:g} s (is it running, in this namespace and ROS_DOMAIN_ID?)',
+            print(f'ask: no vision_qa node found on {node.resolve_topic_name(args.prompt_topic)} '
+                  f'within {args.connect_timeout:g} s (is it running, in this namespace and '
+                  'ROS_DOMAIN_ID?)',
                   file=sys.stderr)
             return EXIT_NO_NODE
         client.ask(args.question)

@@ -14,7 +14,7 @@ _LEVELS = {
 
 
 def engine_status(engine, qa, frames, model_path: str) -> Tuple[int, str, List[Tuple[str, str]]]:
-    """(level, message, key/value pairs) describing the engine, the frames and the prompt counts."""
+    """Describe the engine, the frames and the prompt counts: (level, message, key/value pairs)."""
     state = engine.state
     latest = frames.latest()
     counters = qa.counters
@@ -35,7 +35,8 @@ def engine_status(engine, qa, frames, model_path: str) -> Tuple[int, str, List[T
         ('prompts_answered', str(counters.answered)),
         ('prompts_rejected', str(counters.rejected)),
         ('prompts_failed', str(counters.failed)),
-        ('last_time_to_first_token_s', '' if last is None else f'{last.time_to_first_token_s:.3f}'),
+        ('last_time_to_first_token_s',
+         '' if last is None else f'{last.time_to_first_token_s:.3f}'),
         ('last_tokens_per_s', '' if last is None else f'{last.decode_tokens_per_s:.1f}'),
     ]
     return _LEVELS[state], message, values

@@ -1,7 +1,8 @@
-"""Phi-3-vision through onnxruntime-genai: load a model folder, answer one request at a time.
+"""
+Phi-3-vision through onnxruntime-genai: load a model folder, answer one request at a time.
 
-Plain Python, no ROS. It runs inside the worker process (see worker.py): onnxruntime-genai holds the
-GIL through the whole prefill and some of its failures end the process they happen in.
+Plain Python, no ROS. It runs inside the worker process (see worker.py): onnxruntime-genai holds
+the GIL through the whole prefill and some of its failures end the process they happen in.
 """
 from __future__ import annotations
 
@@ -23,13 +24,17 @@ PROVIDERS = ('auto', 'cuda', 'cpu')
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
     model_path: str
-    provider: str = 'auto'            # auto: CUDA when this onnxruntime-genai build has it, else CPU
+    # auto: CUDA when this onnxruntime-genai build has it, else CPU
+    provider: str = 'auto'
     device_id: int = 0
-    max_image_side: int = 1344        # longest side of the image handed to the processor (0 = as is)
+    # longest side of the image handed to the processor (0 = as is)
+    max_image_side: int = 1344
     image_format: str = 'png'         # png (lossless) or jpeg
     jpeg_quality: int = 95
-    cuda_graph: bool = False          # onnxruntime-genai provider option enable_cuda_graph (CUDA only)
-    stream_interval_s: float = 0.02   # the worker joins pieces closer together than this (piece_coalescer)
+    # onnxruntime-genai provider option enable_cuda_graph (CUDA only)
+    cuda_graph: bool = False
+    # the worker joins pieces closer together than this (piece_coalescer)
+    stream_interval_s: float = 0.02
 
 
 def import_genai():
@@ -78,8 +83,8 @@ def read_genai_config(model_path: str) -> dict:
     model_type = config.get('model', {}).get('type') if isinstance(config, dict) else None
     if model_type != 'phi3v':
         raise ModelLoadError(
-            f'{config_file} describes a model of type {model_type!r}; phi3v_ros needs a Phi-3-vision '
-            'model (type "phi3v")')
+            f'{config_file} describes a model of type {model_type!r}; phi3v_ros needs a '
+            'Phi-3-vision model (type "phi3v")')
     return config
 
 
@@ -106,8 +111,8 @@ class Engine:
         self.provider = resolve_provider(config.provider, bool(self._og.is_cuda_available()))
         self.genai_version = getattr(self._og, '__version__', 'unknown')
         if config.provider == 'auto':
-            log(f'provider auto: using {self.provider} '
-                f'({"CUDA is available" if self.provider == "cuda" else "this build has no CUDA"})')
+            why = 'CUDA is available' if self.provider == 'cuda' else 'this build has no CUDA'
+            log(f'provider auto: using {self.provider} ({why})')
         start = time.perf_counter()
         try:
             og_config = self._og.Config(config.model_path)
@@ -120,7 +125,8 @@ class Engine:
             self._model = self._og.Model(og_config)
             self._processor = self._model.create_multimodal_processor()
         except RuntimeError as exc:
-            raise ModelLoadError(f'onnxruntime-genai could not load {config.model_path!r}: {exc}') from exc
+            raise ModelLoadError(
+                f'onnxruntime-genai could not load {config.model_path!r}: {exc}') from exc
         self.load_s = time.perf_counter() - start
         # 0.9 moved set_inputs from GeneratorParams to Generator; 0.6-0.8 only have the former.
         self._generator_takes_inputs = hasattr(self._og.Generator, 'set_inputs')
@@ -128,7 +134,8 @@ class Engine:
 
     def generate(self, request: Request, on_piece: Optional[Callable[[str], None]] = None,
                  should_stop: Callable[[], bool] = lambda: False) -> Result:
-        """Answer one request, streaming text pieces to on_piece; never raises for a bad request.
+        """
+        Answer one request, streaming text pieces to on_piece; never raises for a bad request.
 
         should_stop is polled between tokens; when it returns True the request ends as CANCELLED.
         """
@@ -156,7 +163,8 @@ class Engine:
             return self._og.Images.open(f.name)
 
     def _generate(self, request: Request, result: Result, start: float,
-                  on_piece: Optional[Callable[[str], None]], should_stop: Callable[[], bool]) -> None:
+                  on_piece: Optional[Callable[[str], None]],
+                  should_stop: Callable[[], bool]) -> None:
         settings = request.settings
         settings.validate()
         og = self._og
@@ -176,13 +184,15 @@ class Engine:
                 f'the prompt is {result.prompt_tokens} tokens long, the model takes at most '
                 f'{self.context_length - 1} before answering: shorten it or lower history_turns')
         # The KV cache is allocated for max_length up front: size it for this request only.
-        result.max_length = min(result.prompt_tokens + settings.max_new_tokens, self.context_length)
+        result.max_length = min(result.prompt_tokens + settings.max_new_tokens,
+                                self.context_length)
         params = og.GeneratorParams(self._model)
-        search = dict(max_length=result.max_length, do_sample=settings.do_sample)
+        search = {'max_length': result.max_length, 'do_sample': settings.do_sample}
         if settings.repetition_penalty != 1.0:
             search['repetition_penalty'] = settings.repetition_penalty
         if settings.do_sample:
-            search.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
+            search.update(temperature=settings.temperature, top_p=settings.top_p,
+                          top_k=settings.top_k)
             if settings.seed >= 0:
                 search['random_seed'] = settings.seed
         params.set_search_options(**search)
@@ -197,7 +207,8 @@ class Engine:
             del generator   # holds the KV cache (and on CUDA a captured graph)
 
     def _decode_loop(self, generator, result: Result, start: float,
-                     on_piece: Optional[Callable[[str], None]], should_stop: Callable[[], bool]) -> None:
+                     on_piece: Optional[Callable[[str], None]],
+                     should_stop: Callable[[], bool]) -> None:
         stream = self._processor.create_stream()
         pieces = []
         first_token_at = None
@@ -226,6 +237,7 @@ class Engine:
                     on_piece(piece)
         if first_token_at is not None and result.generated_tokens > 1:
             decode_s = time.perf_counter() - first_token_at
-            result.decode_tokens_per_s = (result.generated_tokens - 1) / decode_s if decode_s > 0 else 0.0
+            result.decode_tokens_per_s = ((result.generated_tokens - 1) / decode_s
+                                          if decode_s > 0 else 0.0)
         result.text = ''.join(pieces)
         result.stop_reason = stop_reason

@@ -1,25 +1,26 @@
-"""Parent side of the worker process: start it, submit requests, stream results, survive its death.
+"""
+Parent side of the worker process: start it, submit requests, stream results, survive its death.
 
-The client runs one request at a time. Callbacks (on_piece, on_result, on_state) run on the client's
-monitor thread. If the worker dies or stalls, the request in flight gets an ERROR result at once and
-the worker is restarted with a bounded exponential backoff.
+The client runs one request at a time. Callbacks (on_piece, on_result, on_state) run on the
+client's monitor thread. If the worker dies or stalls, the request in flight gets an ERROR result
+at once and the worker is restarted with a bounded exponential backoff.
 """
 from __future__ import annotations
 
 import enum
 import itertools
 import multiprocessing
+from multiprocessing.connection import wait
 import signal
 import threading
 import time
-from multiprocessing.connection import wait
 from typing import Callable, Optional
 
 from phi3v_ros.engine import EngineConfig
 from phi3v_ros.errors import EngineError
 from phi3v_ros.frame_transport import FrameSender
 from phi3v_ros.generation import Request, Result, StopReason
-from phi3v_ros.worker import WorkItem, worker_main
+from phi3v_ros.worker import worker_main, WorkItem
 
 
 class EngineState(str, enum.Enum):
@@ -95,7 +96,11 @@ class EngineClient:
         self._monitor.start()
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
-        """Wait until the worker is ready; False on timeout. Raises EngineError if loading failed."""
+        """
+        Wait until the worker is ready; False on timeout.
+
+        Raises EngineError if loading failed.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._ready.wait(0.05):
@@ -138,8 +143,12 @@ class EngineClient:
             return request_id
 
     def frame_buffer(self, shape: tuple):
-        """An array in the shared block frames travel in, to convert the next request's frame straight
-        into (submit() then copies nothing); None while a request is in flight (its frame is there)."""
+        """
+        Return an array in the shared block frames travel in, or None while a request is in flight.
+
+        The next request's frame can be converted straight into it (submit() then copies nothing);
+        while a request is in flight, its frame is there.
+        """
         with self._lock:
             if self._in_flight is not None or self._closing.is_set():
                 return None
@@ -149,7 +158,8 @@ class EngineClient:
         """Ask the worker to stop the request in flight (or request_id) between tokens."""
         with self._lock:
             in_flight = self._in_flight
-            if in_flight is None or (request_id is not None and request_id != in_flight.request_id):
+            if in_flight is None or (request_id is not None
+                                     and request_id != in_flight.request_id):
                 return False
             try:
                 self._conn.send(('cancel', in_flight.request_id))
@@ -180,7 +190,8 @@ class EngineClient:
         self._process, self._conn = process, parent_conn
         self._started_at = self._last_activity = time.monotonic()
         self._ready.clear()
-        if self.state != EngineState.FAILED:   # a failed engine stays 'failed' until it is ready again
+        # a failed engine stays 'failed' until it is ready again
+        if self.state != EngineState.FAILED:
             self._set_state(EngineState.LOADING, f'loading {self.config.model_path}')
 
     def _stop_process(self, timeout_s: float) -> None:
@@ -305,7 +316,8 @@ class EngineClient:
             else:
                 self._set_state(EngineState.RESTARTING, message)
             self._log(message)
-            self._fail_in_flight(f'the inference worker {reason} while answering; it is being restarted')
+            self._fail_in_flight(
+                f'the inference worker {reason} while answering; it is being restarted')
 
     def _wait_and_restart(self) -> None:
         with self._lock:

@@ -1,8 +1,9 @@
-"""The latest camera frame, kept as the raw message: storing it costs O(1), no conversion, no copy.
+"""
+The latest camera frame, kept as the raw message: storing it costs O(1), no conversion, no copy.
 
-Conversion happens once, when a prompt takes the frame (see vision_qa.py). Ages are measured on this
-machine's monotonic clock from the frame's arrival, so they stay meaningful when the camera's clock
-(header stamp) is wrong, simulated or far off; the stamp is kept for logs.
+Conversion happens once, when a prompt takes the frame (see vision_qa.py). Ages are measured on
+this machine's monotonic clock from the frame's arrival, so they stay meaningful when the camera's
+clock (header stamp) is wrong, simulated or far off; the stamp is kept for logs.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class FrameCache:
         self._changed = threading.Condition()
 
     def store(self, message: Any, stamp_s: float) -> None:
-        """Called from the image callback: O(1) regardless of the frame's size."""
+        """Store a frame; called from the image callback: O(1) regardless of the frame's size."""
         with self._changed:
             self._received += 1
             self._latest = Frame(message, stamp_s, time.monotonic(), self._received)
@@ -44,7 +45,11 @@ class FrameCache:
         return self._latest
 
     def wait_for_fresh(self, max_age_s: float, timeout_s: float) -> Optional[Frame]:
-        """The latest frame if it is at most max_age_s old (0 = any age), waiting up to timeout_s for one."""
+        """
+        Return the latest frame if it is at most max_age_s old (0 = any age).
+
+        Waits up to timeout_s for one.
+        """
         deadline = time.monotonic() + max(0.0, timeout_s)
         with self._changed:
             while True:

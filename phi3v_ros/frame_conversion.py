@@ -1,7 +1,9 @@
-"""Turn a cached frame (Image or CompressedImage message) into RGB, with cv_bridge as the fallback.
+"""
+Turn a cached frame (Image or CompressedImage message) into RGB, with cv_bridge as the fallback.
 
 The project's converters handle the common encodings (see image_conversion.py); an encoding they do
-not know goes through cv_bridge where it is installed, and is otherwise refused, naming the encoding.
+not know goes through cv_bridge where it is installed, and is otherwise refused, naming the
+encoding.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from phi3v_ros.image_conversion import compressed_to_rgb, image_to_rgb, is_suppo
 
 
 def load_cv_bridge_converter() -> Optional[Callable[[object], np.ndarray]]:
-    """A message -> RGB function backed by cv_bridge, or None where cv_bridge is not installed."""
+    """Return a message -> RGB function backed by cv_bridge (None where it is not installed)."""
     try:
         from cv_bridge import CvBridge
     except ImportError:
@@ -33,8 +35,12 @@ def load_cv_bridge_converter() -> Optional[Callable[[object], np.ndarray]]:
 
 
 class FrameConverter:
-    """allocate(shape) may give the array to convert a raw frame into (the engine's shared memory,
-    see EngineClient.frame_buffer), or None; compressed and cv_bridge frames get their own array."""
+    """
+    Convert a frame's message (Image or CompressedImage) to an RGB array.
+
+    allocate(shape) may give the array to convert a raw frame into (the engine's shared memory,
+    see EngineClient.frame_buffer), or None; compressed and cv_bridge frames get their own array.
+    """
 
     def __init__(self, max_pixels: int,
                  fallback: Optional[Callable[[object], np.ndarray]] = None,
@@ -50,8 +56,8 @@ class FrameConverter:
         if self.fallback is not None and not is_supported(message.encoding):
             if message.width * message.height > self.max_pixels:
                 raise ImageConversionError(
-                    f'the frame has {message.width}x{message.height} pixels, more than max_image_pixels '
-                    f'({self.max_pixels})')
+                    f'the frame has {message.width}x{message.height} pixels, more than '
+                    f'max_image_pixels ({self.max_pixels})')
             return self.fallback(message)
         return image_to_rgb(message, max_pixels=self.max_pixels, out=self._destination(message))
 

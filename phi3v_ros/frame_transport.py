@@ -1,9 +1,10 @@
-"""Frames travel from the node to the worker through one shared-memory block, not through the pipe.
+"""
+Frames travel from the node to the worker through one shared-memory block, not through the pipe.
 
-Measured on the 2-core CI machine: a 1920x1080 RGB frame costs 16.7 ms through a multiprocessing pipe
-and 1.4 ms through shared memory (copy in + notify + copy out). The parent owns the block and unlinks it
-on close; the worker only attaches. Only one request is in flight at a time, so the parent never
-rewrites the block while the worker reads it.
+Measured on the 2-core CI machine: a 1920x1080 RGB frame costs 16.7 ms through a multiprocessing
+pipe and 1.4 ms through shared memory (copy in + notify + copy out). The parent owns the block and
+unlinks it on close; the worker only attaches. Only one request is in flight at a time, so the
+parent never rewrites the block while the worker reads it.
 """
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ FrameRef = Tuple[str, Tuple[int, ...]]   # (shared-memory name, array shape); dt
 
 
 class FrameSender:
-    """Parent side: copies a frame into a shared block that grows as needed.
+    """
+    Parent side: copies a frame into a shared block that grows as needed.
 
-    buffer() hands out the block itself, so that a frame can be converted straight into it; put() of
-    that very array then copies nothing (a 1920x1080 frame: one 6 MB copy less, ~1 ms here).
+    buffer() hands out the block itself, so that a frame can be converted straight into it; put()
+    of that very array then copies nothing (a 1920x1080 frame: one 6 MB copy less, ~1 ms here).
     """
 
     def __init__(self) -> None:
@@ -33,7 +35,11 @@ class FrameSender:
             self._block = shared_memory.SharedMemory(create=True, size=size)
 
     def buffer(self, shape: Tuple[int, ...]) -> np.ndarray:
-        """A writable uint8 array of this shape in the shared block (valid until the next buffer/put)."""
+        """
+        Return a writable uint8 array of this shape in the shared block.
+
+        It is valid until the next buffer/put.
+        """
         self._reserve(int(np.prod(shape)))
         return np.ndarray(shape, np.uint8, self._block.buf)
 
@@ -46,7 +52,7 @@ class FrameSender:
         return self._block.name, tuple(frame.shape)
 
     def _holds(self, frame: np.ndarray) -> bool:
-        """True when frame is a buffer() of the current block, laid out as put() would write it."""
+        """Check that frame is a buffer() of the current block, laid out as put() writes it."""
         if self._block is None or not frame.flags.c_contiguous:
             return False
         start = np.ndarray((1,), np.uint8, self._block.buf).ctypes.data
@@ -62,7 +68,8 @@ class FrameSender:
             try:
                 block.close()
             except BufferError:
-                pass   # a buffer() array is still alive (shutdown mid-request): unmapped when it goes
+                # a buffer() array is still alive (shutdown mid-request): unmapped when it goes
+                pass
             try:
                 block.unlink()
             except FileNotFoundError:
@@ -70,7 +77,7 @@ class FrameSender:
 
 
 class FrameReceiver:
-    """Worker side: attaches to the parent's block (kept open across requests) and views the frame."""
+    """Worker side: attaches to the parent's block (open across requests) and views the frame."""
 
     def __init__(self) -> None:
         self._block: Optional[shared_memory.SharedMemory] = None

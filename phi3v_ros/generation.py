@@ -1,4 +1,5 @@
-"""Plain data passed between the node, the engine client, the worker process and the engine.
+"""
+Plain data passed between the node, the engine client, the worker process and the engine.
 
 Everything here is picklable and ROS-free, so it crosses the process boundary unchanged.
 """
@@ -56,7 +57,8 @@ class Request:
     """One question for the engine. image is an RGB uint8 array (H, W, 3) or None for text only."""
 
     prompt: str
-    image: Optional[object] = None          # numpy.ndarray; typed loosely so this module needs no numpy
+    # numpy.ndarray; typed loosely so this module needs no numpy
+    image: Optional[object] = None
     settings: GenerationSettings = dataclasses.field(default_factory=GenerationSettings)
     system_prompt: str = ''
     history: Tuple[Turn, ...] = ()
@@ -68,7 +70,8 @@ class Result:
 
     text: str = ''
     stop_reason: StopReason = StopReason.ERROR
-    error: str = ''                    # one readable sentence when stop_reason is ERROR (or why cancelled)
+    # one readable sentence when stop_reason is ERROR (or why cancelled)
+    error: str = ''
     image_tokens: int = 0
     prompt_tokens: int = 0
     generated_tokens: int = 0
@@ -78,7 +81,8 @@ class Result:
     total_s: float = 0.0
     image_size: Tuple[int, int] = (0, 0)  # (height, width) handed to the processor after bounding
     image_encode_s: float = 0.0         # bounding + PNG/JPEG encoding of the frame, in the worker
-    stages: List[Tuple[str, float]] = dataclasses.field(default_factory=list)  # extra timings (name, s)
+    # extra timings (name, s)
+    stages: List[Tuple[str, float]] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -1,4 +1,5 @@
-"""Turn ``sensor_msgs/Image`` and ``sensor_msgs/CompressedImage`` frames into RGB numpy arrays.
+"""
+Turn ``sensor_msgs/Image`` and ``sensor_msgs/CompressedImage`` frames into RGB numpy arrays.
 
 ROS-free: the functions are duck-typed on the message fields, so they accept the real rclpy
 messages (whose ``data`` is an ``array.array('B')``) as well as any object with the same
@@ -96,7 +97,8 @@ _EVEN_WIDTH_KINDS = ('yuv422', 'uyvy', 'yuv422_yuy2', 'yuyv', 'nv12', 'nv21')
 
 
 def is_supported(encoding: Any) -> bool:
-    """Return True if :func:`image_to_rgb` converts frames with this ``encoding`` string.
+    """
+    Return True if :func:`image_to_rgb` converts frames with this ``encoding`` string.
 
     The node can use this to fall back to cv_bridge for other encodings.  Never raises.
     """
@@ -116,7 +118,7 @@ def _short_repr(value: Any, limit: int = 40) -> str:
 
 
 def _last_line(exc: BaseException) -> str:
-    """The informative last line of an exception's text (cv2.error spans several lines)."""
+    """Return the informative last line of an exception's text (cv2.error spans several lines)."""
     try:
         lines = str(exc).strip().splitlines()
     except Exception:
@@ -172,9 +174,14 @@ def _guarded(func):
     return wrapper
 
 
-def _finish(rgb: np.ndarray, height: int, width: int, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Last sanity check of every result (cheap: never copies a well-formed array); with out, the
-    result is in out (written there by the conversion itself, or copied once if it could not be)."""
+def _finish(rgb: np.ndarray, height: int, width: int,
+            out: Optional[np.ndarray] = None) -> np.ndarray:
+    """
+    Check every result one last time (cheap: never copies a well-formed array).
+
+    With out, the result is in out (written there by the conversion itself, or copied once if it
+    could not be).
+    """
     if rgb.dtype != np.uint8 or rgb.shape != (height, width, 3):
         raise ImageConversionError(
             'conversion produced an array of shape %s and dtype %s instead of (%d, %d, 3) uint8'
@@ -265,7 +272,7 @@ def _validate_raw(msg: Any, max_pixels: int) -> Tuple[str, _Spec, int, int, int,
 
 def _convert_raw(spec: _Spec, height: int, width: int, step: int, big_endian: bool,
                  buf: memoryview, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """The RGB array; for 8-bit and NV encodings written straight into out when it is given."""
+    """Return the RGB array; for 8-bit and NV encodings written straight into out when given."""
     kind, ch = spec.kind, spec.channels
     if kind == 'u8':
         shape = (height, width) if ch == 1 else (height, width, ch)
@@ -276,10 +283,14 @@ def _convert_raw(spec: _Spec, height: int, width: int, step: int, big_endian: bo
                 np.copyto(out, view)
                 return out
             return view.copy()
-        return cv2.cvtColor(view, spec.code) if out is None else cv2.cvtColor(view, spec.code, dst=out)
+        if out is None:
+            return cv2.cvtColor(view, spec.code)
+        return cv2.cvtColor(view, spec.code, dst=out)
     if kind == 'nv':
         view = _strided(buf, (height * 3 // 2, width), (step, 1))
-        return cv2.cvtColor(view, spec.code) if out is None else cv2.cvtColor(view, spec.code, dst=out)
+        if out is None:
+            return cv2.cvtColor(view, spec.code)
+        return cv2.cvtColor(view, spec.code, dst=out)
     if kind == 'hi16':
         # The most significant byte of every sample, straight from the bytes: offset 0 for
         # big-endian data, 1 for little-endian, whatever this machine's byte order is.
@@ -308,7 +319,8 @@ def _convert_raw(spec: _Spec, height: int, width: int, step: int, big_endian: bo
 @_guarded
 def image_to_rgb(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                  out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Convert a ``sensor_msgs/Image``-like message to an (H, W, 3) uint8 RGB array.
+    """
+    Convert a ``sensor_msgs/Image``-like message to an (H, W, 3) uint8 RGB array.
 
     ``msg`` needs ``encoding``, ``height``, ``width``, ``step``, ``is_bigendian`` and ``data``
     (bytes, bytearray, array.array or memoryview; read through a zero-copy view).
@@ -335,10 +347,9 @@ def image_to_rgb(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     given, writes the result into ``out`` and returns it (8-bit and NV encodings convert straight
     into it, the others are copied into it once).
 
-    Raises:
-        ImageConversionError: unsupported/float/empty encoding, zero or too many pixels
-            (``width * height > max_pixels``), ``step`` too small, wrong data length, odd size
-            for YUV encodings, or any failure during conversion.
+    :raises ImageConversionError: unsupported/float/empty encoding, zero or too many pixels
+        (``width * height > max_pixels``), ``step`` too small, wrong data length, odd size for
+        YUV encodings, or any failure during conversion.
     """
     limit = _check_max_pixels(max_pixels)
     _, spec, height, width, step, buf = _validate_raw(msg, limit)
@@ -374,8 +385,8 @@ def _sniff(head: bytes) -> str:
         return 'the data is empty'
     known = [
         (b'BM', 'BMP'), (b'GIF87a', 'GIF'), (b'GIF89a', 'GIF'), (b'II*\x00', 'TIFF'),
-        (b'MM\x00*', 'TIFF'), (b'\x00\x00\x00\x0cjP  ', 'JPEG 2000'), (b'\xff\x4f\xff\x51',
-                                                                        'JPEG 2000'),
+        (b'MM\x00*', 'TIFF'), (b'\x00\x00\x00\x0cjP  ', 'JPEG 2000'),
+        (b'\xff\x4f\xff\x51', 'JPEG 2000'),
         (b'P1', 'PNM'), (b'P2', 'PNM'), (b'P3', 'PNM'), (b'P4', 'PNM'), (b'P5', 'PNM'),
         (b'P6', 'PNM'), (b'\x76\x2f\x31\x01', 'OpenEXR'), (b'#?RADIANCE', 'Radiance HDR'),
         (b'qoif', 'QOI'),
@@ -405,7 +416,8 @@ def _png_size(buf: memoryview) -> Tuple[int, int]:
 
 
 def _png_check_chunks(buf: memoryview) -> None:
-    """Refuse a PNG whose chunk lengths run past the end of the data.
+    """
+    Refuse a PNG whose chunk lengths run past the end of the data.
 
     OpenCV (4.14 at least) allocates whatever a chunk header declares before reading it, so a
     161-byte PNG whose IDAT length field was corrupted to ~2 GB costs 2 GB of memory and seconds
@@ -429,10 +441,13 @@ def _png_check_chunks(buf: memoryview) -> None:
 
 
 def _jpeg_check_scans(data: bytes) -> None:
-    """Refuse JPEGs with absurdly many scans: libjpeg decodes each progressive scan over the
-    whole image, so a small file with thousands of scans takes very long.  In entropy-coded data
-    0xFF is always followed by 0x00 or RSTn, so counting 0xFFDA counts SOS markers (an EXIF
-    thumbnail may add one or two)."""
+    """
+    Refuse JPEGs with absurdly many scans.
+
+    libjpeg decodes each progressive scan over the whole image, so a small file with thousands of
+    scans takes very long.  In entropy-coded data 0xFF is always followed by 0x00 or RSTn, so
+    counting 0xFFDA counts SOS markers (an EXIF thumbnail may add one or two).
+    """
     scans = data.count(b'\xff\xda')
     if scans > _JPEG_MAX_SCANS:
         raise ImageConversionError(
@@ -441,8 +456,12 @@ def _jpeg_check_scans(data: bytes) -> None:
 
 
 def _jpeg_size(data: bytes) -> Tuple[int, int]:
-    """(width, height) from the first SOFn segment; bounded by the data length, never reads
-    past it.  Skips stray bytes between segments the way libjpeg does."""
+    """
+    Return (width, height) from the first SOFn segment.
+
+    Bounded by the data length, never reads past it.  Skips stray bytes between segments the way
+    libjpeg does.
+    """
     size = len(data)
     pos = 2                                   # after SOI
     while True:
@@ -487,7 +506,8 @@ def _jpeg_size(data: bytes) -> Tuple[int, int]:
 
 @_guarded
 def compressed_to_rgb(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode a ``sensor_msgs/CompressedImage``-like message to an (H, W, 3) uint8 RGB array.
+    """
+    Decode a ``sensor_msgs/CompressedImage``-like message to an (H, W, 3) uint8 RGB array.
 
     Only PNG and JPEG are accepted, recognised by their magic bytes; ``msg.format`` is read only
     for error messages (it is often wrong, e.g. 'rgb8; jpeg compressed bgr8' for a JPEG whose
@@ -503,9 +523,8 @@ def compressed_to_rgb(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
     lengths overrun the data and JPEGs with more than 100 scans are refused before decoding
     (both make OpenCV spend memory or CPU out of proportion to the file size).
 
-    Raises:
-        ImageConversionError: empty/unknown data, truncated header, zero or too many pixels,
-            or a decode failure.
+    :raises ImageConversionError: empty/unknown data, truncated header, zero or too many pixels,
+        or a decode failure.
     """
     limit = _check_max_pixels(max_pixels)
     buf = _byte_view(msg.data, 'compressed image')

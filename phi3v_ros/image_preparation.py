@@ -1,4 +1,5 @@
-"""Turn an RGB frame into the bytes the Phi-3-vision processor reads: bounded in size, self-encoded.
+"""
+Turn an RGB frame into the bytes the Phi-3-vision processor reads: bounded, self-encoded.
 
 Only bytes encoded here ever reach onnxruntime-genai's processor: it decodes PNG and JPEG, and any
 other bytes reach libjpeg, which calls exit(1) and ends the process.
@@ -12,7 +13,8 @@ IMAGE_FORMATS = ('png', 'jpeg')
 
 
 def bound_longest_side(rgb: np.ndarray, max_side: int) -> np.ndarray:
-    """Downscale so that the longest side is at most max_side (0 = no bound); never upscale.
+    """
+    Downscale so that the longest side is at most max_side (0 = no bound); never upscale.
 
     The processor's HD transform tops out at 16 crops of 336 px, so pixels beyond that only cost
     encoding and decoding time.

@@ -1,13 +1,15 @@
-"""Where the published Phi-3-vision ONNX models live on disk (ROS-free; shared by the node and fetch_model).
+"""
+Where the published Phi-3-vision ONNX models live on disk.
 
-``fetch_model`` downloads a model folder of a Hugging Face repository into
-``<model root>/<repository name>/<folder>``; the model root is ``~/.cache/phi3v_ros/models`` unless the
-environment variable ``PHI3V_ROS_MODEL_DIR`` names another.
+ROS-free; shared by the node and fetch_model. ``fetch_model`` downloads a model folder of a Hugging
+Face repository into ``<model root>/<repository name>/<folder>``; the model root is
+``~/.cache/phi3v_ros/models`` unless the environment variable ``PHI3V_ROS_MODEL_DIR`` names
+another.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +21,7 @@ DEFAULT_MODEL_ROOT = Path(os.environ.get(MODEL_DIR_ENV) or _DEFAULT_ROOT).expand
 @dataclass(frozen=True)
 class ModelFolder:
     """One published model folder: the repository and the folder inside it."""
+
     variant: str            # int4 (CUDA), fp16 (CUDA) or cpu (CPU int4)
     repo_id: str
     folder: str             # path inside the repository
@@ -34,25 +37,34 @@ class ModelFolder:
 
 
 # The Nov-2024 re-exports (onnxruntime-genai 0.5 and newer) and the May-2024 exports (0.3 / 0.4).
-NOV2024_INT4 = ModelFolder('int4', 'microsoft/Phi-3-vision-128k-instruct-onnx', 'gpu/gpu-int4-rtn-block-32',
-                           2.6, 'nov2024')
+NOV2024_INT4 = ModelFolder('int4', 'microsoft/Phi-3-vision-128k-instruct-onnx',
+                           'gpu/gpu-int4-rtn-block-32', 2.6, 'nov2024')
 NOV2024_CPU = ModelFolder('cpu', 'microsoft/Phi-3-vision-128k-instruct-onnx',
                           'cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4', 3.2, 'nov2024')
-MAY2024_INT4 = ModelFolder('int4', 'microsoft/Phi-3-vision-128k-instruct-onnx-cuda', 'cuda-int4-rtn-block-32',
-                           2.6, 'may2024')
-MAY2024_FP16 = ModelFolder('fp16', 'microsoft/Phi-3-vision-128k-instruct-onnx-cuda', 'cuda-fp16', 8.0, 'may2024')
+MAY2024_INT4 = ModelFolder('int4', 'microsoft/Phi-3-vision-128k-instruct-onnx-cuda',
+                           'cuda-int4-rtn-block-32', 2.6, 'may2024')
+MAY2024_FP16 = ModelFolder('fp16', 'microsoft/Phi-3-vision-128k-instruct-onnx-cuda',
+                           'cuda-fp16', 8.0, 'may2024')
 MAY2024_CPU = ModelFolder('cpu', 'microsoft/Phi-3-vision-128k-instruct-onnx-cpu',
                           'cpu-int4-rtn-block-32-acc-level-4', 3.2, 'may2024')
 KNOWN_FOLDERS = (NOV2024_INT4, NOV2024_CPU, MAY2024_INT4, MAY2024_FP16, MAY2024_CPU)
 
 
 def model_root() -> Path:
-    """The model root now (reads PHI3V_ROS_MODEL_DIR at call time, unlike DEFAULT_MODEL_ROOT)."""
+    """
+    Return the model root now.
+
+    Reads PHI3V_ROS_MODEL_DIR at call time, unlike DEFAULT_MODEL_ROOT.
+    """
     return Path(os.environ.get(MODEL_DIR_ENV) or _DEFAULT_ROOT).expanduser()
 
 
 def default_model_path() -> str:
-    """The CUDA int4 folder ``fetch_model`` writes by default: the node's ``model_path`` default."""
+    """
+    Return the CUDA int4 folder ``fetch_model`` writes by default.
+
+    It is the node's ``model_path`` default.
+    """
     return str(NOV2024_INT4.local_path())
 
 
@@ -65,7 +77,7 @@ def _folder_for(path: str) -> Optional[ModelFolder]:
 
 
 def fetch_command(path: Optional[str] = None) -> str:
-    """The ``ros2 run phi3v_ros fetch_model ...`` command that writes the model to ``path``."""
+    """Return the ``ros2 run phi3v_ros fetch_model ...`` command writing the model to ``path``."""
     command = 'ros2 run phi3v_ros fetch_model'
     if path is None:
         return command
@@ -74,19 +86,22 @@ def fetch_command(path: Optional[str] = None) -> str:
         return command
     if known.variant != 'int4':
         command += f' --variant {known.variant}'
-    root = Path(str(path)).expanduser().parents[len(Path(known.folder).parts)]   # <root>/<repo>/<folder>
+    # <root>/<repo>/<folder>
+    root = Path(str(path)).expanduser().parents[len(Path(known.folder).parts)]
     if root.resolve() != model_root().resolve():
         command += f' --dest {root}'
     return command
 
 
 def missing_model_hint(path: str) -> str:
-    """One sentence telling the user the command that gets the model ``path`` should hold.
+    """
+    One sentence telling the user the command that gets the model ``path`` should hold.
 
     It starts in lower case because callers append it to their own message ("...; download ...").
     """
     known = _folder_for(path)
     if known is not None:
-        return (f'download the model (about {known.size_gb:g} GB) into {path} with `{fetch_command(path)}`')
-    return (f'download the published model with `ros2 run phi3v_ros fetch_model` and set model_path to the '
-            f'folder it prints (by default {default_model_path()})')
+        return (f'download the model (about {known.size_gb:g} GB) into {path} with '
+                f'`{fetch_command(path)}`')
+    return ('download the published model with `ros2 run phi3v_ros fetch_model` and set '
+            f'model_path to the folder it prints (by default {default_model_path()})')

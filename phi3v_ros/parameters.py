@@ -1,4 +1,5 @@
-"""Every node parameter in one table: name, default, meaning, range, and whether it is read-only.
+"""
+Every node parameter in one table: name, default, meaning, range, and whether it is read-only.
 
 ROS-free on purpose: the node declares parameters from this table, the tests check that
 config/vision_qa.yaml and the README list exactly these names and defaults.
@@ -32,50 +33,58 @@ class ParameterSpec:
 PARAMETERS: Tuple[ParameterSpec, ...] = (
     # -- the model and the worker process (read-only: changing them means a new worker) --
     ParameterSpec('model_path', default_model_path(),
-                  'Phi-3-vision ONNX model folder (the one with genai_config.json)', read_only=True),
+                  'Phi-3-vision ONNX model folder (the one with genai_config.json)',
+                  read_only=True),
     ParameterSpec('provider', 'auto', 'execution provider: auto (CUDA if available), cuda or cpu',
                   read_only=True, choices=PROVIDERS),
     ParameterSpec('device_id', 0, 'CUDA device index', read_only=True, value_range=(0, 64)),
     ParameterSpec('cuda_graph', False,
-                  'capture the decoder in a CUDA graph (CUDA only): +33-45 % decode on an H100, off until '
-                  'shown to keep greedy output (README, GPU measurements)', read_only=True),
-    ParameterSpec('warmup', True, 'run one short generation after loading so the first answer is fast',
+                  'capture the decoder in a CUDA graph (CUDA only): +33-45 % decode on an H100, '
+                  'off until shown to keep greedy output (README, GPU measurements)',
+                  read_only=True),
+    ParameterSpec('warmup', True,
+                  'run one short generation after loading so the first answer is fast',
                   read_only=True),
     ParameterSpec('max_image_side', 1344,
-                  'longest image side handed to the model (0 = as is); the model sees at most 16 crops '
-                  'of 336 px, so larger frames only cost time', read_only=True, value_range=(0, 8192)),
-    ParameterSpec('image_format', 'png', 'how frames are encoded for the model: png (lossless) or jpeg',
+                  'longest image side handed to the model (0 = as is); the model sees at most 16 '
+                  'crops of 336 px, so larger frames only cost time', read_only=True,
+                  value_range=(0, 8192)),
+    ParameterSpec('image_format', 'png',
+                  'how frames are encoded for the model: png (lossless) or jpeg',
                   read_only=True, choices=IMAGE_FORMATS),
     ParameterSpec('stall_timeout', 60.0,
-                  'seconds without progress from the worker during a request before it is restarted',
-                  read_only=True, value_range=(1.0, 3600.0)),
+                  'seconds without progress from the worker during a request before it is'
+                  ' restarted', read_only=True, value_range=(1.0, 3600.0)),
     ParameterSpec('stream_interval', 0.02,
-                  'seconds; streamed pieces that come sooner than this after the last stream message are '
-                  'joined into the next one (0 = one message per piece)', read_only=True,
-                  value_range=(0.0, 1.0)),
-    ParameterSpec('load_timeout', 600.0, 'seconds the worker may take to load and warm up the model',
+                  'seconds; streamed pieces that come sooner than this after the last stream '
+                  'message are joined into the next one (0 = one message per piece)',
+                  read_only=True, value_range=(0.0, 1.0)),
+    ParameterSpec('load_timeout', 600.0,
+                  'seconds the worker may take to load and warm up the model',
                   read_only=True, value_range=(1.0, 7200.0)),
     # -- topics --
     ParameterSpec('image_topic', 'image', 'camera topic (sensor_msgs/Image)', read_only=True),
     ParameterSpec('use_compressed', False,
                   'subscribe <image_topic>/compressed (sensor_msgs/CompressedImage) instead',
                   read_only=True),
-    ParameterSpec('image_reliability', 'best_effort', 'camera QoS reliability: best_effort or reliable',
+    ParameterSpec('image_reliability', 'best_effort',
+                  'camera QoS reliability: best_effort or reliable',
                   read_only=True, choices=('best_effort', 'reliable')),
     ParameterSpec('image_qos_depth', 1, 'camera QoS history depth (only the latest frame is used)',
                   read_only=True, value_range=(1, 100)),
     ParameterSpec('prompt_topic', 'prompt', 'questions (std_msgs/String)', read_only=True),
     ParameterSpec('answer_topic', 'answer',
-                  'answers (std_msgs/String); streamed pieces go to <answer_topic>/stream', read_only=True),
+                  'answers (std_msgs/String); streamed pieces go to <answer_topic>/stream',
+                  read_only=True),
     ParameterSpec('max_image_pixels', 40_000_000,
                   'frames with more pixels than this are refused before any work', read_only=True,
                   value_range=(1, 400_000_000)),
-    ParameterSpec('diagnostics_period', 1.0, 'seconds between /diagnostics messages', read_only=True,
-                  value_range=(0.1, 60.0)),
+    ParameterSpec('diagnostics_period', 1.0, 'seconds between /diagnostics messages',
+                  read_only=True, value_range=(0.1, 60.0)),
     # -- request policies (can change while running) --
     ParameterSpec('max_image_age', _QA.max_image_age_s,
-                  'seconds; a prompt waits for a newer frame when the latest is older (0 = any age)',
-                  value_range=(0.0, 3600.0)),
+                  'seconds; a prompt waits for a newer frame when the latest is older'
+                  ' (0 = any age)', value_range=(0.0, 3600.0)),
     ParameterSpec('image_wait_timeout', _QA.image_wait_timeout_s,
                   'seconds a prompt waits for a (fresh) frame before the ERROR reply',
                   value_range=(0.0, 600.0)),
@@ -95,14 +104,16 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     # -- generation (can change while running) --
     ParameterSpec('max_new_tokens', _GEN.max_new_tokens, 'longest answer, in tokens',
                   value_range=(1, 131072)),
-    ParameterSpec('do_sample', _GEN.do_sample, 'sample (true) or greedy, repeatable decoding (false)'),
+    ParameterSpec('do_sample', _GEN.do_sample,
+                  'sample (true) or greedy, repeatable decoding (false)'),
     ParameterSpec('temperature', _GEN.temperature, 'sampling temperature (do_sample only)',
                   value_range=(0.01, 5.0)),
-    ParameterSpec('top_p', _GEN.top_p, 'nucleus sampling mass (do_sample only)', value_range=(0.01, 1.0)),
+    ParameterSpec('top_p', _GEN.top_p, 'nucleus sampling mass (do_sample only)',
+                  value_range=(0.01, 1.0)),
     ParameterSpec('top_k', _GEN.top_k, 'sample from the k most likely tokens (do_sample only)',
                   value_range=(1, 1000)),
-    ParameterSpec('repetition_penalty', _GEN.repetition_penalty, '1.0 = none; above 1 discourages repeats',
-                  value_range=(0.5, 2.0)),
+    ParameterSpec('repetition_penalty', _GEN.repetition_penalty,
+                  '1.0 = none; above 1 discourages repeats', value_range=(0.5, 2.0)),
     ParameterSpec('seed', _GEN.seed, 'sampling seed; -1 = random', value_range=(-1, 2**31 - 1)),
 )
 
@@ -120,7 +131,7 @@ def check_value(name: str, value: Any) -> Optional[str]:
 
 
 def qa_options(values: dict) -> QAOptions:
-    """The request policies and generation settings from parameter values (name -> value)."""
+    """Return the request policies and generation settings from parameter values (name: value)."""
     settings = GenerationSettings(
         max_new_tokens=values['max_new_tokens'], do_sample=values['do_sample'],
         temperature=values['temperature'], top_p=values['top_p'], top_k=values['top_k'],

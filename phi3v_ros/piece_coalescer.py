@@ -1,18 +1,19 @@
-"""Join streamed text pieces that come faster than a short interval into one message.
+"""
+Join streamed text pieces that come faster than a short interval into one message.
 
-A small model on a CPU (or a big one on a fast GPU) decodes thousands of tokens per second; one pipe
-message and one ROS publish per token then cost the node more CPU than the answer is worth to a
-listener, and on a machine with few cores that CPU is taken from the model. The rule here:
+A small model on a CPU (or a big one on a fast GPU) decodes thousands of tokens per second; one
+pipe message and one ROS publish per token then cost the node more CPU than the answer is worth to
+a listener, and on a machine with few cores that CPU is taken from the model. The rule here:
 
 * a piece is sent at once when at least `interval_s` has passed since the last send (so the first
-  piece of an answer always goes out at once, and a model slower than one token per interval streams
-  every piece as before);
-* otherwise it waits and is sent, joined with the pieces after it, with the first piece that comes at
-  least `interval_s` after the last send, or by flush() at the end of the answer.
+  piece of an answer always goes out at once, and a model slower than one token per interval
+  streams every piece as before);
+* otherwise it waits and is sent, joined with the pieces after it, with the first piece that comes
+  at least `interval_s` after the last send, or by flush() at the end of the answer.
 
 Nothing is dropped or reordered: the pieces sent, joined, equal the pieces added, joined. A waiting
-piece is late by at most `interval_s` plus one token's time. There is no timer thread: the decode loop
-holds the GIL between tokens anyway, so a timer could not send earlier than the next token.
+piece is late by at most `interval_s` plus one token's time. There is no timer thread: the decode
+loop holds the GIL between tokens anyway, so a timer could not send earlier than the next token.
 """
 from __future__ import annotations
 

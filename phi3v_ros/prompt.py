@@ -1,4 +1,4 @@
-"""The Phi-3 chat prompt: validation of user text and the exact template the model was trained on."""
+"""The Phi-3 chat prompt: user text validation and the exact template the model was trained on."""
 from __future__ import annotations
 
 import re
@@ -23,11 +23,16 @@ def neutralize(text: str) -> str:
 
 
 def validate_question(text: str, max_chars: int) -> str:
-    """Return the question stripped of surrounding whitespace, or raise PromptError saying why not."""
+    """
+    Return the question stripped of surrounding whitespace.
+
+    Raise PromptError saying why if it is empty or too long.
+    """
     question = text.strip()
     if max_chars > 0 and len(question) > max_chars:
         raise PromptError(
-            f'the prompt is {len(question)} characters long, more than max_prompt_chars ({max_chars})')
+            f'the prompt is {len(question)} characters long, more than max_prompt_chars '
+            f'({max_chars})')
     if not question or not neutralize(question).strip():   # nothing left once control chars go
         raise PromptError('the prompt is empty')
     return question
@@ -35,7 +40,11 @@ def validate_question(text: str, max_chars: int) -> str:
 
 def build_chat_prompt(question: str, *, has_image: bool, system_prompt: str = '',
                       history: Iterable[Turn] = ()) -> str:
-    """Phi-3 chat format; the image tag goes into the current turn only (earlier turns are text)."""
+    """
+    Build the prompt in the Phi-3 chat format.
+
+    The image tag goes into the current turn only (earlier turns are text).
+    """
     parts = []
     if system_prompt.strip():
         parts.append(f'<|system|>\n{neutralize(system_prompt.strip())}<|end|>\n')

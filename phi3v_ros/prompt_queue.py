@@ -22,12 +22,17 @@ class PromptQueue(Generic[T]):
         if max_size < 1:
             raise ValueError('max_queue must be >= 1')
         if policy not in BUSY_POLICIES:
-            raise ValueError(f'busy_policy must be one of {", ".join(BUSY_POLICIES)}, not {policy!r}')
+            raise ValueError(
+                f'busy_policy must be one of {", ".join(BUSY_POLICIES)}, not {policy!r}')
         with self._changed:
             self.max_size, self.policy = max_size, policy
 
     def put(self, item: T) -> Optional[T]:
-        """Queue item. Returns the item that lost its place when full (item itself under 'reject')."""
+        """
+        Queue item.
+
+        Returns the item that lost its place when full (item itself under 'reject').
+        """
         with self._changed:
             if self._closed:
                 return item
@@ -41,7 +46,7 @@ class PromptQueue(Generic[T]):
             return loser
 
     def get(self, timeout_s: Optional[float] = None) -> Optional[T]:
-        """The oldest item, waiting up to timeout_s; None on timeout or when closed."""
+        """Return the oldest item, waiting up to timeout_s; None on timeout or when closed."""
         with self._changed:
             if not self._changed.wait_for(lambda: self._items or self._closed, timeout_s):
                 return None

@@ -1,8 +1,10 @@
-"""The question-answering service behind the node, without ROS: prompts in, one reply each out.
+"""
+The question-answering service behind the node, without ROS: prompts in, one reply each out.
 
-A prompt is validated on arrival, waits in a bounded queue while the engine is busy or loading, gets the
-latest fresh frame bound to it when its turn comes, and is answered by the engine in the worker
-process. Every prompt gets exactly one reply: the answer, or a sentence starting with ERROR_PREFIX.
+A prompt is validated on arrival, waits in a bounded queue while the engine is busy or loading,
+gets the latest fresh frame bound to it when its turn comes, and is answered by the engine in the
+worker process. Every prompt gets exactly one reply: the answer, or a sentence starting with
+ERROR_PREFIX.
 """
 from __future__ import annotations
 
@@ -40,21 +42,26 @@ class QAOptions:
 
 @dataclasses.dataclass(frozen=True)
 class Ticket:
-    id: int
+    id: int  # noqa: A003 - the prompt's number, a public field (reply.ticket.id: node, tests)
     question: str
     received: float      # time.monotonic()
 
 
 @dataclasses.dataclass(frozen=True)
 class Reply:
-    """What is published for one prompt. outcome: 'answered', 'rejected' (never processed) or 'failed'."""
+    """
+    What is published for one prompt.
+
+    outcome: 'answered', 'rejected' (never processed) or 'failed'.
+    """
 
     ticket: Ticket
     text: str
     outcome: str
     result: Optional[Result] = None
     frame: Optional[Frame] = None
-    # Where the node's own time went, in seconds (see VisionQA._serve), plus 'stream_messages' (a count).
+    # Where the node's own time went, in seconds (see VisionQA._serve), plus 'stream_messages'
+    # (a count).
     timings: Dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
@@ -75,11 +82,11 @@ class _Cancelled(Exception):
 
 
 class _Failed(Exception):
-    """A taken prompt cannot be answered; the message is the reply's sentence (without the prefix)."""
+    """A taken prompt cannot be answered; the message is the reply's sentence (without prefix)."""
 
 
 class VisionQA:
-    """Owns the queue and the dispatcher thread; the engine and the frame source are given to it."""
+    """Owns the queue and the dispatcher thread; the engine and the frame source are given."""
 
     def __init__(self, engine, frames: FrameCache, convert_frame: Callable[[Frame], object],
                  on_reply: Callable[[Reply], None],
@@ -102,7 +109,8 @@ class VisionQA:
         self._current: Optional[Ticket] = None
         self.counters = Counters()
         self.last_result: Optional[Result] = None
-        self._thread = threading.Thread(target=self._dispatch, name='phi3v-dispatcher', daemon=True)
+        self._thread = threading.Thread(target=self._dispatch, name='phi3v-dispatcher',
+                                        daemon=True)
 
     # -- called from ROS callbacks --------------------------------------------------------------
 
@@ -110,7 +118,11 @@ class VisionQA:
         self._thread.start()
 
     def ask(self, text: str) -> Ticket:
-        """Take a prompt; never blocks. Refusals are replied to at once, from the caller's thread."""
+        """
+        Take a prompt; never blocks.
+
+        Refusals are replied to at once, from the caller's thread.
+        """
         with self._lock:
             self.counters.received += 1
         ticket = Ticket(next(self._ids), text, time.monotonic())
@@ -128,12 +140,16 @@ class VisionQA:
             self._reply(ticket, f'busy: {self._queue.max_size} prompts are already waiting '
                                 '(busy_policy reject); ask again later.', 'rejected')
         elif loser is not None:
-            self._reply(loser, 'dropped from the queue for a newer prompt (busy_policy drop_oldest).',
-                        'rejected')
+            self._reply(loser, 'dropped from the queue for a newer prompt (busy_policy '
+                               'drop_oldest).', 'rejected')
         return ticket
 
     def cancel(self) -> bool:
-        """Stop the prompt being processed (its reply says it was cancelled). False if there is none."""
+        """
+        Stop the prompt being processed (its reply says it was cancelled).
+
+        False if there is none.
+        """
         with self._lock:
             if self._current is None:
                 return False
@@ -163,7 +179,11 @@ class VisionQA:
         return self._current is not None
 
     def close(self, timeout_s: float = 2.0) -> None:
-        """Stop taking prompts; the ones still waiting get an ERROR reply. Close the engine after this."""
+        """
+        Stop taking prompts; the ones still waiting get an ERROR reply.
+
+        Close the engine after this.
+        """
         self._closing.set()
         for ticket in self._queue.close():
             self._reply(ticket, 'the node is shutting down.', 'rejected')
@@ -189,9 +209,13 @@ class VisionQA:
                     self._current = None
 
     def _serve(self, ticket: Ticket) -> None:
-        """Answer one taken prompt. timings (seconds): queue = arrival to taken; wait = for the engine
-        and a fresh frame; convert = the frame to RGB; to_worker = into shared memory + the request down
-        the pipe; handoff = worker round trip outside Engine.generate; reply = result to reply."""
+        """
+        Answer one taken prompt.
+
+        timings (seconds): queue = arrival to taken; wait = for the engine and a fresh frame;
+        convert = the frame to RGB; to_worker = into shared memory + the request down the pipe;
+        handoff = worker round trip outside Engine.generate; reply = result to reply.
+        """
         options = self._options
         frame = None
         timings = {'queue': time.monotonic() - ticket.received}
@@ -213,10 +237,11 @@ class VisionQA:
         if result.stop_reason == StopReason.CANCELLED:
             self._reply(ticket, self._cancel_reason(), 'failed', result, frame, timings)
         elif result.stop_reason == StopReason.ERROR:
-            self._reply(ticket, f'the model failed: {result.error}', 'failed', result, frame, timings)
-        elif not result.text.strip():
-            self._reply(ticket, 'the model ended its answer without any text.', 'failed', result, frame,
+            self._reply(ticket, f'the model failed: {result.error}', 'failed', result, frame,
                         timings)
+        elif not result.text.strip():
+            self._reply(ticket, 'the model ended its answer without any text.', 'failed', result,
+                        frame, timings)
         else:
             self._history.add(ticket.question, result.text.strip())
             self._reply(ticket, result.text, 'answered', result, frame, timings)
@@ -245,10 +270,11 @@ class VisionQA:
         if frame is not None or options.allow_text_only:
             return frame
         if self._frames.latest() is None:
-            raise _Failed(f'no camera image has arrived (waited {options.image_wait_timeout_s:g} s).')
-        raise _Failed(f'the latest camera image is {self._frames.latest().age_s():.1f} s old, older than '
-                      f'max_image_age ({options.max_image_age_s:g} s), and no newer one arrived within '
-                      f'{options.image_wait_timeout_s:g} s.')
+            raise _Failed(
+                f'no camera image has arrived (waited {options.image_wait_timeout_s:g} s).')
+        raise _Failed(f'the latest camera image is {self._frames.latest().age_s():.1f} s old, '
+                      f'older than max_image_age ({options.max_image_age_s:g} s), and no newer '
+                      f'one arrived within {options.image_wait_timeout_s:g} s.')
 
     def _convert(self, frame: Frame):
         try:

@@ -1,14 +1,26 @@
-"""vision_qa_node: the ROS 2 shell around VisionQA. It wires topics, services, parameters and
-diagnostics to the core and does nothing else (see vision_qa.py for the request logic)."""
+"""
+vision_qa_node: the ROS 2 shell around VisionQA.
+
+It wires topics, services, parameters and diagnostics to the core and does nothing else (see
+vision_qa.py for the request logic).
+"""
 from __future__ import annotations
 
 import signal
 import sys
 import time
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from phi3v_ros.diagnostics import engine_status
+from phi3v_ros.engine import EngineConfig
+from phi3v_ros.engine_client import EngineClient, EngineState
+from phi3v_ros.frame_cache import FrameCache
+from phi3v_ros.frame_conversion import FrameConverter, load_cv_bridge_converter
+from phi3v_ros.parameters import check_value, PARAMETERS, qa_options
+from phi3v_ros.vision_qa import Reply, Ticket, VisionQA
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.logging import LoggingSeverity
@@ -17,14 +29,6 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
-
-from phi3v_ros.diagnostics import engine_status
-from phi3v_ros.engine import EngineConfig
-from phi3v_ros.engine_client import EngineClient, EngineState
-from phi3v_ros.frame_cache import FrameCache
-from phi3v_ros.frame_conversion import FrameConverter, load_cv_bridge_converter
-from phi3v_ros.parameters import PARAMETERS, check_value, qa_options
-from phi3v_ros.vision_qa import Reply, Ticket, VisionQA
 
 RELIABLE_DEPTH = 10
 STREAM_DEPTH = 100
@@ -42,9 +46,11 @@ def _descriptor(spec) -> ParameterDescriptor:
     if spec.value_range is not None:
         low, high = spec.value_range
         if isinstance(spec.default, float):
-            descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high))]
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(low),
+                                                                  to_value=float(high))]
         else:
-            descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
+            descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high),
+                                                     step=1)]
     return descriptor
 
 
@@ -62,32 +68,38 @@ class VisionQANode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._frames = FrameCache()
-        # A measurement hook for the benchmarks (bench/responsiveness.py): at debug level, every frame's
-        # delay from its header stamp to the image callback is logged. Decided once, so that the callback
-        # costs one attribute read otherwise. Meaningful only when the camera stamps with this clock.
+        # A measurement hook for the benchmarks (bench/responsiveness.py): at debug level, every
+        # frame's delay from its header stamp to the image callback is logged. Decided once, so
+        # that the callback costs one attribute read otherwise. Meaningful only when the camera
+        # stamps with this clock.
         self._trace_frames = self.get_logger().is_enabled_for(LoggingSeverity.DEBUG)
         fallback = load_cv_bridge_converter()
         self._engine = EngineClient(
-            EngineConfig(model_path=v['model_path'], provider=v['provider'], device_id=v['device_id'],
+            EngineConfig(model_path=v['model_path'], provider=v['provider'],
+                         device_id=v['device_id'],
                          max_image_side=v['max_image_side'], image_format=v['image_format'],
                          cuda_graph=v['cuda_graph'], stream_interval_s=v['stream_interval']),
-            warmup=v['warmup'], stall_timeout_s=v['stall_timeout'], load_timeout_s=v['load_timeout'],
+            warmup=v['warmup'], stall_timeout_s=v['stall_timeout'],
+            load_timeout_s=v['load_timeout'],
             on_state=self._on_engine_state, log=self.get_logger().info)
-        converter = FrameConverter(v['max_image_pixels'], fallback, allocate=self._engine.frame_buffer)
+        converter = FrameConverter(v['max_image_pixels'], fallback,
+                                   allocate=self._engine.frame_buffer)
         self._qa = VisionQA(self._engine, self._frames, converter,
                             on_reply=self._publish_reply, on_piece=self._publish_piece,
                             options=qa_options(v), log=self.get_logger().info)
 
         self._answer_pub = self.create_publisher(String, v['answer_topic'], ANSWER_DEPTH)
-        self._stream_pub = self.create_publisher(String, v['answer_topic'] + '/stream', STREAM_DEPTH)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', RELIABLE_DEPTH)
+        self._stream_pub = self.create_publisher(String, v['answer_topic'] + '/stream',
+                                                 STREAM_DEPTH)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics',
+                                                      RELIABLE_DEPTH)
         image_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST, depth=v['image_qos_depth'],
             reliability=(ReliabilityPolicy.RELIABLE if v['image_reliability'] == 'reliable'
                          else ReliabilityPolicy.BEST_EFFORT))
         if v['use_compressed']:
-            self.create_subscription(CompressedImage, v['image_topic'] + '/compressed', self._on_image,
-                                     image_qos)
+            self.create_subscription(CompressedImage, v['image_topic'] + '/compressed',
+                                     self._on_image, image_qos)
         else:
             self.create_subscription(Image, v['image_topic'], self._on_image, image_qos)
         self.create_subscription(String, v['prompt_topic'], self._on_prompt, PROMPT_DEPTH)
@@ -97,9 +109,11 @@ class VisionQANode(Node):
 
         self._engine.start()
         self._qa.start()
+        suffix = '/compressed' if v['use_compressed'] else ''
         self.get_logger().info(
-            f'listening on {self._resolved(v["image_topic"])}{"/compressed" if v["use_compressed"] else ""} '
-            f'and {self._resolved(v["prompt_topic"])}, answering on {self._resolved(v["answer_topic"])}; '
+            f'listening on {self._resolved(v["image_topic"])}{suffix} and '
+            f'{self._resolved(v["prompt_topic"])}, '
+            f'answering on {self._resolved(v["answer_topic"])}; '
             f'loading {v["model_path"]} (provider {v["provider"]})')
 
     def _resolved(self, topic: str) -> str:
@@ -113,15 +127,16 @@ class VisionQANode(Node):
         stamp_s = stamp.sec + stamp.nanosec * 1e-9
         self._frames.store(message, stamp_s)
         if self._trace_frames:   # only with --log-level debug (see __init__)
-            self.get_logger().debug(f'frame #{self._frames.received}: header stamp to image callback '
-                                    f'{(arrived - stamp_s) * 1e3:.2f} ms')
+            self.get_logger().debug(f'frame #{self._frames.received}: header stamp to image '
+                                    f'callback {(arrived - stamp_s) * 1e3:.2f} ms')
 
     def _on_prompt(self, message: String) -> None:
         self._qa.ask(message.data)
 
     def _on_cancel(self, request, response):
         response.success = self._qa.cancel()
-        response.message = 'cancelling the current answer' if response.success else 'nothing to cancel'
+        response.message = ('cancelling the current answer' if response.success
+                            else 'nothing to cancel')
         return response
 
     def _on_reset(self, request, response):
@@ -172,7 +187,8 @@ class VisionQANode(Node):
         logger = self.get_logger()
         frame = reply.frame
         used = 'no frame' if frame is None else (
-            f'frame stamp {frame.stamp_s:.3f} (age {frame.age_s():.3f} s when answered, #{frame.sequence})')
+            f'frame stamp {frame.stamp_s:.3f} (age {frame.age_s():.3f} s when answered, '
+            f'#{frame.sequence})')
         result = reply.result
         cost = '' if result is None else (
             f' in {result.total_s:.4f} s (first token {result.time_to_first_token_s:.4f} s, '
@@ -196,7 +212,8 @@ class VisionQANode(Node):
     def _publish_diagnostics(self) -> None:
         level, message, values = engine_status(self._engine, self._qa, self._frames,
                                                self._values['model_path'])
-        status = DiagnosticStatus(level=bytes([level]), name=f'{self.get_fully_qualified_name()}: engine',
+        status = DiagnosticStatus(level=bytes([level]),
+                                  name=f'{self.get_fully_qualified_name()}: engine',
                                   message=message, hardware_id=self._values['model_path'],
                                   values=[KeyValue(key=k, value=v) for k, v in values])
         array = DiagnosticArray(status=[status])
@@ -214,10 +231,14 @@ class VisionQANode(Node):
 
 
 def _node_timings(timings: dict, publish_s: float, node_s: float) -> str:
-    """'node 3.1 ms: queue 0.1, wait 0.0, ... ms, 5 stream messages': the node's own time for one answer
-    (arrival of the prompt to the answer published, less Engine.generate in the worker), by stage."""
-    stages = [(name, timings.get(name, 0.0)) for name in
-              ('queue', 'wait', 'convert', 'to_worker', 'handoff', 'reply')] + [('publish', publish_s)]
+    """
+    Format the node's own time for one answer, by stage.
+
+    The node's own time runs from the arrival of the prompt to the answer published, less
+    Engine.generate in the worker: 'node 3.1 ms: queue 0.1, wait 0.0, ... ms, 5 stream messages'.
+    """
+    names = ('queue', 'wait', 'convert', 'to_worker', 'handoff', 'reply')
+    stages = [(name, timings.get(name, 0.0)) for name in names] + [('publish', publish_s)]
     own = sum(seconds for _, seconds in stages)
     parts = ', '.join(f'{name} {seconds * 1e3:.2f}' for name, seconds in stages)
     return (f'node {own * 1e3:.2f} ms of {node_s * 1e3:.1f} ms: {parts} ms, '

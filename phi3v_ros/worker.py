@@ -1,4 +1,5 @@
-"""The worker process: owns the Engine, answers one request at a time, streams pieces back.
+"""
+The worker process: owns the Engine, answers one request at a time, streams pieces back.
 
 It runs apart from the ROS node because onnxruntime-genai holds the GIL through the whole prefill
 (seconds on a Jetson) and because some of its failures (libjpeg's exit(1), an out-of-memory abort)
@@ -53,14 +54,15 @@ def _die_with_parent() -> None:
 
 
 def _warm_up(engine: Engine) -> None:
-    import numpy as np   # the worker has numpy anyway (image preparation); imported late to start fast
+    # the worker has numpy anyway (image preparation); imported late to start fast
+    import numpy as np
     image = np.full((WARMUP_IMAGE_SIDE, WARMUP_IMAGE_SIDE, 3), 127, np.uint8)
     result = engine.generate(Request(prompt=WARMUP_PROMPT, image=image,
                                      settings=GenerationSettings(max_new_tokens=2)))
     if result.stop_reason == StopReason.ERROR:
-        # A folder whose files load but do not fit together (a genai_config.json that does not match
-        # the graphs, a processor_config.json without its transform) fails every request the same
-        # way: report it as a load failure instead of a ready engine that answers only errors.
+        # A folder whose files load but do not fit together (a genai_config.json that does not
+        # match the graphs, a processor_config.json without its transform) fails every request the
+        # same way: report it as a load failure instead of a ready engine that answers only errors.
         raise ModelLoadError(f'the model in {engine.config.model_path!r} loaded but cannot answer '
                              f'(warm-up request failed: {result.error})')
 
@@ -142,14 +144,16 @@ def _answer(engine: Engine, frames: FrameReceiver, inbox: _Inbox, request_id: in
     request = Request(prompt=item.prompt, image=image, settings=item.settings,
                       system_prompt=item.system_prompt, history=item.history)
     # Pieces that come faster than stream_interval_s are sent together (see piece_coalescer.py): at
-    # thousands of tokens/s, one message per token costs the node more CPU than the model's decoding.
+    # thousands of tokens/s, one message per token costs the node more CPU than the model's
+    # decoding.
     pieces = PieceCoalescer(lambda text: conn.send(('piece', request_id, text)),
                             engine.config.stream_interval_s)
     try:
         return engine.generate(request, on_piece=pieces.add,
                                should_stop=lambda: inbox.is_cancelled(request_id))
     except Exception as exc:  # noqa: BLE001 - a bug must cost one request, not the worker
-        return Result(stop_reason=StopReason.ERROR, error=f'internal error: {type(exc).__name__}: {exc}')
+        return Result(stop_reason=StopReason.ERROR,
+                      error=f'internal error: {type(exc).__name__}: {exc}')
     finally:
         del request, image   # release the shared-memory view before the block can be closed
         pieces.flush()       # before the result: the pieces of an answer all come before it

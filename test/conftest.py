@@ -12,7 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 @pytest.fixture(scope='session')
 def tiny_model(tmp_path_factory):
-    """A random-weight model in the phi3v folder layout that answers readable text.
+    """
+    Write a random-weight model in the phi3v folder layout that answers readable text.
 
     Its context is long (32k tokens) so that a test can keep a generation running for seconds
     (cancel, queue floods); the KV cache is sized per request, so short requests stay cheap.
@@ -25,7 +26,7 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def tiny_model_that_ends(tmp_path_factory):
-    """The same model, biased to answer <|end|> at once."""
+    """Write the same model, biased to answer <|end|> at once."""
     pytest.importorskip('onnxruntime_genai')
     from phi3v_ros.tools.make_tiny_model import make_tiny_model
     return str(make_tiny_model(tmp_path_factory.mktemp('tiny_end') / 'model', seed=0,

@@ -3,7 +3,7 @@ import numpy as np
 
 
 def gradient_image(height, width, seed=0):
-    """A deterministic RGB test picture (smooth gradients plus a seeded block pattern)."""
+    """Draw a deterministic RGB test picture (smooth gradients plus a seeded block pattern)."""
     rng = np.random.default_rng(seed)
     y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
     x = np.linspace(0, 255, width, dtype=np.float32)[None, :]

@@ -1,4 +1,4 @@
-"""Helpers for the reliability tests: per-node diagnostics, the worker process, memory, CPU, shm."""
+"""Reliability test helpers: per-node diagnostics, the worker process, memory, CPU, shm."""
 import glob
 import os
 import time
@@ -8,12 +8,13 @@ import psutil
 from ros_harness import NodeProcess, RosPeer, wait_until
 
 ERROR = 'ERROR: '
-# The node's defaults for these tests: CPU, short answers, fast diagnostics, no warm-up (faster start).
+# The node's defaults for these tests: CPU, short answers, fast diagnostics, no warm-up
+# (faster start).
 BASE = {'provider': 'cpu', 'max_new_tokens': 4, 'diagnostics_period': 0.1, 'warmup': False}
 
 
 class NodePeer(RosPeer):
-    """A RosPeer that reads only its own node's /diagnostics (several nodes may share the domain)."""
+    """A RosPeer reading only its own node's /diagnostics (several nodes may share the domain)."""
 
     def __init__(self, namespace='', node_name='vision_qa'):
         super().__init__(namespace=namespace, node_name=node_name)
@@ -34,7 +35,11 @@ class NodePeer(RosPeer):
             return None if not mine else mine[-1].status[0]
 
     def wait_diagnostic(self, predicate, timeout=30.0):
-        """Until a diagnostics message of this node published from now on satisfies predicate(values)."""
+        """
+        Wait for a diagnostics message of this node that satisfies predicate(values).
+
+        Only messages published from now on count.
+        """
         with self.changed:
             start = len(self.diagnostics)
 
@@ -56,26 +61,29 @@ class NodePeer(RosPeer):
                 for key in ('received', 'answered', 'rejected', 'failed')}
 
     def wait_settled(self, received, timeout=60.0):
-        """Until the node reports `received` prompts, each with its outcome counted, none waiting."""
+        """Wait until the node reports `received` prompts, all counted by outcome, none waiting."""
         def settled(values):
-            counts = [int(values.get(f'prompts_{key}', 0)) for key in ('answered', 'rejected', 'failed')]
+            counts = [int(values.get(f'prompts_{key}', 0))
+                      for key in ('answered', 'rejected', 'failed')]
             return (int(values.get('prompts_received', -1)) == received == sum(counts)
                     and values.get('queue_depth') == '0')
         assert self.wait_diagnostic(settled, timeout), (
             f'node counters never settled at {received}: {self.counters()}')
 
     def settled_received(self, timeout=60.0):
-        """The node's prompts_received once every prompt has its outcome counted and none waits."""
+        """Return prompts_received once every prompt has its outcome counted and none waits."""
         seen = []
 
         def settled(values):
-            counts = [int(values.get(f'prompts_{key}', 0)) for key in ('answered', 'rejected', 'failed')]
+            counts = [int(values.get(f'prompts_{key}', 0))
+                      for key in ('answered', 'rejected', 'failed')]
             received = int(values.get('prompts_received', -1))
             if received == sum(counts) and values.get('queue_depth') == '0':
                 seen.append(received)
                 return True
             return False
-        assert self.wait_diagnostic(settled, timeout), f'node counters never settled: {self.counters()}'
+        assert self.wait_diagnostic(settled, timeout), \
+            f'node counters never settled: {self.counters()}'
         return seen[-1]
 
     def clear_answers(self):
@@ -88,7 +96,11 @@ class NodePeer(RosPeer):
             return len(self.answers)
 
     def deliver(self, message, timeout=10.0):
-        """Publish a (possibly malformed) Image or CompressedImage until the node counts one more frame."""
+        """
+        Publish a (possibly malformed) Image or CompressedImage.
+
+        It is published again until the node counts one more frame.
+        """
         before = int(self.latest_diagnostic('frames_received') or 0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -98,19 +110,27 @@ class NodePeer(RosPeer):
         raise AssertionError('the node did not receive the frame')
 
     def ask_and_wait(self, text, timeout=30.0):
-        """Ask once; return the one reply (a second reply within the settle time fails the test)."""
+        """Ask once; return the one reply (a second one within the settle time fails the test)."""
         count = self.answer_count()
         self.ask(text)
         return self.wait_answers(count + 1, timeout)[count]
 
 
 def start_nodes(specs):
-    """Start several nodes at once: specs is a list of (parameters, extra_args); returns NodeProcesses."""
+    """
+    Start several nodes at once.
+
+    specs is a list of (parameters, extra_args); returns NodeProcesses.
+    """
     return [NodeProcess(parameters, extra_args) for parameters, extra_args in specs]
 
 
 def worker_of(node):
-    """The node's worker process (spawned by multiprocessing; not its resource tracker), or None."""
+    """
+    Return the node's worker process, or None.
+
+    That is the one spawned by multiprocessing, not its resource tracker.
+    """
     for child in node.descendants():
         try:
             command = ' '.join(child.cmdline())
@@ -142,7 +162,7 @@ def alive(process):
 
 
 def shm_blocks():
-    return set(os.path.basename(path) for path in glob.glob('/dev/shm/psm_*'))
+    return {os.path.basename(path) for path in glob.glob('/dev/shm/psm_*')}
 
 
 def cpu_seconds(pid):

@@ -13,7 +13,7 @@ import psutil
 
 
 def isolate_ros_domain():
-    """A random ROS domain on localhost only, for this test process and the nodes it starts."""
+    """Use a random ROS domain on localhost only, for this test process and the nodes it starts."""
     os.environ['ROS_DOMAIN_ID'] = str(random.randint(1, 100))
     if os.environ.get('ROS_DISTRO') == 'humble':
         os.environ['ROS_LOCALHOST_ONLY'] = '1'
@@ -22,7 +22,7 @@ def isolate_ros_domain():
 
 
 def entry_point(name):
-    """The installed console script (how users start it), else `python -m` on the module."""
+    """Return the installed console script (as users start it), else `python -m` on the module."""
     script = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
     if script:
         return [script]
@@ -36,7 +36,11 @@ _STARTED = []
 
 @atexit.register
 def _kill_leftovers():
-    """A test that fails between start and stop must not leave a node (and its worker) running."""
+    """
+    Kill the nodes still running at exit.
+
+    A test that fails between start and stop must not leave a node (and its worker) running.
+    """
     for node in _STARTED:
         if node.process.poll() is None:
             os.killpg(node.process.pid, signal.SIGKILL)
@@ -65,7 +69,8 @@ class NodeProcess:
 
     def wait_for_line(self, text, timeout=60):
         with self._line_added:
-            found = self._line_added.wait_for(lambda: any(text in line for line in self.lines), timeout)
+            found = self._line_added.wait_for(
+                lambda: any(text in line for line in self.lines), timeout)
         assert found, f'{text!r} not logged within {timeout} s; log:\n' + self.output()
         return next(line for line in self.lines if text in line)
 
@@ -102,7 +107,11 @@ def wait_until(condition, timeout=30.0, interval=0.01):
 
 
 class RosPeer:
-    """The test's side of the conversation: publishes frames and prompts, records what comes back."""
+    """
+    The test's side of the conversation.
+
+    Publishes frames and prompts, records what comes back.
+    """
 
     def __init__(self, namespace='', node_name='vision_qa'):
         import rclpy
@@ -120,13 +129,15 @@ class RosPeer:
         image_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                                reliability=ReliabilityPolicy.RELIABLE)
         self.image_pub = self.node.create_publisher(Image, 'image', image_qos)
-        self.compressed_pub = self.node.create_publisher(CompressedImage, 'image/compressed', image_qos)
+        self.compressed_pub = self.node.create_publisher(CompressedImage, 'image/compressed',
+                                                         image_qos)
         self.prompt_pub = self.node.create_publisher(String, 'prompt', 10)
         self.answers, self.pieces, self.diagnostics = [], [], []
         self.changed = threading.Condition()
         self.node.create_subscription(String, 'answer', self._record(self.answers), 10)
         self.node.create_subscription(String, 'answer/stream', self._record(self.pieces), 1000)
-        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._record(self.diagnostics), 10)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics',
+                                      self._record(self.diagnostics), 10)
         prefix = f'{namespace.rstrip("/")}/{node_name}' if namespace else f'/{node_name}'
         self.cancel_client = self.node.create_client(Trigger, f'{prefix}/cancel')
         self.reset_client = self.node.create_client(Trigger, f'{prefix}/reset')
@@ -158,9 +169,11 @@ class RosPeer:
 
     def wait_connected(self, timeout=60.0):
         """Until the node's prompt subscription and answer publisher are matched with ours."""
+        answer_topic = self.node.resolve_topic_name('answer')
         assert wait_until(lambda: self.prompt_pub.get_subscription_count() > 0
-                          and self.image_pub.get_subscription_count() + self.compressed_pub.get_subscription_count() > 0
-                          and self.node.count_publishers(self.node.resolve_topic_name('answer')) > 0,
+                          and self.image_pub.get_subscription_count()
+                          + self.compressed_pub.get_subscription_count() > 0
+                          and self.node.count_publishers(answer_topic) > 0,
                           timeout), 'the node did not connect'
 
     def wait_ready(self, timeout=60.0):
@@ -182,24 +195,30 @@ class RosPeer:
 
     def publish_frame(self, rgb, encoding='rgb8', stamp_s=None):
         import numpy as np
-        message = self._Image(height=rgb.shape[0], width=rgb.shape[1], encoding=encoding, is_bigendian=0,
-                              step=rgb.shape[1] * 3)
+        message = self._Image(height=rgb.shape[0], width=rgb.shape[1], encoding=encoding,
+                              is_bigendian=0, step=rgb.shape[1] * 3)
         message.data = np.ascontiguousarray(rgb).tobytes()
         if stamp_s is None:
             message.header.stamp = self.node.get_clock().now().to_msg()
         else:
-            message.header.stamp.sec, message.header.stamp.nanosec = int(stamp_s), int(stamp_s % 1 * 1e9)
+            message.header.stamp.sec = int(stamp_s)
+            message.header.stamp.nanosec = int(stamp_s % 1 * 1e9)
         self.image_pub.publish(message)
         return message
 
     def deliver_frame(self, rgb, encoding='rgb8', timeout=10.0):
-        """Publish until the node's diagnostics count one more frame (best-effort readers may drop
-        a large frame, typically the first after discovery)."""
+        """
+        Publish until the node's diagnostics count one more frame.
+
+        Best-effort readers may drop a large frame, typically the first after discovery.
+        """
         before = int(self.latest_diagnostic('frames_received') or 0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.publish_frame(rgb, encoding)
-            if self.wait_for(lambda: int(self.latest_diagnostic('frames_received') or 0) > before, 0.5):
+            received = self.wait_for(
+                lambda: int(self.latest_diagnostic('frames_received') or 0) > before, 0.5)
+            if received:
                 return
         raise AssertionError('the node did not receive the frame')
 
@@ -211,7 +230,8 @@ class RosPeer:
 
     def wait_answers(self, count, timeout=60.0):
         assert self.wait_for(lambda: len(self.answers) >= count, timeout), (
-            f'{len(self.answers)} of {count} answers within {timeout} s: {[a.data for a in self.answers]}')
+            f'{len(self.answers)} of {count} answers within {timeout} s: '
+            f'{[a.data for a in self.answers]}')
         return [a.data for a in self.answers]
 
     def call(self, client, request, timeout=10.0):
@@ -229,7 +249,8 @@ class RosPeer:
         from rcl_interfaces.srv import SetParameters
         from rclpy.parameter import Parameter
         request = SetParameters.Request(
-            parameters=[Parameter(name, value=value).to_parameter_msg() for name, value in values.items()])
+            parameters=[Parameter(name, value=value).to_parameter_msg()
+                        for name, value in values.items()])
         return self.call(self.parameter_client, request).results
 
     def close(self):

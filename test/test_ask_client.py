@@ -1,4 +1,4 @@
-"""The ask client finds a namespaced node and follows remapped topics (real processes, real DDS)."""
+"""The ask client finds a namespaced node and follows remapped topics (real processes and DDS)."""
 import subprocess
 
 import pytest

@@ -1,22 +1,25 @@
-"""Gathering ONNX Runtime libraries and headers (fake ONNX Runtime folders), and verified downloads."""
+"""Gathering ONNX Runtime libraries and headers (fake ONNX Runtime folders); verified downloads."""
 import hashlib
 import io
 import os
-import tarfile
 from pathlib import Path
-
-import pytest
+import tarfile
 
 from phi3v_ros.tools.genai_wheel import download as dl
-from phi3v_ros.tools.genai_wheel import ort_libs as O
+from phi3v_ros.tools.genai_wheel import ort_libs as ol
+import pytest
 
 
 def fake_ort_release(root, version='1.22.0', provider=True, headers=True, api=None, links=True):
-    """An extracted ONNX Runtime release with CUDA: lib/ with the versioned library and links, include/."""
+    """
+    Write an extracted ONNX Runtime release with CUDA.
+
+    lib/ holds the versioned library and links, include/ the headers.
+    """
     lib = Path(root) / 'lib'
     lib.mkdir(parents=True)
-    (lib / f'libonnxruntime.so.{version}').write_bytes(b'\x7fELF...OrtGetApiBase\0VERS_' + version.encode()
-                                                       + b'\0VERS_1.2.0\0')
+    (lib / f'libonnxruntime.so.{version}').write_bytes(
+        b'\x7fELF...OrtGetApiBase\0VERS_' + version.encode() + b'\0VERS_1.2.0\0')
     if links:
         os.symlink(f'libonnxruntime.so.{version}', lib / 'libonnxruntime.so.1')
     if provider:
@@ -27,14 +30,15 @@ def fake_ort_release(root, version='1.22.0', provider=True, headers=True, api=No
         inc = Path(root) / 'include'
         inc.mkdir()
         minor = version.split('.')[1] if api is None else api
-        (inc / 'onnxruntime_c_api.h').write_text(f'#pragma once\n#define ORT_API_VERSION {minor}\n')
+        (inc / 'onnxruntime_c_api.h').write_text(
+            f'#pragma once\n#define ORT_API_VERSION {minor}\n')
         (inc / 'onnxruntime_float16.h').write_text('#pragma once\n')
         (inc / 'onnxruntime_cxx_api.h').write_text('#pragma once\n')
     return Path(root)
 
 
 def test_folder_source_is_inspected(tmp_path):
-    source = O.from_folder(fake_ort_release(tmp_path / 'ort-rel'))
+    source = ol.from_folder(fake_ort_release(tmp_path / 'ort-rel'))
     assert source.kind == 'folder' and source.version == '1.22.0'
     assert source.main_lib == 'libonnxruntime.so.1.22.0'
     assert source.libs == ['libonnxruntime.so.1.22.0', 'libonnxruntime_providers_cuda.so',
@@ -44,9 +48,9 @@ def test_folder_source_is_inspected(tmp_path):
 
 
 def test_gather_copies_libraries_headers_and_makes_the_link(tmp_path):
-    source = O.from_folder(fake_ort_release(tmp_path / 'ort-rel'))
+    source = ol.from_folder(fake_ort_release(tmp_path / 'ort-rel'))
     dest = tmp_path / 'work' / 'ort'
-    done = O.gather(source, dest)
+    done = ol.gather(source, dest)
     lib = dest / 'lib'
     assert os.readlink(lib / 'libonnxruntime.so') == 'libonnxruntime.so.1.22.0'
     assert os.readlink(lib / 'libonnxruntime.so.1') == 'libonnxruntime.so.1.22.0'
@@ -56,15 +60,15 @@ def test_gather_copies_libraries_headers_and_makes_the_link(tmp_path):
         'onnxruntime_c_api.h', 'onnxruntime_cxx_api.h', 'onnxruntime_float16.h']
     assert 'linked libonnxruntime.so -> libonnxruntime.so.1.22.0' in done
     # idempotent: a second gather (a resumed run) replaces the files
-    O.gather(source, dest)
-    assert O.verify_ort_home(dest, min_api=22) == 22
+    ol.gather(source, dest)
+    assert ol.verify_ort_home(dest, min_api=22) == 22
 
 
 def test_gather_refuses_a_cpu_only_runtime(tmp_path):
-    source = O.from_folder(fake_ort_release(tmp_path / 'cpu', provider=False))
+    source = ol.from_folder(fake_ort_release(tmp_path / 'cpu', provider=False))
     assert not source.has_cuda_provider
-    with pytest.raises(O.OrtError, match='CPU-only'):
-        O.gather(source, tmp_path / 'ort')
+    with pytest.raises(ol.OrtError, match='CPU-only'):
+        ol.gather(source, tmp_path / 'ort')
 
 
 def test_python_package_source_has_no_headers(tmp_path):
@@ -73,26 +77,26 @@ def test_python_package_source_has_no_headers(tmp_path):
     capi.mkdir(parents=True)
     for file in (tmp_path / 'rel' / 'lib').iterdir():
         (capi / file.name).write_bytes(file.read_bytes())
-    source = O.from_python_package(capi, 'onnxruntime 1.23.0 in /usr/bin/python3')
+    source = ol.from_python_package(capi, 'onnxruntime 1.23.0 in /usr/bin/python3')
     assert source.version == '1.23.0' and source.header_dir is None and source.has_cuda_provider
     dest = tmp_path / 'ort'
-    O.gather(source, dest)
-    with pytest.raises(O.OrtError, match='lacks onnxruntime_c_api.h, onnxruntime_float16.h'):
-        O.verify_ort_home(dest)
+    ol.gather(source, dest)
+    with pytest.raises(ol.OrtError, match='lacks onnxruntime_c_api.h, onnxruntime_float16.h'):
+        ol.verify_ort_home(dest)
 
 
 def test_python_package_without_library(tmp_path):
     capi = tmp_path / 'capi'
     capi.mkdir()
-    with pytest.raises(O.OrtError, match='has no libonnxruntime.so'):
-        O.from_python_package(capi)
+    with pytest.raises(ol.OrtError, match='has no libonnxruntime.so'):
+        ol.from_python_package(capi)
 
 
 def test_version_from_symbol_tags_when_the_name_has_none(tmp_path):
     lib = tmp_path / 'libonnxruntime.so.1'
     lib.write_bytes(b'junk VERS_1.2.0 VERS_1.21.1 VERS_1.10.0 junk')
-    assert O.library_version(lib) == '1.21.1'
-    assert O.library_version(tmp_path / 'libonnxruntime.so.1.20.1') == '1.20.1'
+    assert ol.library_version(lib) == '1.21.1'
+    assert ol.library_version(tmp_path / 'libonnxruntime.so.1.20.1') == '1.20.1'
 
 
 def test_install_prefix_layout_from_a_container(tmp_path):
@@ -101,44 +105,46 @@ def test_install_prefix_layout_from_a_container(tmp_path):
     (root / 'usr' / 'local' / 'include' / 'onnxruntime').mkdir(parents=True)
     (root / 'usr/local/lib/libonnxruntime.so.1').write_bytes(b'VERS_1.21.0')
     (root / 'usr/local/lib/libonnxruntime_providers_cuda.so').write_bytes(b'libcudart.so.12')
-    (root / 'usr/local/include/onnxruntime/onnxruntime_c_api.h').write_text('#define ORT_API_VERSION 21\n')
+    (root / 'usr/local/include/onnxruntime/onnxruntime_c_api.h').write_text(
+        '#define ORT_API_VERSION 21\n')
     (root / 'usr/local/include/onnxruntime/onnxruntime_float16.h').write_text('//\n')
-    source = O.from_folder(root)
+    source = ol.from_folder(root)
     assert source.version == '1.21.0' and source.main_lib == 'libonnxruntime.so.1'
     assert source.header_dir == root / 'usr' / 'local' / 'include' / 'onnxruntime'
     dest = tmp_path / 'ort'
-    O.gather(source, dest)
+    ol.gather(source, dest)
     assert os.readlink(dest / 'lib' / 'libonnxruntime.so') == 'libonnxruntime.so.1'
 
 
 def test_folder_without_libraries(tmp_path):
-    with pytest.raises(O.OrtError, match='no libonnxruntime.so'):
-        O.from_folder(tmp_path)
-    with pytest.raises(O.OrtError, match='is not a folder'):
-        O.from_folder(tmp_path / 'missing')
+    with pytest.raises(ol.OrtError, match='no libonnxruntime.so'):
+        ol.from_folder(tmp_path)
+    with pytest.raises(ol.OrtError, match='is not a folder'):
+        ol.from_folder(tmp_path / 'missing')
 
 
 def test_verify_ort_home_catches_old_headers_and_missing_link(tmp_path):
-    source = O.from_folder(fake_ort_release(tmp_path / 'rel', api=21))
+    source = ol.from_folder(fake_ort_release(tmp_path / 'rel', api=21))
     dest = tmp_path / 'ort'
-    O.gather(source, dest)
-    with pytest.raises(O.OrtError, match='C API 21, older than the 22'):
-        O.verify_ort_home(dest, min_api=22)
+    ol.gather(source, dest)
+    with pytest.raises(ol.OrtError, match='C API 21, older than the 22'):
+        ol.verify_ort_home(dest, min_api=22)
     (dest / 'lib' / 'libonnxruntime.so').unlink()
-    with pytest.raises(O.OrtError, match='libonnxruntime.so is missing'):
-        O.verify_ort_home(dest)
+    with pytest.raises(ol.OrtError, match='libonnxruntime.so is missing'):
+        ol.verify_ort_home(dest)
 
 
 def test_docker_commands_copy_without_running(tmp_path):
-    commands = O.docker_commands('dustynv/onnxruntime:r36.4.0', tmp_path / 'img', 'phi3v-ort-x')
-    assert commands[1] == ['docker', 'create', '--name', 'phi3v-ort-x', 'dustynv/onnxruntime:r36.4.0']
+    commands = ol.docker_commands('dustynv/onnxruntime:r36.4.0', tmp_path / 'img', 'phi3v-ort-x')
+    assert commands[1] == ['docker', 'create', '--name', 'phi3v-ort-x',
+                           'dustynv/onnxruntime:r36.4.0']
     assert ['docker', 'cp', '-L', 'phi3v-ort-x:/usr/local/lib/libonnxruntime_providers_cuda.so',
             str(tmp_path / 'img' / 'lib' / 'libonnxruntime_providers_cuda.so')] in commands
     assert commands[-1] == ['docker', 'rm', '-f', 'phi3v-ort-x']
     assert not any(c[:2] == ['docker', 'run'] for c in commands)
 
 
-# ------------------------------------------------------------------------------------------------ downloads
+# --------------------------------------------------------------------------------------- downloads
 
 class FakeResponse(io.BytesIO):
     def __init__(self, data):
@@ -164,7 +170,8 @@ def test_download_verifies_and_keeps_a_good_file(tmp_path):
     data = b'the pinned content'
     sha = hashlib.sha256(data).hexdigest()
     seen = []
-    path = dl.download('https://example.invalid/a.tgz', tmp_path / 'a.tgz', sha, opener=opener_for(data),
+    path = dl.download('https://example.invalid/a.tgz', tmp_path / 'a.tgz', sha,
+                       opener=opener_for(data),
                        progress=lambda got, total: seen.append((got, total)))
     assert path.read_bytes() == data and seen[-1] == (len(data), len(data))
     assert not (tmp_path / 'a.tgz.part').exists()
@@ -173,7 +180,8 @@ def test_download_verifies_and_keeps_a_good_file(tmp_path):
 def test_download_refuses_a_corrupted_file(tmp_path):
     sha = hashlib.sha256(b'the pinned content').hexdigest()
     with pytest.raises(dl.DownloadError, match='does not match its pinned sha256'):
-        dl.download('https://example.invalid/a.tgz', tmp_path / 'a.tgz', sha, opener=opener_for(b'tampered'))
+        dl.download('https://example.invalid/a.tgz', tmp_path / 'a.tgz', sha,
+                    opener=opener_for(b'tampered'))
     assert not (tmp_path / 'a.tgz').exists() and not (tmp_path / 'a.tgz.part').exists()
 
 
@@ -202,8 +210,10 @@ def source_archive(version='1.22.0', api=22):
         files = {
             f'onnxruntime-{version}/include/onnxruntime/core/session/onnxruntime_c_api.h':
                 f'#define ORT_API_VERSION {api}\n',
-            f'onnxruntime-{version}/include/onnxruntime/core/session/onnxruntime_float16.h': '//\n',
-            f'onnxruntime-{version}/include/onnxruntime/core/providers/cuda/cuda_provider_factory.h': '//\n',
+            f'onnxruntime-{version}/include/onnxruntime/core/session/onnxruntime_float16.h':
+                '//\n',
+            f'onnxruntime-{version}/include/onnxruntime/core/providers/cuda/'
+            'cuda_provider_factory.h': '//\n',
             f'onnxruntime-{version}/onnxruntime/core/session/inference_session.h': '//\n',
             f'onnxruntime-{version}/README.md': 'readme',
         }

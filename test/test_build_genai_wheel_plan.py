@@ -1,16 +1,14 @@
-"""The planner and --dry-run of build_genai_wheel: the exact commands for representative platforms."""
-import shlex
+"""The planner and --dry-run of build_genai_wheel: exact commands for representative platforms."""
 from pathlib import Path
-
-import pytest
+import shlex
 
 from phi3v_ros.tools import build_genai_wheel as tool
 from phi3v_ros.tools.genai_wheel import versions as V
 from phi3v_ros.tools.genai_wheel.ort_libs import source_summary_for_preset
-from phi3v_ros.tools.genai_wheel.plan import (Options, header_archive, make_plan, parallel_jobs, render_plan,
-                                              wheel_name)
+from phi3v_ros.tools.genai_wheel.plan import (header_archive, make_plan, Options, parallel_jobs,
+                                              render_plan, wheel_name)
 from phi3v_ros.tools.genai_wheel.platform import GIB, preset_platform
-
+import pytest
 from test_build_genai_wheel_fakes import make_probe, python_probe_json
 from test_build_genai_wheel_ort import fake_ort_release
 
@@ -37,32 +35,38 @@ def test_default_target_build_command_is_exact():
     assert plan.work_dir == work
     build = step(plan, 'build')
     assert build.argv == [
-        '/usr/bin/python3', f'{work}/src/build.py', '--config', 'Release', '--update', '--build', '--skip_tests',
-        '--use_cuda', '--cuda_home', '/usr/local/cuda-12.6', '--ort_home', f'{work}/ort', '--build_dir',
-        f'{work}/build', '--skip_examples', '--cmake_path', '/usr/bin/cmake', '--cmake_extra_defines',
+        '/usr/bin/python3', f'{work}/src/build.py', '--config', 'Release', '--update', '--build',
+        '--skip_tests', '--use_cuda', '--cuda_home', '/usr/local/cuda-12.6', '--ort_home',
+        f'{work}/ort', '--build_dir', f'{work}/build', '--skip_examples', '--cmake_path',
+        '/usr/bin/cmake', '--cmake_extra_defines',
         'CMAKE_CUDA_ARCHITECTURES=87', 'ENABLE_TESTS=OFF', 'ENABLE_MODEL_BENCHMARK=OFF',
         'Python_EXECUTABLE=/usr/bin/python3', 'PYTHON_EXECUTABLE=/usr/bin/python3']
     assert build.cwd == f'{work}/src' and build.log == f'{work}/logs/build.log' and build.progress
     assert build.env == {'CUDA_PATH': '/usr/local/cuda-12.6', 'CUDA_HOME': '/usr/local/cuda-12.6',
-                         'CUDACXX': '/usr/local/cuda-12.6/bin/nvcc', 'PATH': '/usr/local/cuda-12.6/bin:$PATH',
+                         'CUDACXX': '/usr/local/cuda-12.6/bin/nvcc',
+                         'PATH': '/usr/local/cuda-12.6/bin:$PATH',
                          'CMAKE_BUILD_PARALLEL_LEVEL': '12', 'MAKEFLAGS': '-j12'}
     assert '--parallel' not in build.argv, 'unbounded --parallel runs small Jetsons out of memory'
-    assert [s.id for s in plan.steps] == ['workdir', 'clone', 'ort-gather', 'ort-headers', 'ort-check', 'build',
-                                          'collect-wheel']
+    assert [s.id for s in plan.steps] == ['workdir', 'clone', 'ort-gather', 'ort-headers',
+                                          'ort-check', 'build', 'collect-wheel']
 
 
 def test_default_target_source_and_headers_are_pinned():
     _, _, plan = plan_for('jp6-orin')
     clone = step(plan, 'clone')
-    assert clone.params['commit'] == 'fc6f8d7e7079c6a749a7a46910502fae57afa12c' and clone.params['tag'] == 'v0.9.2'
-    assert any('git clone --branch v0.9.2 --depth 1 --single-branch https://github.com/microsoft/onnxruntime-genai'
+    assert (clone.params['commit'] == 'fc6f8d7e7079c6a749a7a46910502fae57afa12c'
+            and clone.params['tag'] == 'v0.9.2')
+    assert any('git clone --branch v0.9.2 --depth 1 --single-branch '
+               'https://github.com/microsoft/onnxruntime-genai'
                in line for line in clone.detail)
     headers = step(plan, 'ort-headers')
-    assert headers.params['url'] == 'https://github.com/microsoft/onnxruntime/archive/refs/tags/v1.22.0.tar.gz'
+    assert headers.params['url'] == \
+        'https://github.com/microsoft/onnxruntime/archive/refs/tags/v1.22.0.tar.gz'
     assert headers.params['sha256'] == V.ORT_SOURCE_ARCHIVES['1.22.0']
     gather = step(plan, 'ort-gather')
     assert gather.params['lib_dir'] == CAPI and gather.params['min_api'] == 22
-    assert any(d.startswith('ln -sf libonnxruntime.so.1.22.0 ') and '/ort/lib/libonnxruntime.so   #' in d
+    assert any(d.startswith('ln -sf libonnxruntime.so.1.22.0 ')
+               and '/ort/lib/libonnxruntime.so   #' in d
                for d in gather.detail)
 
 
@@ -71,17 +75,18 @@ def test_install_adds_install_and_the_three_checks():
     ids = [s.id for s in plan.steps]
     assert ids[-5:] == ['install', 'check-import', 'check-cuda', 'tiny-model', 'check-generate']
     install = step(plan, 'install')
-    assert install.argv == ['/usr/bin/python3', '-m', 'pip', 'install', '--no-deps', '--force-reinstall', '--user',
-                            '{wheel}']
+    assert install.argv == ['/usr/bin/python3', '-m', 'pip', 'install', '--no-deps',
+                            '--force-reinstall', '--user', '{wheel}']
     cuda = step(plan, 'check-cuda')
     assert 'og.is_cuda_available()' in cuda.argv[2] and cuda.always
     tiny = step(plan, 'tiny-model')
-    assert tiny.argv == ['/usr/bin/python3', '-m', 'phi3v_ros.tools.make_tiny_model', f'{plan.work_dir}/tiny-model']
+    assert tiny.argv == ['/usr/bin/python3', '-m', 'phi3v_ros.tools.make_tiny_model',
+                         f'{plan.work_dir}/tiny-model']
     assert tiny.env == {'PYTHONPATH': '/ws/src/phi3v_ros:$PYTHONPATH'}
     generate = step(plan, 'check-generate')
     assert generate.argv[-1] == f'{plan.work_dir}/tiny-model'
     code = generate.argv[2]
-    assert "EngineConfig(model_path=sys.argv[1], provider=\"cuda\")" in code
+    assert 'EngineConfig(model_path=sys.argv[1], provider="cuda")' in code
     assert 'GenerationSettings(max_new_tokens=4)' in code and 'assert r.ok' in code
     compile(code, '<check>', 'exec')
 
@@ -101,8 +106,9 @@ def test_orin_nano_jobs_are_bounded_by_memory():
     assert step(plan, 'build').env['CMAKE_BUILD_PARALLEL_LEVEL'] == '1'
 
 
-@pytest.mark.parametrize('available_gib, cpus, jobs', [(64, 12, 12), (28, 8, 8), (12, 6, 4), (6.4, 6, 1),
-                                                       (1.0, 6, 1), (None, 4, 1)])
+@pytest.mark.parametrize('available_gib, cpus, jobs',
+                         [(64, 12, 12), (28, 8, 8), (12, 6, 4), (6.4, 6, 1), (1.0, 6, 1),
+                          (None, 4, 1)])
 def test_parallel_jobs(available_gib, cpus, jobs):
     available = None if available_gib is None else int(available_gib * GIB)
     assert parallel_jobs(available, cpus)[0] == jobs
@@ -112,14 +118,16 @@ def test_parallel_jobs(available_gib, cpus, jobs):
 def test_two_cuda_installs_pin_the_chosen_one():
     plat, choice, plan = plan_for('jp60-orin')
     build = step(plan, 'build')
-    assert build.env['CUDA_PATH'] == '/usr/local/cuda-12.2' == build.argv[build.argv.index('--cuda_home') + 1]
+    cuda_home = build.argv[build.argv.index('--cuda_home') + 1]
+    assert build.env['CUDA_PATH'] == '/usr/local/cuda-12.2' == cuda_home
     assert build.env['CUDACXX'] == '/usr/local/cuda-12.2/bin/nvcc'
 
 
 def test_thor_and_xavier_arch():
     _, _, plan = plan_for('jp7-thor')
     assert 'CMAKE_CUDA_ARCHITECTURES=110' in step(plan, 'build').argv
-    assert wheel_name(V.choose_versions(), preset_platform('jp7-thor')).endswith('-cp312-cp312-linux_aarch64.whl')
+    name = wheel_name(V.choose_versions(), preset_platform('jp7-thor'))
+    assert name.endswith('-cp312-cp312-linux_aarch64.whl')
     _, _, plan = plan_for('jp5-xavier')
     assert 'CMAKE_CUDA_ARCHITECTURES=72' in step(plan, 'build').argv
 
@@ -136,23 +144,26 @@ def test_old_release_flags():
     plat = preset_platform('jp6-orin')
     release = V.find_release('0.4.0')
     choice = V.VersionChoice(release, '1.19.2', 'test')
-    plan = make_plan(plat, choice, source_summary_for_preset(CAPI, '1.19.2', 12), Options(work_root=WORK))
+    plan = make_plan(plat, choice, source_summary_for_preset(CAPI, '1.19.2', 12),
+                     Options(work_root=WORK))
     argv = step(plan, 'build').argv
     assert '--skip_csharp' in argv and '--skip_examples' not in argv
 
 
 def test_prebuilt_wheel_first_when_pinned():
-    _, _, plan = plan_for('jp6-orin', prebuilt_index='https://index.example/jp6/cu126', prebuilt_sha256='AB' * 32)
+    _, _, plan = plan_for('jp6-orin', prebuilt_index='https://index.example/jp6/cu126',
+                          prebuilt_sha256='AB' * 32)
     ids = [s.id for s in plan.steps]
     assert ids[1:4] == ['prebuilt-requirements', 'prebuilt-download', 'prebuilt-verify']
     assert all(step(plan, i).fallback for i in ids[1:4])
     download = step(plan, 'prebuilt-download')
-    assert download.argv[:9] == ['/usr/bin/python3', '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
-                                 '--require-hashes', '--index-url', 'https://index.example/jp6/cu126']
+    assert download.argv[:9] == ['/usr/bin/python3', '-m', 'pip', 'download', '--no-deps',
+                                 '--only-binary=:all:', '--require-hashes', '--index-url',
+                                 'https://index.example/jp6/cu126']
     assert step(plan, 'prebuilt-requirements').params['text'] == \
         f'onnxruntime-genai-cuda==0.9.2 --hash=sha256:{"ab" * 32}\n'
-    _, _, plan = plan_for('jp6-orin', prebuilt_index='https://index.example/jp6/cu126', prebuilt_sha256='ab' * 32,
-                          build_from_source=True)
+    _, _, plan = plan_for('jp6-orin', prebuilt_index='https://index.example/jp6/cu126',
+                          prebuilt_sha256='ab' * 32, build_from_source=True)
     assert 'prebuilt-download' not in [s.id for s in plan.steps]
     _, _, plan = plan_for('jp6-orin', prebuilt_index='https://index.example/jp6/cu126')
     assert 'prebuilt-download' not in [s.id for s in plan.steps], 'no unverified wheels'
@@ -165,8 +176,8 @@ def test_container_image_source():
     assert image_steps[0].argv[:3] == ['docker', 'rm', '-f'] and image_steps[0].allow_fail
     assert image_steps[1].argv[:3] == ['docker', 'create', '--name']
     gather = step(plan, 'ort-gather')
-    assert gather.params['lib_dir'].endswith('ort-image/lib') and gather.params['header_dir'].endswith(
-        'ort-image/include')
+    assert (gather.params['lib_dir'].endswith('ort-image/lib')
+            and gather.params['header_dir'].endswith('ort-image/include'))
     assert 'ort-headers' not in [s.id for s in plan.steps]
 
 
@@ -203,7 +214,7 @@ def test_render_is_readable_and_exact():
     assert '[runs every time]' in text
 
 
-# ------------------------------------------------------------------------------------------------ main()
+# ------------------------------------------------------------------------------------------ main()
 
 def run_main(argv, probe):
     lines = []
@@ -215,7 +226,8 @@ def test_dry_run_on_a_desktop_shows_the_default_target(tmp_path):
     probe, _ = make_probe('x86-desktop', tmp_path, machine='x86_64')
     status, text = run_main(['--dry-run', '--work-dir', str(tmp_path / 'w')], probe)
     assert status == 0
-    assert 'This machine is not a Jetson (x86_64' in text and 'JetPack 6.2 (L4T R36.4.3) on a Jetson AGX Orin' in text
+    assert ('This machine is not a Jetson (x86_64' in text
+            and 'JetPack 6.2 (L4T R36.4.3) on a Jetson AGX Orin' in text)
     assert 'onnxruntime-genai 0.9.2 + ONNX Runtime 1.22.0' in text
     assert 'CMAKE_CUDA_ARCHITECTURES=87' in text and '(dry run: nothing was run)' in text
     assert not (tmp_path / 'w').exists(), 'a dry run creates nothing'
@@ -223,7 +235,8 @@ def test_dry_run_on_a_desktop_shows_the_default_target(tmp_path):
 
 def test_dry_run_for_another_target(tmp_path):
     probe, _ = make_probe('x86-desktop', tmp_path, machine='x86_64')
-    status, text = run_main(['--dry-run', '--target', 'jp5-xavier', '--work-dir', str(tmp_path / 'w')], probe)
+    status, text = run_main(['--dry-run', '--target', 'jp5-xavier', '--work-dir',
+                             str(tmp_path / 'w')], probe)
     assert status == 0 and 'GCC 9.4.0 is too old' in text and 'a real run stops' in text
 
 
@@ -274,7 +287,8 @@ def test_jetson_with_older_onnxruntime_picks_an_older_release(tmp_path):
 
 def test_explicit_versions_that_cannot_work(tmp_path):
     probe = jetson_probe(tmp_path)
-    status, text = run_main(['--dry-run', '--genai-version', '0.14', '--work-dir', str(tmp_path / 'w')], probe)
+    status, text = run_main(['--dry-run', '--genai-version', '0.14', '--work-dir',
+                             str(tmp_path / 'w')], probe)
     assert status == 2 and 'needs the C API of ONNX Runtime 1.26.0' in text
 
 
@@ -294,6 +308,7 @@ def test_bad_ort_source_folder(tmp_path):
 def test_ort_source_folder_with_headers(tmp_path):
     probe = jetson_probe(tmp_path)
     release = fake_ort_release(tmp_path / 'ort-1.22', version='1.22.0')
-    status, text = run_main(['--dry-run', '--ort-source', str(release), '--work-dir', str(tmp_path / 'w')], probe)
+    status, text = run_main(['--dry-run', '--ort-source', str(release), '--work-dir',
+                             str(tmp_path / 'w')], probe)
     assert status == 0 and 'headers in' in text
     assert 'ort-headers' not in text   # the folder has them: nothing to download

@@ -1,11 +1,9 @@
 """Platform detection of build_genai_wheel against fixture trees and scripted command output."""
 import os
 
-import pytest
-
 from phi3v_ros.tools.genai_wheel import platform as P
-from phi3v_ros.tools.genai_wheel.platform import GIB, detect
-
+from phi3v_ros.tools.genai_wheel.platform import detect, GIB
+import pytest
 from test_build_genai_wheel_fakes import make_probe, python_probe_json
 
 ORT_GPU = {'version': '1.22.0', 'providers': ['TensorrtExecutionProvider', 'CUDAExecutionProvider',
@@ -14,7 +12,8 @@ ORT_GPU = {'version': '1.22.0', 'providers': ['TensorrtExecutionProvider', 'CUDA
 
 
 @pytest.mark.parametrize('text, expected', [
-    ('# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8', '36.4.3'),
+    ('# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, '
+     'DATE: Wed Jan  8', '36.4.3'),
     ('# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64', '36.4.0'),
     ('# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64', '35.4.1'),
     ('# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t210ref', '32.7.1'),
@@ -41,7 +40,8 @@ def test_parse_tool_versions():
 
 
 def test_jetson_orin_jetpack_62(tmp_path):
-    probe, _ = make_probe('orin-jp62', tmp_path, answers={'python3': (0, python_probe_json(ort=ORT_GPU))},
+    probe, _ = make_probe('orin-jp62', tmp_path,
+                          answers={'python3': (0, python_probe_json(ort=ORT_GPU))},
                           env={'ROS_DISTRO': 'humble'})
     plat = detect(probe, work_dir='/home/jetson/.cache')
     assert plat.is_jetson and plat.machine == 'aarch64'
@@ -51,7 +51,8 @@ def test_jetson_orin_jetpack_62(tmp_path):
     assert plat.ubuntu == '22.04'
     assert plat.board == 'NVIDIA Jetson AGX Orin Developer Kit'
     assert (plat.soc, plat.compute_capability) == ('tegra234', '87')
-    assert [(c.path, c.version) for c in plat.cuda_installs] == [('/usr/local/cuda-12.6', '12.6.68')]
+    installs = [(c.path, c.version) for c in plat.cuda_installs]
+    assert installs == [('/usr/local/cuda-12.6', '12.6.68')]
     assert plat.cuda.path == '/usr/local/cuda-12.6'
     assert plat.python.path == '/usr/bin/python3'
     assert 'ros2' in plat.python.source and plat.ros_distro == 'humble'
@@ -62,7 +63,8 @@ def test_jetson_orin_jetpack_62(tmp_path):
     assert plat.mem_total == 64335836 * 1024 and plat.mem_available == 58720256 * 1024
     assert plat.cudnn_majors == [9]
     text = '\n'.join(plat.summary())
-    assert 'JetPack 6.2 (L4T R36.4.3)' in text and 'sm_87' in text and '12.6.68 at /usr/local/cuda-12.6' in text
+    assert ('JetPack 6.2 (L4T R36.4.3)' in text and 'sm_87' in text
+            and '12.6.68 at /usr/local/cuda-12.6' in text)
 
 
 def test_ros_distro_found_without_sourcing(tmp_path):
@@ -85,7 +87,8 @@ def test_two_cuda_installs_follow_the_cuda_link(tmp_path):
 
 
 def test_two_cuda_installs_without_link_take_cuda_path_then_newest(tmp_path):
-    probe, _ = make_probe('orin-nano-jp60-two-cuda', tmp_path, env={'CUDA_PATH': '/usr/local/cuda-12.2'})
+    probe, _ = make_probe('orin-nano-jp60-two-cuda', tmp_path,
+                          env={'CUDA_PATH': '/usr/local/cuda-12.2'})
     assert detect(probe).cuda.path == '/usr/local/cuda-12.2'
     probe, _ = make_probe('orin-nano-jp60-two-cuda', tmp_path / 'b')
     plat = detect(probe)
@@ -97,7 +100,8 @@ def test_two_cuda_installs_without_link_take_cuda_path_then_newest(tmp_path):
 def test_cuda_home_that_is_not_a_toolkit(tmp_path):
     probe, _ = make_probe('orin-jp62', tmp_path)
     plat = detect(probe, cuda_home='/opt/nothing')
-    assert plat.cuda is None and '--cuda-home /opt/nothing is not a CUDA toolkit' in plat.cuda_reason
+    assert (plat.cuda is None
+            and '--cuda-home /opt/nothing is not a CUDA toolkit' in plat.cuda_reason)
 
 
 def test_xavier_jetpack_5(tmp_path):

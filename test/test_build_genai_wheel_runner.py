@@ -2,17 +2,16 @@
 import hashlib
 import io
 import json
-import tarfile
 from pathlib import Path
+import tarfile
 
 from phi3v_ros.tools.genai_wheel import versions as V
 from phi3v_ros.tools.genai_wheel.ort_libs import from_folder
-from phi3v_ros.tools.genai_wheel.plan import Options, Step, make_plan
+from phi3v_ros.tools.genai_wheel.plan import make_plan, Options, Step
 from phi3v_ros.tools.genai_wheel.platform import CommandResult, preset_platform
-from phi3v_ros.tools.genai_wheel.runner import (Context, Progress, State, StepError, action_fetch_headers,
-                                                execute, expand_env)
-
-from test_build_genai_wheel_ort import FakeResponse, fake_ort_release, source_archive
+from phi3v_ros.tools.genai_wheel.runner import (action_fetch_headers, Context, execute, expand_env,
+                                                Progress, State, StepError)
+from test_build_genai_wheel_ort import fake_ort_release, FakeResponse, source_archive
 
 COMMIT = V.find_release('0.9.2').commit
 WHEEL = 'onnxruntime_genai_cuda-0.9.2-cp310-cp310-linux_aarch64.whl'
@@ -43,8 +42,8 @@ class FakeMachine:
         if len(argv) > 1 and argv[1].endswith('build.py'):
             if self.interrupt_build:
                 raise KeyboardInterrupt
-            lines = ['-- Configuring done', '[ 10%] Building CXX object src/x.o', '[ 55%] Building CUDA object',
-                     '[ 55%] Linking', '[100%] Built target python']
+            lines = ['-- Configuring done', '[ 10%] Building CXX object src/x.o',
+                     '[ 55%] Building CUDA object', '[ 55%] Linking', '[100%] Built target python']
             if self.fail_build:
                 lines = lines[:2] + [self.fail_build]
             with open(log, 'a') as handle:
@@ -68,7 +67,8 @@ class FakeMachine:
 
     def capture(self, argv):
         if argv[:2] == ['git', '-C'] and argv[3:] == ['rev-parse', 'HEAD']:
-            return CommandResult(0, self.head + '\n') if (Path(argv[2]) / '.git').exists() else CommandResult(128)
+            cloned = (Path(argv[2]) / '.git').exists()
+            return CommandResult(0, self.head + '\n') if cloned else CommandResult(128)
         return CommandResult(127)
 
     def ran(self, predicate):
@@ -121,7 +121,8 @@ def test_a_second_run_skips_what_is_done(tmp_path):
 
 def test_a_failed_build_shows_the_fix_and_resumes_at_the_build(tmp_path):
     plan = make_test_plan(tmp_path)
-    machine, lines = FakeMachine(fail_build="c++: fatal error: Killed signal terminated program cc1plus"), []
+    killed = 'c++: fatal error: Killed signal terminated program cc1plus'
+    machine, lines = FakeMachine(fail_build=killed), []
     assert execute(plan, context(machine, lines)) == 1
     text = '\n'.join(lines)
     assert 'FAILED: Build onnxruntime-genai 0.9.2' in text
@@ -134,7 +135,8 @@ def test_a_failed_build_shows_the_fix_and_resumes_at_the_build(tmp_path):
     assert not machine.ran(lambda c: c[:2] == ['git', 'clone']), 'the source is not fetched again'
     assert len(machine.ran(is_build)) == 1
     build = machine.ran(is_build)[0]
-    assert build[build.index('--build_dir') + 1] == str(plan.work_dir / 'build'), 'the same build folder'
+    assert build[build.index('--build_dir') + 1] == str(plan.work_dir / 'build'), \
+        'the same build folder'
 
 
 def test_an_interrupted_build_resumes(tmp_path):
@@ -195,7 +197,8 @@ def test_a_failing_install_stops_with_its_log(tmp_path):
 
 def test_prebuilt_wheel_used_when_its_sha256_matches(tmp_path):
     sha = hashlib.sha256(b'prebuilt wheel').hexdigest()
-    plan = make_test_plan(tmp_path, prebuilt_index='https://index.example/simple', prebuilt_sha256=sha)
+    plan = make_test_plan(tmp_path, prebuilt_index='https://index.example/simple',
+                          prebuilt_sha256=sha)
     machine, lines = FakeMachine(), []
     assert execute(plan, context(machine, lines)) == 0
     assert not machine.ran(is_build) and not machine.ran(lambda c: c[:2] == ['git', 'clone'])
@@ -204,7 +207,8 @@ def test_prebuilt_wheel_used_when_its_sha256_matches(tmp_path):
 
 
 def test_prebuilt_wheel_with_another_sha256_falls_back_to_building(tmp_path):
-    plan = make_test_plan(tmp_path, prebuilt_index='https://index.example/simple', prebuilt_sha256='0' * 64)
+    plan = make_test_plan(tmp_path, prebuilt_index='https://index.example/simple',
+                          prebuilt_sha256='0' * 64)
     machine, lines = FakeMachine(), []
     assert execute(plan, context(machine, lines)) == 0
     assert machine.ran(is_build)
@@ -213,7 +217,8 @@ def test_prebuilt_wheel_with_another_sha256_falls_back_to_building(tmp_path):
 
 
 def test_prebuilt_download_failure_falls_back_to_building(tmp_path):
-    plan = make_test_plan(tmp_path, prebuilt_index='https://index.example/simple', prebuilt_sha256='0' * 64)
+    plan = make_test_plan(tmp_path, prebuilt_index='https://index.example/simple',
+                          prebuilt_sha256='0' * 64)
     machine = FakeMachine(fail=['pip-download'])
     assert execute(plan, context(machine, [])) == 0
     assert machine.ran(is_build)
@@ -222,7 +227,8 @@ def test_prebuilt_download_failure_falls_back_to_building(tmp_path):
 def test_progress_is_throttled():
     lines, now = [], [0.0]
     progress = Progress(lines.append, clock=lambda: now[0], every=5.0)
-    for second, line in enumerate(['[  1%] a', '[  2%] b', '[  2%] c', 'noise', '[ 50%] d', '[100%] e']):
+    build_output = ['[  1%] a', '[  2%] b', '[  2%] c', 'noise', '[ 50%] d', '[100%] e']
+    for second, line in enumerate(build_output):
         now[0] = second * 3.0
         progress(line)
     # '[  2%] b' came 3 s after the last line printed: held back; '[  2%] c' 6 s after: printed
@@ -241,8 +247,10 @@ def test_expand_env_refers_to_the_current_values():
 def test_fetch_headers_verifies_the_archive(tmp_path):
     data = source_archive()
     step = Step('ort-headers', 'headers', 'ort', action='fetch_headers',
-                params={'url': 'https://example.invalid/v1.22.0.tar.gz', 'sha256': hashlib.sha256(data).hexdigest(),
-                        'archive': str(tmp_path / 'dl' / 'ort.tar.gz'), 'dest': str(tmp_path / 'inc')})
+                params={'url': 'https://example.invalid/v1.22.0.tar.gz',
+                        'sha256': hashlib.sha256(data).hexdigest(),
+                        'archive': str(tmp_path / 'dl' / 'ort.tar.gz'),
+                        'dest': str(tmp_path / 'inc')})
     ctx = Context(out=[].append, opener=lambda url: FakeResponse(data))
     state = State(tmp_path / 'state.json', 'k')
     action_fetch_headers(step, ctx, state)

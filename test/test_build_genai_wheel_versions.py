@@ -1,20 +1,20 @@
 """The version table, version selection and the prerequisite checks of build_genai_wheel."""
-import re
 from pathlib import Path
-
-import pytest
+import re
 
 from phi3v_ros.tools.genai_wheel import versions as V
 from phi3v_ros.tools.genai_wheel.checks import check_prerequisites, has_errors
 from phi3v_ros.tools.genai_wheel.ort_libs import OrtSource
 from phi3v_ros.tools.genai_wheel.platform import GIB, preset_platform
+import pytest
 
 
 def test_table_is_sorted_and_pinned():
     versions = [V.parse_version(r.version) for r in V.GENAI_RELEASES]
     assert versions == sorted(versions)
     min_orts = [V.parse_version(r.min_ort) for r in V.GENAI_RELEASES]
-    assert min_orts == sorted(min_orts), 'newer onnxruntime-genai never needs an older ONNX Runtime'
+    assert min_orts == sorted(min_orts), \
+        'newer onnxruntime-genai never needs an older ONNX Runtime'
     for release in V.GENAI_RELEASES:
         assert release.commit is None or re.fullmatch(r'[0-9a-f]{40}', release.commit)
     for sha in V.ORT_SOURCE_ARCHIVES.values():
@@ -23,7 +23,8 @@ def test_table_is_sorted_and_pinned():
 
 def test_default_pair():
     release = V.default_release()
-    assert (release.version, release.min_ort) == (V.DEFAULT_GENAI, V.DEFAULT_ORT) == ('0.9.2', '1.22.0')
+    assert (release.version, release.min_ort) == (V.DEFAULT_GENAI, V.DEFAULT_ORT) \
+        == ('0.9.2', '1.22.0')
     assert release.phi3v_export == 'nov2024' and release.commit
     assert V.ort_archive_for(release.ort_api) == '1.22.2'
     assert V.ort_archive_for(release.ort_api, at_most='1.22.0') == '1.22.0'
@@ -38,9 +39,10 @@ def test_versions_and_api():
 
 
 @pytest.mark.parametrize('l4t, jetpack, cuda', [
-    ('36.4.3', '6.2', '12.6'), ('36.4.4', '6.2.1', '12.6'), ('36.4.0', '6.1', '12.6'), ('36.3.0', '6.0', '12.2'),
-    ('36.2.0', '6.0 DP', '12.2'), ('36.9.9', '6.x', '12.6'), ('35.4.1', '5.1.2', '11.4'),
-    ('35.7.0', '5.1.x', '11.4'), ('38.2.0', '7.0', '13.0'), ('32.7.1', '4.x', '10.2'),
+    ('36.4.3', '6.2', '12.6'), ('36.4.4', '6.2.1', '12.6'), ('36.4.0', '6.1', '12.6'),
+    ('36.3.0', '6.0', '12.2'), ('36.2.0', '6.0 DP', '12.2'), ('36.9.9', '6.x', '12.6'),
+    ('35.4.1', '5.1.2', '11.4'), ('35.7.0', '5.1.x', '11.4'), ('38.2.0', '7.0', '13.0'),
+    ('32.7.1', '4.x', '10.2'),
 ])
 def test_jetpack_table(l4t, jetpack, cuda):
     release = V.jetpack_for_l4t(l4t)
@@ -70,8 +72,9 @@ def test_ort_older_than_any_supported_release():
 
 
 def test_explicit_genai_needs_newer_ort():
-    with pytest.raises(V.VersionError, match=r'needs the C API of ONNX Runtime 1\.24\.1.*newest for 1\.22\.0 is '
-                                             r'0\.9\.2'):
+    with pytest.raises(V.VersionError,
+                       match=r'needs the C API of ONNX Runtime 1\.24\.1.*newest for 1\.22\.0 is '
+                             r'0\.9\.2'):
         V.choose_versions(found_ort='1.22.0', genai='0.12')
     choice = V.choose_versions(genai='0.12', ort='1.24.1')
     assert choice.genai.version == '0.12.2' and choice.reason == '--genai-version 0.12'
@@ -84,7 +87,8 @@ def test_genai_without_pinned_commit():
     assert choice.genai.commit == 'a' * 40 and choice.genai.min_ort == '1.31.0'
     with pytest.raises(V.VersionError, match='not in the version table'):
         V.choose_versions(genai='0.99.0')
-    assert V.choose_versions(genai='0.99.0', ort='1.40.0', genai_commit='b' * 40).genai.min_ort == '1.40.0'
+    choice = V.choose_versions(genai='0.99.0', ort='1.40.0', genai_commit='b' * 40)
+    assert choice.genai.min_ort == '1.40.0'
 
 
 def test_release_older_than_supported():
@@ -98,12 +102,14 @@ def test_table_rows_for_docs():
     assert ('0.9.2', '1.22.0', '22', '3.28') == rows[5][:4]
 
 
-# ------------------------------------------------------------------------------------------------ checks
+# ------------------------------------------------------------------------------------------ checks
 
 def gpu_source(version='1.22.0', cuda_major=12, cudnn_major=9, provider=True, header_api=None):
-    libs = [f'libonnxruntime.so.{version}'] + (['libonnxruntime_providers_cuda.so'] if provider else [])
-    return OrtSource('python', f'onnxruntime-gpu {version}', lib_dir=Path('/x/capi'), version=version,
-                     main_lib=libs[0], libs=libs, cuda_major=cuda_major, cudnn_major=cudnn_major,
+    libs = [f'libonnxruntime.so.{version}']
+    libs += ['libonnxruntime_providers_cuda.so'] if provider else []
+    return OrtSource('python', f'onnxruntime-gpu {version}', lib_dir=Path('/x/capi'),
+                     version=version, main_lib=libs[0], libs=libs, cuda_major=cuda_major,
+                     cudnn_major=cudnn_major,
                      header_api=header_api, header_dir=Path('/x/include') if header_api else None)
 
 
@@ -123,7 +129,8 @@ def test_cmake_too_old_offers_pip():
     problems = check_prerequisites(plat, V.choose_versions('1.22.0'), gpu_source(), install=False)
     (problem,) = [p for p in problems if 'CMake' in p.what]
     assert problem.level == 'error' and 'needs CMake 3.28' in problem.what
-    assert "pip install --user 'cmake>=3.28,<4'" in problem.fix and '--install-cmake' in problem.fix
+    assert ("pip install --user 'cmake>=3.28,<4'" in problem.fix
+            and '--install-cmake' in problem.fix)
     problems = check_prerequisites(plat, V.choose_versions('1.22.0'), gpu_source(), install=False,
                                    install_cmake=True)
     assert [p.level for p in problems if 'CMake' in p.what] == ['warning']
@@ -131,8 +138,8 @@ def test_cmake_too_old_offers_pip():
 
 def test_jetpack_5_gcc_cuda_and_python():
     plat = preset_platform('jp5-xavier')
-    problems = check_prerequisites(plat, V.choose_versions('1.22.0'), gpu_source(cuda_major=11, cudnn_major=8),
-                                   install=False)
+    problems = check_prerequisites(plat, V.choose_versions('1.22.0'),
+                                   gpu_source(cuda_major=11, cudnn_major=8), install=False)
     errors = errors_of(problems)
     assert any('GCC 9.4.0 is too old' in e for e in errors)
     assert any('CUDA 11.4.315' in e and 'too old' in e for e in errors)
@@ -161,19 +168,23 @@ def test_too_little_disk_and_memory():
 def test_several_cuda_installs_are_reported():
     plat = preset_platform('jp60-orin')
     problems = check_prerequisites(plat, V.choose_versions('1.22.0'), gpu_source(), install=False)
-    assert any(p.level == 'warning' and '2 CUDA toolkits' in p.what and 'CUDA_PATH' in p.fix for p in problems)
+    assert any(p.level == 'warning' and '2 CUDA toolkits' in p.what and 'CUDA_PATH' in p.fix
+               for p in problems)
 
 
 def test_ort_problems():
     plat = preset_platform('jp6-orin')
     plat.cmake = '3.28.3'
     choice = V.choose_versions('1.22.0')
+    problems = check_prerequisites(plat, choice, None, install=False)
     assert any('no ONNX Runtime GPU libraries' in e and 'jetson-ai-lab' in
-               next(p.fix for p in check_prerequisites(plat, choice, None, install=False) if p.what == e)
+               next(p.fix for p in problems if p.what == e)
                for e in errors_of(check_prerequisites(plat, choice, None, install=False)))
-    errors = errors_of(check_prerequisites(plat, choice, gpu_source(provider=False), install=False))
+    errors = errors_of(check_prerequisites(plat, choice, gpu_source(provider=False),
+                                           install=False))
     assert any('no libonnxruntime_providers_cuda.so' in e for e in errors)
-    errors = errors_of(check_prerequisites(plat, choice, gpu_source(version='1.20.1'), install=False))
+    errors = errors_of(check_prerequisites(plat, choice, gpu_source(version='1.20.1'),
+                                           install=False))
     assert any('has C API 20, older than the 22' in e for e in errors)
     errors = errors_of(check_prerequisites(plat, choice, gpu_source(header_api=21), install=False))
     assert any('headers' in e and 'C API 21' in e for e in errors)
@@ -181,7 +192,8 @@ def test_ort_problems():
     assert any('built for CUDA 11' in e for e in errors)
     errors = errors_of(check_prerequisites(plat, choice, gpu_source(cudnn_major=8), install=False))
     assert any('needs cuDNN 8' in e for e in errors)
-    errors = errors_of(check_prerequisites(plat, choice, gpu_source(), install=False, ort_headers_available=False))
+    errors = errors_of(check_prerequisites(plat, choice, gpu_source(), install=False,
+                                           ort_headers_available=False))
     assert any('no pinned ONNX Runtime 1.22 source archive' in e for e in errors)
 
 
@@ -203,7 +215,8 @@ def test_cpu_onnxruntime_shadows_gpu():
     plat.ort_runtime.providers = ['AzureExecutionProvider', 'CPUExecutionProvider']
     problems = check_prerequisites(plat, V.choose_versions('1.22.0'), gpu_source(), install=True)
     (problem,) = [p for p in problems if 'no CUDAExecutionProvider' in p.what]
-    assert problem.level == 'error' and 'pip uninstall -y onnxruntime onnxruntime-gpu' in problem.fix
+    assert (problem.level == 'error'
+            and 'pip uninstall -y onnxruntime onnxruntime-gpu' in problem.fix)
 
 
 def test_not_a_jetson_and_missing_tools():
@@ -211,7 +224,8 @@ def test_not_a_jetson_and_missing_tools():
     plat.machine, plat.is_jetson = 'x86_64', False
     plat.git, plat.gcc = None, None
     plat.python.has_dev_headers = False
-    errors = errors_of(check_prerequisites(plat, V.choose_versions('1.22.0'), gpu_source(), install=False))
+    errors = errors_of(check_prerequisites(plat, V.choose_versions('1.22.0'), gpu_source(),
+                                           install=False))
     assert any('not a Jetson' in e for e in errors)
     assert any('git is not installed' in e for e in errors)
     assert any('no GCC' in e for e in errors)
@@ -220,8 +234,8 @@ def test_not_a_jetson_and_missing_tools():
 
 def test_docker_requested_without_docker():
     plat = preset_platform('jp6-orin')
-    errors = errors_of(check_prerequisites(plat, V.choose_versions('1.22.0'), gpu_source(), install=False,
-                                           docker_requested=True))
+    errors = errors_of(check_prerequisites(plat, V.choose_versions('1.22.0'), gpu_source(),
+                                           install=False, docker_requested=True))
     assert any('docker is not installed' in e for e in errors)
 
 
@@ -231,5 +245,7 @@ def test_the_tiny_model_check_needs_onnx_and_tokenizers():
     plat.python.modules = ['numpy']
     choice = V.choose_versions('1.22.0')
     assert not has_errors(check_prerequisites(plat, choice, gpu_source(), install=False))
-    (problem,) = [p for p in check_prerequisites(plat, choice, gpu_source(), install=True) if 'lacks' in p.what]
-    assert 'onnx, tokenizers' in problem.what and "pip install --user onnx tokenizers 'numpy<2'" in problem.fix
+    (problem,) = [p for p in check_prerequisites(plat, choice, gpu_source(), install=True)
+                  if 'lacks' in p.what]
+    assert ('onnx, tokenizers' in problem.what
+            and "pip install --user onnx tokenizers 'numpy<2'" in problem.fix)

@@ -3,12 +3,11 @@ import json
 import os
 import shutil
 
-import pytest
-
 from phi3v_ros.engine import Engine, EngineConfig, resolve_provider
 from phi3v_ros.errors import ModelLoadError
 from phi3v_ros.generation import GenerationSettings, Request, StopReason, Turn
 from phi3v_test_utils import gradient_image
+import pytest
 
 og = pytest.importorskip('onnxruntime_genai')
 
@@ -28,8 +27,8 @@ def test_text_only_question_is_answered(engine):
     assert result.time_to_first_token_s > 0 and result.total_s >= result.time_to_first_token_s
 
 
-@pytest.mark.parametrize('height,width', [(16, 16), (480, 640), (1080, 1920), (1920, 480), (300, 2000),
-                                          (1, 1)])
+@pytest.mark.parametrize('height,width',
+                         [(16, 16), (480, 640), (1080, 1920), (1920, 480), (300, 2000), (1, 1)])
 def test_one_image_of_any_size_and_aspect_is_answered(engine, height, width):
     result = engine.generate(Request(prompt='What is this?', image=gradient_image(height, width),
                                      settings=GREEDY_16))
@@ -67,7 +66,8 @@ def test_stops_at_max_new_tokens_with_max_length_sized_per_request(engine):
 
 
 def test_max_length_is_capped_by_the_context_length(engine):
-    result = engine.generate(Request(prompt='Hi', settings=GenerationSettings(max_new_tokens=100000)))
+    result = engine.generate(Request(prompt='Hi',
+                                     settings=GenerationSettings(max_new_tokens=100000)))
     assert result.max_length == engine.context_length
 
 
@@ -88,7 +88,8 @@ def test_streamed_pieces_join_to_the_final_text(engine):
 
 def test_cancel_between_tokens(engine):
     pieces = []
-    result = engine.generate(Request(prompt='Describe it.', settings=GenerationSettings(max_new_tokens=50)),
+    result = engine.generate(Request(prompt='Describe it.',
+                                     settings=GenerationSettings(max_new_tokens=50)),
                              on_piece=pieces.append, should_stop=lambda: len(pieces) >= 3)
     assert result.stop_reason == StopReason.CANCELLED
     assert len(pieces) == 3 and result.text == ''.join(pieces)
@@ -96,7 +97,8 @@ def test_cancel_between_tokens(engine):
 
 def test_greedy_output_is_repeatable_and_depends_on_the_image(engine):
     def answer(seed):
-        return engine.generate(Request(prompt='What is this?', image=gradient_image(480, 640, seed),
+        return engine.generate(Request(prompt='What is this?',
+                                       image=gradient_image(480, 640, seed),
                                        settings=GREEDY_16)).text
     first = answer(seed=1)
     assert answer(seed=1) == first
@@ -113,7 +115,8 @@ def test_sampling_with_a_seed_is_repeatable(engine):
 
 def test_history_and_system_prompt_change_the_prompt_tokens(engine):
     plain = engine.generate(Request(prompt='And now?', settings=GREEDY_16))
-    with_context = engine.generate(Request(prompt='And now?', settings=GREEDY_16, system_prompt='Be brief.',
+    with_context = engine.generate(Request(prompt='And now?', settings=GREEDY_16,
+                                           system_prompt='Be brief.',
                                            history=(Turn('What is this?', 'A red cup.'),)))
     assert with_context.ok
     assert with_context.prompt_tokens > plain.prompt_tokens + 5
@@ -187,11 +190,12 @@ def test_not_a_phi3v_model(tiny_model, tmp_path):
     config = json.loads((model / 'genai_config.json').read_text())
     config['model']['type'] = 'llama'
     (model / 'genai_config.json').write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match='type \'llama\''):
+    with pytest.raises(ModelLoadError, match="type 'llama'"):
         Engine(EngineConfig(model_path=str(model), provider='cpu'))
 
 
-@pytest.mark.parametrize('missing', ['text.onnx', 'vision.onnx', 'processor_config.json', 'tokenizer.json'])
+@pytest.mark.parametrize('missing',
+                         ['text.onnx', 'vision.onnx', 'processor_config.json', 'tokenizer.json'])
 def test_missing_files_give_a_load_error_naming_the_folder(tiny_model, tmp_path, missing):
     model = copy_model(tiny_model, tmp_path)
     os.remove(model / missing)

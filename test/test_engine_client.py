@@ -1,16 +1,19 @@
-"""The worker process and its client: real engine in a spawned process, killed and restarted for real."""
+"""
+The worker process and its client.
+
+A real engine in a spawned process, killed and restarted for real.
+"""
 import os
 import signal
 import threading
 import time
 
-import pytest
-
 from phi3v_ros.engine import EngineConfig
-from phi3v_ros.engine_client import EngineClient, EngineState, describe_exit
+from phi3v_ros.engine_client import describe_exit, EngineClient, EngineState
 from phi3v_ros.errors import EngineError
 from phi3v_ros.generation import GenerationSettings, Request, StopReason
 from phi3v_test_utils import gradient_image
+import pytest
 
 pytest.importorskip('onnxruntime_genai')
 
@@ -75,14 +78,16 @@ def test_frames_of_changing_sizes_reach_the_worker_intact(client, tiny_model):
     for height, width, seed in [(120, 160, 1), (1080, 1920, 2), (48, 64, 3)]:
         image = gradient_image(height, width, seed)
         settings = GenerationSettings(max_new_tokens=8)
-        through_worker = ask(client, Request(prompt='What?', image=image, settings=settings)).wait()
+        through_worker = ask(client,
+                             Request(prompt='What?', image=image, settings=settings)).wait()
         in_process = direct.generate(Request(prompt='What?', image=image, settings=settings))
         assert through_worker.text == in_process.text
         assert through_worker.image_tokens == in_process.image_tokens
 
 
 def test_one_request_at_a_time(client):
-    first = ask(client, Request(prompt='Describe it.', settings=GenerationSettings(max_new_tokens=200)))
+    first = ask(client,
+                Request(prompt='Describe it.', settings=GenerationSettings(max_new_tokens=200)))
     with pytest.raises(EngineError, match='busy'):
         ask(client, Request(prompt='Again'))
     first.wait()
@@ -105,7 +110,8 @@ def test_cancel_mid_stream(client):
     assert result.stop_reason == StopReason.CANCELLED
     assert 2 <= result.generated_tokens < 4000
     assert client.cancel() is False   # nothing in flight any more
-    assert ask(client, Request(prompt='Hi', settings=GenerationSettings(max_new_tokens=3))).wait().ok
+    assert ask(client,
+               Request(prompt='Hi', settings=GenerationSettings(max_new_tokens=3))).wait().ok
 
 
 def kill_when_streaming(client, reply):
@@ -128,7 +134,8 @@ def test_worker_killed_mid_generation_fails_the_request_at_once_then_restarts(cl
     assert client.wait_ready(READY_TIMEOUT_S)
     assert client.pid != old_pid and client.restarts == 1
     assert EngineState.RESTARTING in client.states
-    assert ask(client, Request(prompt='Hi again', settings=GenerationSettings(max_new_tokens=4))).wait().ok
+    assert ask(client,
+               Request(prompt='Hi again', settings=GenerationSettings(max_new_tokens=4))).wait().ok
 
 
 def test_worker_killed_while_idle_is_restarted(client):
@@ -137,7 +144,8 @@ def test_worker_killed_while_idle_is_restarted(client):
     while client.restarts == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert client.wait_ready(READY_TIMEOUT_S)
-    assert ask(client, Request(prompt='Hi', settings=GenerationSettings(max_new_tokens=3))).wait().ok
+    assert ask(client,
+               Request(prompt='Hi', settings=GenerationSettings(max_new_tokens=3))).wait().ok
 
 
 def test_load_failure_is_reported_and_not_retried(tmp_path):
@@ -179,7 +187,8 @@ def test_close_stops_the_worker_and_frees_shared_memory(tiny_model):
     block = client._frames.name
     assert os.path.exists(f'/dev/shm/{block}')
     client.close()
-    assert reply.wait(5).stop_reason == StopReason.ERROR   # the request in flight still gets its reply
+    # the request in flight still gets its reply
+    assert reply.wait(5).stop_reason == StopReason.ERROR
     assert not os.path.exists(f'/dev/shm/{block}')
     with pytest.raises(ProcessLookupError):
         os.kill(kill_pid, 0)

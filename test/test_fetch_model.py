@@ -1,12 +1,15 @@
-"""fetch_model: folder selection by onnxruntime-genai version, messages, and the download replaced by a local one."""
-import json
-import sys
-from pathlib import Path
+"""
+fetch_model: folder selection by onnxruntime-genai version, messages.
 
-import pytest
+The download is replaced by a local one.
+"""
+import json
+from pathlib import Path
+import sys
 
 from phi3v_ros import model_paths as M
 from phi3v_ros.tools import fetch_model as F
+import pytest
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +28,7 @@ def versions(table):
 
 
 def write_model(folder, broken=None):
-    """A stand-in for a downloaded phi3v folder (tiny files, the published names)."""
+    """Write a stand-in for a downloaded phi3v folder (tiny files, the published names)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = {'model': {'type': 'phi3v',
@@ -47,7 +50,11 @@ def write_model(folder, broken=None):
 
 
 class FakeHub:
-    """Replaces huggingface_hub.snapshot_download: writes the folder the patterns ask for under local_dir."""
+    """
+    Replaces huggingface_hub.snapshot_download.
+
+    It writes the folder the patterns ask for under local_dir.
+    """
 
     def __init__(self, broken=None, error=None):
         self.calls = []
@@ -65,8 +72,8 @@ class FakeHub:
 
 def run(argv, hub=None, table=None, free=10 ** 12):
     lines = []
-    status = F.main(argv, download=hub or FakeHub(), version_of=versions(table or {}), out=lines.append,
-                    disk_free=lambda path: free)
+    status = F.main(argv, download=hub or FakeHub(), version_of=versions(table or {}),
+                    out=lines.append, disk_free=lambda path: free)
     return status, '\n'.join(lines)
 
 
@@ -86,10 +93,10 @@ def test_folder_follows_the_onnxruntime_genai_version(variant, genai, expected):
 
 
 def test_published_names():
-    assert (M.NOV2024_INT4.repo_id, M.NOV2024_INT4.folder) == ('microsoft/Phi-3-vision-128k-instruct-onnx',
-                                                               'gpu/gpu-int4-rtn-block-32')
-    assert (M.MAY2024_INT4.repo_id, M.MAY2024_INT4.folder) == ('microsoft/Phi-3-vision-128k-instruct-onnx-cuda',
-                                                               'cuda-int4-rtn-block-32')
+    assert (M.NOV2024_INT4.repo_id, M.NOV2024_INT4.folder) == \
+        ('microsoft/Phi-3-vision-128k-instruct-onnx', 'gpu/gpu-int4-rtn-block-32')
+    assert (M.MAY2024_INT4.repo_id, M.MAY2024_INT4.folder) == \
+        ('microsoft/Phi-3-vision-128k-instruct-onnx-cuda', 'cuda-int4-rtn-block-32')
     assert M.MAY2024_FP16.folder == 'cuda-fp16' and M.MAY2024_CPU.repo_id.endswith('-onnx-cpu')
 
 
@@ -107,9 +114,10 @@ def test_a_release_without_phi3v_is_refused():
 
 
 def test_installed_version_prefers_the_cuda_build():
-    assert F.installed_genai(versions({'onnxruntime-genai-cuda': '0.9.2', 'onnxruntime-genai': '0.18.0'})) == \
-        ('onnxruntime-genai-cuda', '0.9.2')
-    assert F.installed_genai(versions({'onnxruntime-genai': '0.18.0'})) == ('onnxruntime-genai', '0.18.0')
+    both = versions({'onnxruntime-genai-cuda': '0.9.2', 'onnxruntime-genai': '0.18.0'})
+    assert F.installed_genai(both) == ('onnxruntime-genai-cuda', '0.9.2')
+    assert F.installed_genai(versions({'onnxruntime-genai': '0.18.0'})) == \
+        ('onnxruntime-genai', '0.18.0')
     assert F.installed_genai(versions({})) is None
 
 
@@ -118,7 +126,8 @@ def test_download_prints_the_default_model_path(model_root):
     status, text = run([], hub, {'onnxruntime-genai-cuda': '0.9.2'})
     assert status == 0, text
     target = model_root / 'Phi-3-vision-128k-instruct-onnx' / 'gpu' / 'gpu-int4-rtn-block-32'
-    assert hub.calls == [('microsoft/Phi-3-vision-128k-instruct-onnx', ['gpu/gpu-int4-rtn-block-32/*'],
+    assert hub.calls == [('microsoft/Phi-3-vision-128k-instruct-onnx',
+                          ['gpu/gpu-int4-rtn-block-32/*'],
                           str(model_root / 'Phi-3-vision-128k-instruct-onnx'), None)]
     assert f'model_path: {target}' in text
     assert str(target) == M.default_model_path()
@@ -131,9 +140,11 @@ def test_may_2024_folder_for_0_4_into_another_dest(tmp_path):
     status, text = run(['--dest', str(tmp_path / 'elsewhere'), '--revision', 'abc123'], hub,
                        {'onnxruntime-genai-cuda': '0.4.0'})
     assert status == 0
-    assert hub.calls[0][:2] == ('microsoft/Phi-3-vision-128k-instruct-onnx-cuda', ['cuda-int4-rtn-block-32/*'])
+    assert hub.calls[0][:2] == ('microsoft/Phi-3-vision-128k-instruct-onnx-cuda',
+                                ['cuda-int4-rtn-block-32/*'])
     assert hub.calls[0][3] == 'abc123'
-    target = tmp_path / 'elsewhere' / 'Phi-3-vision-128k-instruct-onnx-cuda' / 'cuda-int4-rtn-block-32'
+    target = (tmp_path / 'elsewhere' / 'Phi-3-vision-128k-instruct-onnx-cuda'
+              / 'cuda-int4-rtn-block-32')
     assert f'model_path: {target}' in text and 'May-2024' in text
     assert f'-p model_path:={target}' in text
 
@@ -153,12 +164,14 @@ def test_refusal_exits_before_downloading():
 
 def test_nothing_installed_assumes_the_current_folders():
     status, text = run(['--dry-run'], FakeHub(), {})
-    assert status == 0 and 'not installed in this Python' in text and 'gpu/gpu-int4-rtn-block-32/*' in text
+    assert (status == 0 and 'not installed in this Python' in text
+            and 'gpu/gpu-int4-rtn-block-32/*' in text)
 
 
 def test_genai_version_option_overrides_the_installed_one():
     hub = FakeHub()
-    status, _ = run(['--genai-version', '0.4.0', '--variant', 'fp16'], hub, {'onnxruntime-genai-cuda': '0.9.2'})
+    status, _ = run(['--genai-version', '0.4.0', '--variant', 'fp16'], hub,
+                    {'onnxruntime-genai-cuda': '0.9.2'})
     assert status == 0 and hub.calls[0][1] == ['cuda-fp16/*']
 
 
@@ -177,7 +190,8 @@ def test_incomplete_download_is_reported():
 def test_lfs_pointer_is_not_a_model(tmp_path):
     folder = write_model(tmp_path / 'm', broken='lfs')
     assert F.validate_model_folder(folder) == [
-        'phi-3-v-128k-instruct-text.onnx.data is a Git LFS pointer, not the weights (cloned without git-lfs?)']
+        'phi-3-v-128k-instruct-text.onnx.data is a Git LFS pointer, not the weights (cloned '
+        'without git-lfs?)']
 
 
 def test_validation_of_a_bad_config(tmp_path):
@@ -205,7 +219,8 @@ def test_not_enough_disk():
 def test_missing_huggingface_hub_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, 'huggingface_hub', None)
     with pytest.raises(F.FetchError, match='pip install huggingface_hub'):
-        F.hf_download('microsoft/Phi-3-vision-128k-instruct-onnx', ['gpu/gpu-int4-rtn-block-32/*'], '/tmp/x')
+        F.hf_download('microsoft/Phi-3-vision-128k-instruct-onnx', ['gpu/gpu-int4-rtn-block-32/*'],
+                      '/tmp/x')
     lines = []
     status = F.main([], version_of=versions({'onnxruntime-genai-cuda': '0.9.2'}), out=lines.append,
                     disk_free=lambda path: 10 ** 12)
@@ -215,11 +230,12 @@ def test_missing_huggingface_hub_says_how_to_install(monkeypatch):
 def test_dry_run_downloads_nothing(model_root):
     hub = FakeHub()
     status, text = run(['--dry-run'], hub, {'onnxruntime-genai-cuda': '0.9.2'})
-    assert status == 0 and hub.calls == [] and 'would call huggingface_hub.snapshot_download' in text
+    assert (status == 0 and hub.calls == []
+            and 'would call huggingface_hub.snapshot_download' in text)
     assert not model_root.exists()
 
 
-# ------------------------------------------------------------------------------------------------ model_paths
+# ------------------------------------------------------------------------------------- model_paths
 
 def test_model_root_and_default_path(model_root, monkeypatch):
     assert M.model_root() == model_root
@@ -234,7 +250,8 @@ def test_missing_model_hint_names_the_command(model_root, tmp_path):
     assert '`ros2 run phi3v_ros fetch_model`' in hint and '2.6 GB' in hint
     cpu = str(tmp_path / 'x' / 'Phi-3-vision-128k-instruct-onnx' / 'cpu_and_mobile' /
               'cpu-int4-rtn-block-32-acc-level-4')
-    assert f'`ros2 run phi3v_ros fetch_model --variant cpu --dest {tmp_path / "x"}`' in M.missing_model_hint(cpu)
+    assert f'`ros2 run phi3v_ros fetch_model --variant cpu --dest {tmp_path / "x"}`' \
+        in M.missing_model_hint(cpu)
     other = M.missing_model_hint('/opt/my-model')
     assert '`ros2 run phi3v_ros fetch_model`' in other and M.default_model_path() in other
     assert '\n' not in hint and '\n' not in other

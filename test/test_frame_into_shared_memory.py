@@ -1,19 +1,19 @@
-"""Frames converted straight into the shared block the worker reads (one 6 MB copy less at 1080p)."""
+"""Frames converted straight into the shared block the worker reads (a 6 MB copy less at 1080p)."""
 import dataclasses
 from typing import Any
 
 import numpy as np
-import pytest
-
 from phi3v_ros.errors import ImageConversionError
 from phi3v_ros.frame_cache import Frame
 from phi3v_ros.frame_conversion import FrameConverter
 from phi3v_ros.frame_transport import FrameReceiver, FrameSender
-from phi3v_ros.image_conversion import SUPPORTED_ENCODINGS, image_to_rgb
+from phi3v_ros.image_conversion import image_to_rgb, SUPPORTED_ENCODINGS
+import pytest
 
-BYTES_PER_PIXEL = {'mono8': 1, '8UC1': 1, 'rgb8': 3, 'bgr8': 3, '8UC3': 3, 'rgba8': 4, 'bgra8': 4, '8UC4': 4,
-                   'mono16': 2, '16UC1': 2, 'rgb16': 6, 'bgr16': 6, '16UC3': 6, 'rgba16': 8, 'bgra16': 8,
-                   '16UC4': 8, 'yuv422': 2, 'uyvy': 2, 'yuv422_yuy2': 2, 'yuyv': 2}
+BYTES_PER_PIXEL = {'mono8': 1, '8UC1': 1, 'rgb8': 3, 'bgr8': 3, '8UC3': 3, 'rgba8': 4, 'bgra8': 4,
+                   '8UC4': 4, 'mono16': 2, '16UC1': 2, 'rgb16': 6, 'bgr16': 6, '16UC3': 6,
+                   'rgba16': 8, 'bgra16': 8, '16UC4': 8, 'yuv422': 2, 'uyvy': 2, 'yuv422_yuy2': 2,
+                   'yuyv': 2}
 
 
 @dataclasses.dataclass
@@ -28,18 +28,18 @@ class ImageMsg:
 
 @dataclasses.dataclass
 class CompressedMsg:
-    format: Any
+    format: Any  # noqa: A003 - mirrors sensor_msgs/CompressedImage.format
     data: Any
 
 
 def message(encoding, height=6, width=8, padding=2, seed=0):
-    """A random frame of any supported encoding, with row padding."""
+    """Make a random frame of any supported encoding, with row padding."""
     rng = np.random.default_rng(seed)
     if encoding in ('nv12', 'nv21'):
         step, rows = width + padding, height * 3 // 2
     else:
-        per_pixel = BYTES_PER_PIXEL.get(encoding, 1 if encoding.startswith('bayer') and encoding.endswith('8')
-                                        else 2)
+        bayer8 = encoding.startswith('bayer') and encoding.endswith('8')
+        per_pixel = BYTES_PER_PIXEL.get(encoding, 1 if bayer8 else 2)
         step, rows = width * per_pixel + padding, height
     data = rng.integers(0, 256, rows * step, dtype=np.uint8).tobytes()
     return ImageMsg(encoding, height, width, step, data)
@@ -57,8 +57,8 @@ def test_converting_into_out_gives_the_same_pixels_in_out(encoding):
 
 def test_an_out_of_the_wrong_shape_or_type_is_refused():
     msg = message('bgr8')
-    for out in (np.zeros((6, 8, 4), np.uint8), np.zeros((8, 6, 3), np.uint8), np.zeros((6, 8, 3), np.float32),
-                np.zeros((6, 16, 3), np.uint8)[:, ::2]):
+    for out in (np.zeros((6, 8, 4), np.uint8), np.zeros((8, 6, 3), np.uint8),
+                np.zeros((6, 8, 3), np.float32), np.zeros((6, 16, 3), np.uint8)[:, ::2]):
         with pytest.raises(ImageConversionError, match='out must be'):
             image_to_rgb(msg, out=out)
 
@@ -107,7 +107,8 @@ def test_the_frame_converter_converts_raw_frames_into_what_allocate_gives():
     rgb = converter(Frame(msg, 0.0, 0.0, 1))
     assert rgb is given[0]
     np.testing.assert_array_equal(rgb, image_to_rgb(msg))
-    # too many pixels, unsupported encodings, nonsense sizes: no allocation, the usual error or result
+    # too many pixels, unsupported encodings, nonsense sizes: no allocation, the usual error
+    # or result
     for bad in (message('bgr8', 40, 40), ImageMsg('32FC1', 6, 8, 32, bytes(192)),
                 ImageMsg('bgr8', -6, 8, 24, b'')):
         with pytest.raises(ImageConversionError):

@@ -7,21 +7,20 @@ import os
 import struct
 import subprocess
 import sys
-import zlib
 from typing import Any, Callable, Optional
+import zlib
 
 import cv2
 import numpy as np
-import pytest
-
 from phi3v_ros import image_conversion as ic
 from phi3v_ros.errors import ImageConversionError
 from phi3v_ros.image_conversion import (
-    SUPPORTED_ENCODINGS,
     compressed_to_rgb,
     image_to_rgb,
     is_supported,
+    SUPPORTED_ENCODINGS,
 )
+import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,7 +41,7 @@ class ImageMsg:
 
 @dataclasses.dataclass
 class CompressedMsg:
-    format: Any
+    format: Any  # noqa: A003 - mirrors sensor_msgs/CompressedImage.format
     data: Any
 
 
@@ -673,7 +672,7 @@ def test_png_grayscale_alpha_and_sixteen_bit():
 
 
 def test_old_opencv_decode_path(monkeypatch):
-    """OpenCV < 4.11 has no IMREAD_COLOR_RGB: decode to BGR and convert."""
+    """Decode to BGR and convert where OpenCV (< 4.11) has no IMREAD_COLOR_RGB."""
     monkeypatch.setattr(ic, '_IMREAD_FLAGS', cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     monkeypatch.setattr(ic, '_DECODED_TO_RGB', cv2.COLOR_BGR2RGB)
     rgb = rand_u8((8, 12, 3), seed=25)

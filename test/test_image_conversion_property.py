@@ -1,24 +1,27 @@
-"""Property tests: for any message, the converters return a well-formed RGB array or raise
-ImageConversionError - never any other exception, never a wrongly shaped array."""
+"""
+Property tests of the converters.
+
+For any message, they return a well-formed RGB array or raise ImageConversionError - never any
+other exception, never a wrongly shaped array.
+"""
 from __future__ import annotations
 
 import array
 import dataclasses
 import struct
-import zlib
 from typing import Any
+import zlib
 
 import cv2
-import numpy as np
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, HealthCheck, settings
 from hypothesis import strategies as st
-
+import numpy as np
 from phi3v_ros import image_conversion as ic
 from phi3v_ros.errors import ImageConversionError
-from phi3v_ros.image_conversion import SUPPORTED_ENCODINGS, compressed_to_rgb, image_to_rgb
+from phi3v_ros.image_conversion import compressed_to_rgb, image_to_rgb, SUPPORTED_ENCODINGS
 
-SETTINGS = dict(deadline=None, derandomize=False,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = {'deadline': None, 'derandomize': False,
+            'suppress_health_check': [HealthCheck.too_slow, HealthCheck.data_too_large]}
 
 
 @dataclasses.dataclass
@@ -33,7 +36,7 @@ class ImageMsg:
 
 @dataclasses.dataclass
 class CompressedMsg:
-    format: Any
+    format: Any  # noqa: A003 - mirrors sensor_msgs/CompressedImage.format
     data: Any
 
 
@@ -50,7 +53,7 @@ def random_bytes(seed: int, n: int) -> bytes:
 
 
 def should_convert(msg: ImageMsg, max_pixels: int) -> bool:
-    """The spec's own statement of which raw frames are well-formed."""
+    """Tell, as the spec states it, whether a raw frame is well-formed."""
     enc, h, w, step = msg.encoding, msg.height, msg.width, msg.step
     if not (isinstance(enc, str) and enc in SUPPORTED_ENCODINGS):
         return False
@@ -244,8 +247,8 @@ def compressed_msgs(draw):
         data = draw(_OTHER)
     else:
         w, h = draw(_BOMB_DIM), draw(_BOMB_DIM)
-        data = _png_bomb(w, h) if draw(st.booleans()) else _jpeg_bomb(min(w, 65535),
-                                                                     min(h, 65535))
+        data = (_png_bomb(w, h) if draw(st.booleans())
+                else _jpeg_bomb(min(w, 65535), min(h, 65535)))
     data = draw(_WRAPPER)(data)
     return CompressedMsg(fmt, data), shape
 

@@ -1,9 +1,8 @@
 import cv2
 import numpy as np
-import pytest
-
 from phi3v_ros.image_preparation import bound_longest_side, encode_image
 from phi3v_test_utils import gradient_image
+import pytest
 
 
 @pytest.mark.parametrize('shape,max_side,expected', [

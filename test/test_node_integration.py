@@ -1,12 +1,10 @@
 """vision_qa_node as its own process (its console script, --ros-args), driven over real DDS."""
-import signal
 import subprocess
 import time
 
-import pytest
-
 from phi3v_test_utils import gradient_image
-from ros_harness import NodeProcess, RosPeer, entry_point, isolate_ros_domain, wait_until
+import pytest
+from ros_harness import entry_point, isolate_ros_domain, NodeProcess, RosPeer, wait_until
 
 pytest.importorskip('rclpy')
 pytest.importorskip('onnxruntime_genai')
@@ -55,8 +53,9 @@ def clean(peer, node):
 
 
 def test_answers_a_question_about_a_published_frame_and_streams_it(clean, node):
-    # 240x320 RGB (230 KB) fits Fast DDS's default 512 KiB shared-memory segment; a 640x480 frame goes
-    # over UDP fragments, and the best-effort node lost all 20 tries of deliver_frame on a loaded machine.
+    # 240x320 RGB (230 KB) fits Fast DDS's default 512 KiB shared-memory segment; a 640x480 frame
+    # goes over UDP fragments, and the best-effort node lost all 20 tries of deliver_frame on a
+    # loaded machine.
     clean.deliver_frame(gradient_image(240, 320))
     clean.ask('What do you see?')
     answer = clean.wait_answers(1)[0]
@@ -135,7 +134,8 @@ def test_history_then_reset(clean, node):
     clean.ask('Same question?')
     clean.wait_answers(3)
     assert wait_until(lambda: sum('prompt + ' in line for line in node.lines) >= 3, 5)
-    first, second, after_reset = [prompt_tokens(line) for line in node.lines if 'prompt + ' in line]
+    first, second, after_reset = [prompt_tokens(line) for line in node.lines
+                                  if 'prompt + ' in line]
     assert second > first            # the first question and answer came along as history
     assert after_reset == first      # ~/reset forgot them
 
@@ -177,7 +177,8 @@ def test_ask_client_exit_codes(clean, node):
                         timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip()
-    error = subprocess.run(ask + ['   ', '--timeout', '30'], capture_output=True, text=True, timeout=60)
+    error = subprocess.run(ask + ['   ', '--timeout', '30'], capture_output=True, text=True,
+                           timeout=60)
     assert error.returncode == 1 and 'ERROR: the prompt is empty' in error.stderr
     nobody = subprocess.run(ask + ['Hello?', '--namespace', '/nobody', '--connect-timeout', '1'],
                             capture_output=True, text=True, timeout=60)

@@ -1,10 +1,10 @@
-"""vision_qa_node's life cycle as a process: signals, namespaces (each test starts its own node)."""
+"""vision_qa_node's life cycle as a process: signals, namespaces (each test has its own node)."""
 import signal
 import time
 
 import pytest
 
-from ros_harness import NodeProcess, RosPeer, isolate_ros_domain, wait_until
+from ros_harness import isolate_ros_domain, NodeProcess, RosPeer, wait_until
 
 pytest.importorskip('rclpy')
 pytest.importorskip('onnxruntime_genai')

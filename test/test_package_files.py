@@ -3,9 +3,8 @@ import os
 import re
 import xml.etree.ElementTree as ElementTree
 
-import yaml
-
 from phi3v_ros.parameters import PARAMETERS
+import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,8 +27,10 @@ def test_readme_documents_every_parameter_with_its_default():
         row = re.search(rf'^\| `{spec.name}` \|([^\n]*)$', readme, re.MULTILINE)
         assert row, f'{spec.name} is not in the README parameter table'
         if spec.name != 'model_path':
-            default = str(spec.default).lower() if isinstance(spec.default, bool) else str(spec.default)
-            assert f'`{default}`' in row.group(1) or (default == '' and '`""`' in row.group(1)), spec.name
+            default = (str(spec.default).lower() if isinstance(spec.default, bool)
+                       else str(spec.default))
+            cell = row.group(1)
+            assert f'`{default}`' in cell or (default == '' and '`""`' in cell), spec.name
 
 
 def test_package_xml_is_format_3_ament_python_with_the_declared_dependencies():

@@ -73,7 +73,8 @@ def test_empty_pieces_are_ignored():
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.text(max_size=5), st.floats(0.0, 0.05)), max_size=60),
        st.floats(0.0, 0.1))
-def test_joined_messages_equal_joined_pieces_and_no_piece_waits_past_the_next_due_one(steps, interval):
+def test_joined_messages_equal_joined_pieces_and_no_piece_waits_past_the_next_due_one(
+        steps, interval):
     pieces, clock, sent = make(interval)
     last_send = None
     for text, gap in steps:
@@ -91,7 +92,11 @@ def test_joined_messages_equal_joined_pieces_and_no_piece_waits_past_the_next_du
 
 
 def test_the_worker_streams_joined_pieces_that_equal_the_answer(tiny_model):
-    """End to end through the worker process: fewer messages than tokens, same text, result last."""
+    """
+    End to end through the worker process.
+
+    Fewer messages than tokens, same text, result last.
+    """
     import threading
 
     from phi3v_ros.engine import EngineConfig
@@ -100,7 +105,8 @@ def test_the_worker_streams_joined_pieces_that_equal_the_answer(tiny_model):
     from phi3v_test_utils import gradient_image
 
     for interval, expect_fewer in ((0.02, True), (0.0, False)):
-        client = EngineClient(EngineConfig(model_path=tiny_model, provider='cpu', stream_interval_s=interval),
+        client = EngineClient(EngineConfig(model_path=tiny_model, provider='cpu',
+                                           stream_interval_s=interval),
                               warmup=False)
         client.start()
         try:
@@ -110,17 +116,20 @@ def test_the_worker_streams_joined_pieces_that_equal_the_answer(tiny_model):
             def on_result(result):
                 results.append((result, len(pieces)))
                 done.set()
-            client.submit(Request('Describe the image.', image=gradient_image(64, 64, seed=random.randint(0, 9)),
+            client.submit(Request('Describe the image.',
+                                  image=gradient_image(64, 64, seed=random.randint(0, 9)),
                                   settings=GenerationSettings(max_new_tokens=200)),
                           on_result=on_result, on_piece=pieces.append)
             assert done.wait(60)
             result, pieces_before_result = results[0]
             assert result.ok and result.generated_tokens == 200
-            assert pieces_before_result == len(pieces)          # every piece came before the result
+            # every piece came before the result
+            assert pieces_before_result == len(pieces)
             assert ''.join(pieces) == result.text
             if expect_fewer:
                 assert len(pieces) < result.generated_tokens / 4
-            else:   # one message per decoded piece (the tiny model's tokens are mostly whole words)
+            else:
+                # one message per decoded piece (the tiny model's tokens are mostly whole words)
                 assert len(pieces) >= result.generated_tokens * 0.9
         finally:
             client.close()

@@ -1,8 +1,7 @@
-import pytest
-
 from phi3v_ros.errors import PromptError
 from phi3v_ros.generation import Turn
 from phi3v_ros.prompt import build_chat_prompt, neutralize, validate_question
+import pytest
 
 
 def test_one_image_question_uses_the_phi3_chat_format():
@@ -51,7 +50,8 @@ def test_validate_question_strips_and_refuses_empty_and_long_prompts():
 def test_a_prompt_of_control_characters_only_is_empty():
     with pytest.raises(PromptError, match='empty'):
         validate_question('\x01\x02\x1b\x7f\x85', 100)
-    assert validate_question('\x1b[31mred?', 100) == '\x1b[31mred?'   # kept; the template drops \x1b
+    # kept; the template drops \x1b
+    assert validate_question('\x1b[31mred?', 100) == '\x1b[31mred?'
 
 
 def test_the_length_bound_comes_before_any_other_work_on_the_text():

@@ -1,9 +1,8 @@
 import threading
 
-import pytest
-
 from phi3v_ros.history import ConversationHistory
 from phi3v_ros.prompt_queue import PromptQueue
+import pytest
 
 
 def test_fifo_within_the_bound():

@@ -1,12 +1,15 @@
-"""Faults around vision_qa_node running as its own process: the worker killed (mid-answer, while
-loading, while idle), a worker that keeps dying, a worker that stalls (alive but silent), and the
-node stopped by SIGINT/SIGTERM (to it or to its whole process group, as Ctrl-C does) or SIGKILL at
-different moments: no prompt is left unanswered, no process and no shared-memory block is left behind.
+"""
+Faults around vision_qa_node running as its own process.
 
-"Keeps crashing" is produced from outside: every worker is SIGKILLed as soon as it appears, which is
-what the Linux OOM killer does to a worker loading a model too big for the board. (Every broken model
-folder tried - bad JSON, missing or corrupt graphs, a tokenizer or processor config that does not
-parse, a config that does not match the graphs - fails cleanly with a load error instead, see
+The worker killed (mid-answer, while loading, while idle), a worker that keeps dying, a worker
+that stalls (alive but silent), and the node stopped by SIGINT/SIGTERM (to it or to its whole
+process group, as Ctrl-C does) or SIGKILL at different moments: no prompt is left unanswered, no
+process and no shared-memory block is left behind.
+
+"Keeps crashing" is produced from outside: every worker is SIGKILLed as soon as it appears, which
+is what the Linux OOM killer does to a worker loading a model too big for the board. (Every broken
+model folder tried - bad JSON, missing or corrupt graphs, a tokenizer or processor config that does
+not parse, a config that does not match the graphs - fails cleanly with a load error instead, see
 test_reliability_bad_input.py.)
 """
 import os
@@ -14,13 +17,12 @@ import signal
 import threading
 import time
 
+from phi3v_test_utils import gradient_image
 import psutil
 import pytest
-
-from phi3v_test_utils import gradient_image
-from reliability_helpers import (BASE, ERROR, NodePeer, alive, cpu_seconds, start_nodes,
+from reliability_helpers import (alive, BASE, cpu_seconds, ERROR, NodePeer, start_nodes,
                                  wait_for_worker, worker_of)
-from ros_harness import NodeProcess, isolate_ros_domain, wait_until
+from ros_harness import isolate_ros_domain, NodeProcess, wait_until
 
 pytest.importorskip('rclpy')
 pytest.importorskip('onnxruntime_genai')
@@ -52,7 +54,7 @@ def node(tiny_model, peer):
 
 @pytest.fixture
 def ready(peer, node):
-    """The shared node, ready, with short answers and an empty answer list."""
+    """Give the shared node, ready, with short answers and an empty answer list."""
     peer.wait_ready()
     peer.set_parameters(max_new_tokens=4)
     peer.clear_answers()
@@ -83,7 +85,8 @@ def test_worker_killed_mid_answer(ready, node):
     killed = time.monotonic()
     reply = peer.wait_answers(count + 1, timeout=5)[count]
     assert time.monotonic() - killed < 1.0
-    assert reply.startswith(ERROR + 'the model failed: the inference worker was killed by SIGKILL'), reply
+    expected = ERROR + 'the model failed: the inference worker was killed by SIGKILL'
+    assert reply.startswith(expected), reply
     assert wait_for_worker(node, other_than=worker.pid)
     assert_next_prompt_answered(peer)
     assert peer.answer_count() == count + 2
@@ -174,11 +177,13 @@ def test_a_worker_that_keeps_dying_backs_off_reports_failed_and_does_not_spin(re
         asked = time.monotonic()
         reply = peer.ask_and_wait('Anyone there?', timeout=5)
         assert time.monotonic() - asked < 1.0
-        assert reply.startswith(ERROR + 'the model is not available: the inference worker was killed '
-                                'by SIGKILL (3 times in a row); retrying every'), reply
+        expected = (ERROR + 'the model is not available: the inference worker was killed '
+                            'by SIGKILL (3 times in a row); retrying every')
+        assert reply.startswith(expected), reply
         # failed, between retries: the node sleeps
         before, started = cpu_seconds(node.process.pid), time.monotonic()
-        assert wait_until(lambda: len(killer.seen) >= 5, 15), killer.seen   # the 4th and 5th retries
+        # the 4th and 5th retries
+        assert wait_until(lambda: len(killer.seen) >= 5, 15), killer.seen
         busy = cpu_seconds(node.process.pid) - before
         elapsed = time.monotonic() - started
     finally:
@@ -186,7 +191,8 @@ def test_a_worker_that_keeps_dying_backs_off_reports_failed_and_does_not_spin(re
     gaps = [b[0] - a[0] for a, b in zip(killer.seen, killer.seen[1:])]
     # backoff 0.5, 1, 2, 4 s (+ the time each spawn takes to show up)
     assert gaps[-1] >= 3.5 and all(later > earlier for earlier, later in zip(gaps, gaps[1:])), gaps
-    assert busy / elapsed < 0.15, f'the node used {busy:.2f} s of CPU in {elapsed:.1f} s while failed'
+    assert busy / elapsed < 0.15, \
+        f'the node used {busy:.2f} s of CPU in {elapsed:.1f} s while failed'
     print(f'\nrestart gaps {[round(g, 2) for g in gaps]} s; node CPU while failed {busy:.2f} s in '
           f'{elapsed:.1f} s')
     # the killer is gone: the next retry (8 s after the last) loads and the node recovers
@@ -195,7 +201,7 @@ def test_a_worker_that_keeps_dying_backs_off_reports_failed_and_does_not_spin(re
     assert_next_prompt_answered(peer)
 
 
-# -- stopping the node -----------------------------------------------------------------------------
+# -- stopping the node ----------------------------------------------------------------------------
 
 def session_processes(session_id):
     """Every live process in the node's session (it was started with start_new_session)."""
@@ -228,8 +234,9 @@ STOPS = [('loading', signal.SIGINT, True), ('idle', signal.SIGTERM, False),
 def test_stopping_the_node_at_any_moment_leaves_nothing_behind(tiny_model):
     """Six nodes start at once (one per case, in their own namespaces), then each is stopped."""
     names = [f'/stop{i}' for i in range(len(STOPS))]
-    processes = start_nodes([({'model_path': tiny_model, **BASE, 'warmup': True, 'image_wait_timeout': 1.0},
-                              ['-r', f'__ns:={name}']) for name in names])
+    processes = start_nodes([({'model_path': tiny_model, **BASE, 'warmup': True,
+                               'image_wait_timeout': 1.0}, ['-r', f'__ns:={name}'])
+                             for name in names])
     peers = [NodePeer(name) for name in names]
     report = []
     try:
@@ -241,7 +248,8 @@ def test_stopping_the_node_at_any_moment_leaves_nothing_behind(tiny_model):
                 peer.wait_connected()
                 peer.wait_ready()
                 peer.deliver_frame(gradient_image(120, 160))
-                assert not peer.ask_and_wait('Frame please?').startswith(ERROR)   # the shm block exists
+                # the shm block exists
+                assert not peer.ask_and_wait('Frame please?').startswith(ERROR)
             shm = mapped_shm(process)
             assert shm or moment == 'loading'
             if moment == 'restart backoff':

@@ -1,9 +1,12 @@
-"""Load on vision_qa_node as its own process over real DDS: a 1080p 60 Hz camera for 30 s while prompts
-are answered, 500-prompt floods under each busy policy, and several client processes asking at once.
+"""
+Load on vision_qa_node as its own process over real DDS.
+
+A 1080p 60 Hz camera for 30 s while prompts are answered, 500-prompt floods under each busy
+policy, and several client processes asking at once.
 
 The node and the camera run with a Fast DDS profile whose shared-memory segment (32 MiB, as in
-bench/fastdds_large_shm.xml) holds a 1080p frame: with the default 512 KiB segment a best-effort reader
-loses almost every 1080p frame (about 3 of 60 per second here). The README explains it.
+bench/fastdds_large_shm.xml) holds a 1080p frame: with the default 512 KiB segment a best-effort
+reader loses almost every 1080p frame (about 3 of 60 per second here). The README explains it.
 """
 import os
 import re
@@ -11,18 +14,17 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from phi3v_test_utils import gradient_image
-from reliability_helpers import BASE, ERROR, NodePeer, cpu_seconds, rss_mb
-from ros_harness import NodeProcess, entry_point, isolate_ros_domain, wait_until
+import pytest
+from reliability_helpers import BASE, cpu_seconds, ERROR, NodePeer, rss_mb
+from ros_harness import entry_point, isolate_ros_domain, NodeProcess, wait_until
 
 pytest.importorskip('rclpy')
 pytest.importorskip('onnxruntime_genai')
 
 FLOOD = 500
 FLOOD_SECONDS = 30.0
-LARGE_SHM_PROFILE = '''<?xml version="1.0" encoding="UTF-8" ?>
+LARGE_SHM_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
 <dds xmlns="http://www.eprosima.com">
   <profiles>
     <transport_descriptors>
@@ -47,7 +49,7 @@ LARGE_SHM_PROFILE = '''<?xml version="1.0" encoding="UTF-8" ?>
     </participant>
   </profiles>
 </dds>
-'''
+"""
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -60,7 +62,8 @@ def shm_profile(tmp_path_factory):
     path = tmp_path_factory.mktemp('fastdds') / 'large_shm.xml'
     path.write_text(LARGE_SHM_PROFILE)
     # Humble's Fast DDS 2.x reads FASTRTPS_DEFAULT_PROFILES_FILE, 3.x FASTDDS_DEFAULT_PROFILES_FILE
-    return {'FASTRTPS_DEFAULT_PROFILES_FILE': str(path), 'FASTDDS_DEFAULT_PROFILES_FILE': str(path)}
+    return {'FASTRTPS_DEFAULT_PROFILES_FILE': str(path),
+            'FASTDDS_DEFAULT_PROFILES_FILE': str(path)}
 
 
 def with_env(extra, start):
@@ -81,7 +84,8 @@ def peer():
     # Every reply of a flood: keep-all on both ends of our side (the node keeps the last 1000).
     deep = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
     ros_peer.all_answers = []
-    ros_peer.node.create_subscription(String, 'answer', ros_peer._record(ros_peer.all_answers), deep)
+    ros_peer.node.create_subscription(String, 'answer', ros_peer._record(ros_peer.all_answers),
+                                      deep)
     ros_peer.flood_pub = ros_peer.node.create_publisher(String, 'prompt', deep)
     yield ros_peer
     ros_peer.close()
@@ -143,19 +147,22 @@ def test_1080p_at_60_hz_for_30_s_while_answering(clean, node, shm_profile):
     rate = frames / elapsed
     # the answers used fresh frames: stamped by the camera at most 0.25 s before the question
     assert wait_until(lambda: sum('answered' in line for line in node.lines) >= len(asked), 10)
-    stamps = [float(m.group(3)) for m in map(ANSWER_LINE.search, node.lines) if m and m.group(2) == 'answered']
+    stamps = [float(m.group(3)) for m in map(ANSWER_LINE.search, node.lines)
+              if m and m.group(2) == 'answered']
     staleness = [ask - stamp for ask, stamp in zip(asked, stamps)]
     early = [mb for t, mb in memory if 5 <= t < 12]
     late = [mb for t, mb in memory if t >= elapsed - 7]
     print(f'\n1080p flood: {frames} frames in {elapsed:.1f} s ({rate:.1f} Hz received of 60), '
           f'{len(asked)} answers, frame age at each answer max {max(ages):.3f} s, '
           f'frame stamp before the question max {max(staleness):.3f} s, node RSS '
-          f'{min(mb for _, mb in memory):.0f}-{max(mb for _, mb in memory):.0f} MB, node CPU {cpu:.0%}')
+          f'{min(mb for _, mb in memory):.0f}-{max(mb for _, mb in memory):.0f} MB, '
+          f'node CPU {cpu:.0%}')
     assert len(asked) >= 20
     assert rate > 20, f'the node received only {rate:.1f} frames/s'
     assert max(ages) < 0.5, ages          # no backlog: the latest frame is always recent
     assert max(staleness) < 0.25, staleness
-    assert max(late) - min(early) < 40, memory   # no growth beyond allocator noise (a frame is 6 MB)
+    # no growth beyond allocator noise (a frame is 6 MB)
+    assert max(late) - min(early) < 40, memory
 
 
 def settle_flood(peer, before, count):
@@ -165,7 +172,8 @@ def settle_flood(peer, before, count):
     peer.wait_settled(before + count)
     replies = [m.data for m in peer.all_answers]
     assert len(replies) == count, len(replies)       # exactly one each, nothing late
-    return [r for r in replies if not r.startswith(ERROR)], [r for r in replies if r.startswith(ERROR)]
+    return ([r for r in replies if not r.startswith(ERROR)],
+            [r for r in replies if r.startswith(ERROR)])
 
 
 @pytest.mark.parametrize('policy,loser_text', [('reject', 'busy: 4 prompts are already waiting'),
@@ -196,12 +204,13 @@ def test_500_prompts_as_fast_as_possible(clean, node, policy, loser_text):
     assert counts['received'] == FLOOD
     assert counts['answered'] == len(answers) >= 1
     assert counts['rejected'] + counts['failed'] == len(errors)
-    assert all(loser_text in e for e in errors), set(e[:60] for e in errors)
+    assert all(loser_text in e for e in errors), {e[:60] for e in errors}
     assert not peer.ask_and_wait('And now?').startswith(ERROR)   # no deadlock, no stuck queue
     assert wait_until(lambda: rss_mb(pid) < baseline + 15, 10), (baseline, rss_mb(pid))
     assert len(node.descendants()) + psutil_threads(pid) <= threads + 2
-    print(f'\n{policy}: {FLOOD} prompts published in {published:.2f} s, all replied in {took:.2f} s: '
-          f'{len(answers)} answered, {len(errors)} ERROR; node RSS {baseline:.0f} -> {rss_mb(pid):.0f} MB')
+    print(f'\n{policy}: {FLOOD} prompts published in {published:.2f} s, '
+          f'all replied in {took:.2f} s: {len(answers)} answered, {len(errors)} ERROR; '
+          f'node RSS {baseline:.0f} -> {rss_mb(pid):.0f} MB')
 
 
 def psutil_threads(pid):
@@ -209,7 +218,7 @@ def psutil_threads(pid):
     return psutil.Process(pid).num_threads()
 
 
-FLOOD_CLIENT = '''
+FLOOD_CLIENT = """
 import sys, time
 import rclpy
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -227,7 +236,7 @@ for i in range(int(sys.argv[2])):
     pub.publish(String(data=f'client {sys.argv[1]} question {i}'))
 from rclpy.duration import Duration
 print('sent' if pub.wait_for_all_acked(Duration(seconds=30)) else 'not acknowledged', flush=True)
-'''
+"""
 
 
 def test_several_client_processes_at_once(clean, node, tmp_path):
@@ -255,7 +264,8 @@ def test_several_client_processes_at_once(clean, node, tmp_path):
     total = 3 * 100 + 3
     answers, errors = settle_flood(peer, before, total)
     for out, err, code in results:
-        # every ask client gets an answer or an ERROR reply (answers are not tagged, see the README)
+        # every ask client gets an answer or an ERROR reply (answers are not tagged, see the
+        # README)
         assert code in (0, 1), (code, out, err)
     assert len(answers) + len(errors) == total and len(answers) >= 1
     assert all('busy' in e for e in errors)

@@ -1,12 +1,12 @@
 """Tests of phi3v_ros.tools.make_tiny_model against the real onnxruntime-genai phi3v pipeline."""
 from __future__ import annotations
 
+from contextlib import redirect_stdout
 import io
 import json
 import pathlib
 import string
 import time
-from contextlib import redirect_stdout
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -15,7 +15,8 @@ import pytest
 og = pytest.importorskip('onnxruntime_genai')
 cv2 = pytest.importorskip('cv2')
 
-from phi3v_ros.tools import make_tiny_model as mtm  # noqa: E402
+# after the skips (it needs onnx): E402, and I100 since it cannot sort above pytest
+from phi3v_ros.tools import make_tiny_model as mtm  # noqa: E402, I100
 
 IMAGE_PROMPT = '<|user|>\n<|image_1|>\nWhat is this?<|end|>\n<|assistant|>\n'
 TEXT_PROMPT = '<|user|>\nWhat is this?<|end|>\n<|assistant|>\n'
@@ -70,7 +71,11 @@ class Loaded:
 
     def generate(self, prompt: str, *blobs: bytes, new_tokens: int = 20,
                  **search) -> Tuple[dict, List[int], float]:
-        """Greedy generation with max_length = prompt + new_tokens; returns (inputs, tokens, ttft_s)."""
+        """
+        Generate greedily with max_length = prompt + new_tokens.
+
+        Returns (inputs, tokens, ttft_s).
+        """
         start = time.perf_counter()
         inputs = self.inputs(prompt, *blobs)
         prompt_len = inputs['input_ids'].as_numpy().shape[-1]
@@ -102,7 +107,8 @@ def tiny(model_dir) -> Loaded:
 
 @pytest.fixture(scope='session')
 def tiny_end(tmp_path_factory) -> Loaded:
-    return Loaded(mtm.make_tiny_model(tmp_path_factory.mktemp('tiny_end'), seed=0, end_immediately=True))
+    return Loaded(mtm.make_tiny_model(tmp_path_factory.mktemp('tiny_end'), seed=0,
+                                      end_immediately=True))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -166,7 +172,8 @@ def test_tokenizer_matches_hugging_face(tiny):
     tokenizers = pytest.importorskip('tokenizers')
     hf = tokenizers.Tokenizer.from_file(str(tiny.path / 'tokenizer.json'))
     for text in ('The robot sees a red cup.', 'Is it safe? Yes, the floor is wet; 42 items!',
-                 'Zebra \u00fcber naive \U0001F600', '<|user|>\nWhat is this?<|end|>\n<|assistant|>\n'):
+                 'Zebra \u00fcber naive \U0001F600',
+                 '<|user|>\nWhat is this?<|end|>\n<|assistant|>\n'):
         ours = [int(t) for t in tiny.tokenizer.encode(text)]
         assert ours == hf.encode(text, add_special_tokens=False).ids, text
     assert tiny.tokenizer.decode(tiny.tokenizer.encode('a red cup')).strip() == 'a red cup'
@@ -185,7 +192,8 @@ def test_text_only_generation_respects_max_length(tiny):
     inputs, tokens, _ = tiny.generate(TEXT_PROMPT, new_tokens=20)
     assert set(inputs) == {'input_ids'}
     assert (inputs['input_ids'] >= 0).all()
-    assert len(tokens) == 20          # stops exactly at the per-request max_length, never at <|end|>
+    # stops exactly at the per-request max_length, never at <|end|>
+    assert len(tokens) == 20
     assert tiny.config['model']['eos_token_id'] not in tokens
     _, again, _ = tiny.generate(TEXT_PROMPT, new_tokens=20)
     assert again == tokens
@@ -197,7 +205,8 @@ def test_one_image_any_size(tiny, height, width):
     rng = np.random.default_rng(height * 7 + width)
     blob = png(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
     inputs, tokens, _ = tiny.generate(IMAGE_PROMPT, blob, new_tokens=8)
-    assert inputs['pixel_values'].shape[0] == 1 and inputs['pixel_values'].shape[2:] == (3, CROP, CROP)
+    assert (inputs['pixel_values'].shape[0] == 1
+            and inputs['pixel_values'].shape[2:] == (3, CROP, CROP))
     padded_h, padded_w = (int(v) for v in inputs['image_sizes'].reshape(-1))
     expected = tokens_per_image(padded_h, padded_w)
     assert int(inputs['num_image_tokens'].sum()) == expected
@@ -213,7 +222,8 @@ def test_vision_and_embedding_graphs_directly(tiny):
     image_sizes = inputs['image_sizes'].as_numpy()
     num_tokens = inputs['num_image_tokens'].as_numpy()
     assert pixel_values.shape[0] == 2
-    vision = ort.InferenceSession(str(tiny.path / 'vision.onnx'), providers=['CPUExecutionProvider'])
+    vision = ort.InferenceSession(str(tiny.path / 'vision.onnx'),
+                                  providers=['CPUExecutionProvider'])
     (features,) = vision.run(None, {'pixel_values': pixel_values, 'image_sizes': image_sizes})
     hidden = tiny.config['model']['decoder']['hidden_size']
     assert features.shape == (int(num_tokens.sum()), hidden)
@@ -234,7 +244,8 @@ def test_vision_and_embedding_graphs_directly(tiny):
 
 def test_two_images_generate(tiny):
     prompt = '<|user|>\n<|image_1|>\n<|image_2|>\nCompare.<|end|>\n<|assistant|>\n'
-    inputs, tokens, _ = tiny.generate(prompt, checkerboard(480, 640), gradient(640, 480), new_tokens=5)
+    inputs, tokens, _ = tiny.generate(prompt, checkerboard(480, 640), gradient(640, 480),
+                                      new_tokens=5)
     assert int((inputs['input_ids'] < 0).sum()) == int(inputs['num_image_tokens'].sum())
     assert len(tokens) == 5
 
@@ -256,7 +267,8 @@ def test_different_images_give_different_tokens(tiny):
 def test_share_buffer_on_and_off_agree(tiny):
     blob = checkerboard(480, 640)
     _, shared, _ = tiny.generate(IMAGE_PROMPT, blob, new_tokens=10, past_present_share_buffer=True)
-    _, separate, _ = tiny.generate(IMAGE_PROMPT, blob, new_tokens=10, past_present_share_buffer=False)
+    _, separate, _ = tiny.generate(IMAGE_PROMPT, blob, new_tokens=10,
+                                   past_present_share_buffer=False)
     assert shared == separate
 
 

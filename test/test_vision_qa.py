@@ -1,9 +1,7 @@
-"""VisionQA (the node's request logic, without ROS) driving the real engine in its worker process."""
+"""VisionQA (the node's request logic, no ROS) driving the real engine in its worker process."""
 import dataclasses
 import threading
 import time
-
-import pytest
 
 from phi3v_ros.engine import EngineConfig
 from phi3v_ros.engine_client import EngineClient
@@ -12,6 +10,7 @@ from phi3v_ros.frame_cache import FrameCache
 from phi3v_ros.generation import GenerationSettings
 from phi3v_ros.vision_qa import ERROR_PREFIX, QAOptions, VisionQA
 from phi3v_test_utils import gradient_image
+import pytest
 
 pytest.importorskip('onnxruntime_genai')
 
@@ -50,7 +49,8 @@ class Harness:
 
     def wait_replies(self, count, timeout=60):
         with self.reply_arrived:
-            assert self.reply_arrived.wait_for(lambda: len(self.replies) >= count, timeout), self.replies
+            arrived = self.reply_arrived.wait_for(lambda: len(self.replies) >= count, timeout)
+            assert arrived, self.replies
         return list(self.replies)
 
     def reply_to(self, ticket):
@@ -82,7 +82,8 @@ def test_answers_a_prompt_about_the_latest_frame_and_streams_it(make):
     assert h.qa.counters.answered == 1 and h.qa.counters.received == 1
 
 
-@pytest.mark.parametrize('prompt,reason', [('', 'empty'), (' \n\t', 'empty'), ('x' * 101, 'max_prompt_chars')])
+@pytest.mark.parametrize('prompt,reason',
+                         [('', 'empty'), (' \n\t', 'empty'), ('x' * 101, 'max_prompt_chars')])
 def test_invalid_prompts_get_an_error_reply_at_once(make, prompt, reason):
     h = make(max_prompt_chars=100)
     h.qa.ask(prompt)
@@ -172,7 +173,8 @@ def test_drop_oldest_policy_drops_the_oldest_waiting_prompt(make):
     h.wait_replies(6)
     assert h.reply_to(tickets[3]).ok and h.reply_to(tickets[4]).ok
     counters = h.qa.counters
-    assert (counters.received, counters.answered, counters.rejected, counters.failed) == (6, 2, 3, 1)
+    totals = (counters.received, counters.answered, counters.rejected, counters.failed)
+    assert totals == (6, 2, 3, 1)
 
 
 def test_cancel_with_nothing_running_is_refused(make):
@@ -196,7 +198,8 @@ def test_configure_applies_to_the_next_prompt(make):
     h = make(allow_text_only=True, image_wait_timeout_s=0.0)
     h.qa.ask('Hi')
     assert h.wait_replies(1)[0].result.generated_tokens == 8
-    h.qa.configure(dataclasses.replace(h.qa.options, settings=GenerationSettings(max_new_tokens=3)))
+    h.qa.configure(dataclasses.replace(h.qa.options,
+                                       settings=GenerationSettings(max_new_tokens=3)))
     h.qa.ask('Hi')
     assert h.wait_replies(2)[1].result.generated_tokens == 3
 

@@ -1,4 +1,5 @@
-"""launch_testing: vision_qa.launch.py on the tiny model answers a question, then exits cleanly.
+"""
+launch_testing: vision_qa.launch.py on the tiny model answers a question, then exits cleanly.
 
 Runs under `colcon test` on a ROS 2 install; skipped where launch_testing is not installed (PyPI).
 """
@@ -13,19 +14,20 @@ launch_testing = pytest.importorskip('launch_testing')
 pytest.importorskip('launch_ros')
 pytest.importorskip('onnxruntime_genai')
 
+# Imported after the skips: E402, and I100 for the first one, which cannot sort above pytest.
+from ament_index_python.packages import get_package_share_directory  # noqa: E402, I100
 import launch  # noqa: E402
+from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 import launch_testing.actions  # noqa: E402
 import launch_testing.asserts  # noqa: E402
 import numpy as np  # noqa: E402
+from phi3v_ros.tools.make_tiny_model import make_tiny_model  # noqa: E402
 import rclpy  # noqa: E402
-from ament_index_python.packages import get_package_share_directory  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from phi3v_ros.tools.make_tiny_model import make_tiny_model  # noqa: E402
-
-# A namespace of its own keeps this test apart from any other vision_qa node on the same ROS domain.
+# A namespace of its own keeps this test apart from any other vision_qa node on the same ROS
+# domain.
 NAMESPACE = f'/phi3v_launch_test_{os.getpid()}'
 # Removed when the test process exits.
 MODEL_DIR = tempfile.TemporaryDirectory(prefix='phi3v_ros_launch_test_')
@@ -34,10 +36,12 @@ MODEL_DIR = tempfile.TemporaryDirectory(prefix='phi3v_ros_launch_test_')
 @pytest.mark.launch_test
 def generate_test_description():
     model = make_tiny_model(os.path.join(MODEL_DIR.name, 'model'))
-    launch_file = os.path.join(get_package_share_directory('phi3v_ros'), 'launch', 'vision_qa.launch.py')
+    launch_file = os.path.join(get_package_share_directory('phi3v_ros'), 'launch',
+                               'vision_qa.launch.py')
     include = launch.actions.IncludeLaunchDescription(
         PythonLaunchDescriptionSource(launch_file),
-        launch_arguments={'model_path': str(model), 'provider': 'cpu', 'namespace': NAMESPACE}.items())
+        launch_arguments={'model_path': str(model), 'provider': 'cpu',
+                          'namespace': NAMESPACE}.items())
     return launch.LaunchDescription([include, launch_testing.actions.ReadyToTest()])
 
 
@@ -48,13 +52,15 @@ class TestVisionQALaunch(unittest.TestCase):
         node = rclpy.create_node('vision_qa_launch_test', namespace=NAMESPACE)
         answers = []
         got_answer = threading.Event()
-        node.create_subscription(String, 'answer', lambda m: (answers.append(m.data), got_answer.set()), 10)
+        node.create_subscription(String, 'answer',
+                                 lambda m: (answers.append(m.data), got_answer.set()), 10)
         image_pub = node.create_publisher(Image, 'image', 10)
         prompt_pub = node.create_publisher(String, 'prompt', 10)
         try:
             end = node.get_clock().now().nanoseconds + 60 * 10**9
             # Frames sent before the (best effort) image subscription is matched are lost.
-            while ((image_pub.get_subscription_count() == 0 or prompt_pub.get_subscription_count() == 0)
+            while ((image_pub.get_subscription_count() == 0
+                    or prompt_pub.get_subscription_count() == 0)
                    and node.get_clock().now().nanoseconds < end):
                 rclpy.spin_once(node, timeout_sec=0.1)
             frame = Image(height=48, width=64, encoding='rgb8', step=64 * 3)

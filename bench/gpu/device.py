@@ -1,11 +1,13 @@
-"""On the GPU machine: receive the carried parts, then install the CUDA wheels into a private venv.
+"""
+On the GPU machine: receive the carried parts, then install the CUDA wheels into a private venv.
 
     python3 bench/gpu/device.py receive bench/gpu/wheels/bundle.part-3
     python3 bench/gpu/device.py install          # joins, checks sha256, installs, checks CUDA
     eval "$(python3 bench/gpu/device.py env)"    # the CUDA 13 libraries on LD_LIBRARY_PATH
-Run it with the machine's torch Python (/opt/torch/.venv/bin/python). The venv (/tmp/phi3v_gpu/venv) sees
-that Python's packages (torch, transformers, onnx, numpy, the CUDA 13 libraries) and adds onnxruntime-gpu,
-onnxruntime-genai-cuda and the ROS 2 wheels. /tmp lasts only while the machine stays warm.
+Run it with the machine's torch Python (/opt/torch/.venv/bin/python). The venv
+(/tmp/phi3v_gpu/venv) sees that Python's packages (torch, transformers, onnx, numpy, the CUDA 13
+libraries) and adds onnxruntime-gpu, onnxruntime-genai-cuda and the ROS 2 wheels. /tmp lasts only
+while the machine stays warm.
 """
 from __future__ import annotations
 
@@ -32,7 +34,11 @@ def receive(part: str) -> None:
 
 
 def cuda_library_dirs() -> list:
-    """The nvidia-*-cu13 pip packages' lib folders of the machine's Python (CUDA 13 runtime, cuDNN...)."""
+    """
+    List the lib folders of the nvidia-*-cu13 pip packages of the machine's Python.
+
+    They hold the CUDA 13 runtime, cuDNN...
+    """
     site = sysconfig.get_paths()['purelib']
     return sorted(glob.glob(os.path.join(site, 'nvidia', '*', 'lib')))
 
@@ -49,7 +55,8 @@ def install() -> None:
             digest.update(block)
             out.write(block)
     if digest.hexdigest() != manifest['bundle_sha256']:
-        sys.exit(f'bundle sha256 {digest.hexdigest()} != {manifest["bundle_sha256"]}: a part is damaged')
+        sys.exit(f'bundle sha256 {digest.hexdigest()} != {manifest["bundle_sha256"]}: '
+                 'a part is damaged')
     wheels = os.path.join(ROOT, 'wheels')
     with tarfile.open(bundle) as tar:
         tar.extractall(wheels)
@@ -63,13 +70,15 @@ def install() -> None:
         f.write(sysconfig.get_paths()['purelib'] + '\n')
     subprocess.run([os.path.join(VENV, 'bin', 'pip'), 'install', '-q', '--no-index', '--no-deps',
                     *sorted(glob.glob(os.path.join(wheels, '*.whl')))], check=True)
-    env = {'LD_LIBRARY_PATH': ':'.join(cuda_library_dirs() + [os.environ.get('LD_LIBRARY_PATH', '')])}
+    library_path = cuda_library_dirs() + [os.environ.get('LD_LIBRARY_PATH', '')]
+    env = {'LD_LIBRARY_PATH': ':'.join(library_path)}
     with open(os.path.join(ROOT, 'env.json'), 'w') as f:
         json.dump(env, f)
     check = ('import onnxruntime as ort, onnxruntime_genai as og, rclpy;'
              'print("onnxruntime", ort.__version__, ort.get_available_providers());'
              'print("onnxruntime-genai", og.__version__, "cuda", og.is_cuda_available())')
-    subprocess.run([os.path.join(VENV, 'bin', 'python'), '-c', check], check=True, env={**os.environ, **env})
+    subprocess.run([os.path.join(VENV, 'bin', 'python'), '-c', check], check=True,
+                   env={**os.environ, **env})
 
 
 def main() -> int:

@@ -1,22 +1,28 @@
-"""Build a full-size, random-weight model in the Phi-3-vision (phi3v) folder layout, for GPU measurements.
+"""
+Build a full-size, random-weight model in the Phi-3-vision (phi3v) folder layout.
 
-Runs on the lent GPU machine (no network): torch + transformers + onnxruntime-genai's model builder for
-the decoder, numpy + onnx for the rest.
+It is made for the GPU measurements. Runs on the lent GPU machine (no network): torch +
+transformers + onnxruntime-genai's model builder for the decoder, numpy + onnx for the rest.
 
-- text:      transformers' Phi3ForCausalLM with Phi-3-vision's text dimensions (vocab 32064, hidden 3072,
-             MLP 8192, 32 layers, 32 heads, 32 KV heads; 4096 rotary positions, context_length 131072 in
-             genai_config as published), random weights, through
-             `onnxruntime_genai.models.builder -p int4 -e cuda --extra_options exclude_embeds=true`.
-- vision:    a CLIP ViT-L/14 at 336 px (width 1024, 16 heads, MLP 4096; 23 of its 24 layers run, as
-             Phi-3-vision reads the penultimate layer), over every crop the processor makes (17 per
-             image), the 2x2 patch merge to 4096 and the projection MLP to 3072, then Phi-3-vision's row
-             layout: exactly sum(num_image_tokens) rows. fp16 inside, float32 pixel_values in.
+- text:      transformers' Phi3ForCausalLM with Phi-3-vision's text dimensions (vocab 32064,
+             hidden 3072, MLP 8192, 32 layers, 32 heads, 32 KV heads; 4096 rotary positions,
+             context_length 131072 in genai_config as published), random weights, through
+             `onnxruntime_genai.models.builder -p int4 -e cuda
+             --extra_options exclude_embeds=true`.
+- vision:    a CLIP ViT-L/14 at 336 px (width 1024, 16 heads, MLP 4096; 23 of its 24 layers run,
+             as Phi-3-vision reads the penultimate layer), over every crop the processor makes (17
+             per image), the 2x2 patch merge to 4096 and the projection MLP to 3072, then
+             Phi-3-vision's row layout: exactly sum(num_image_tokens) rows. fp16 inside, float32
+             pixel_values in.
 - embedding: a 32064 x 3072 fp16 table; negative ids take image rows in order.
-- tokenizer and processor config: the tiny model's (a small real BPE); the decoder's lm_head rows past
-  that vocabulary and the end token's row are zeroed, so every answer decodes and runs max_new_tokens.
+- tokenizer and processor config: the tiny model's (a small real BPE); the decoder's lm_head rows
+  past that vocabulary and the end token's row are zeroed, so every answer decodes and runs
+  max_new_tokens.
 
-    python bench/gpu/full_model.py --out /tmp/phi3v_full        # on the GPU machine, about 2 minutes
-    python bench/gpu/full_model.py --out /tmp/small --small      # any machine: small dims, CPU, float32
+    # on the GPU machine, about 2 minutes
+    python bench/gpu/full_model.py --out /tmp/phi3v_full
+    # any machine: small dims, CPU, float32
+    python bench/gpu/full_model.py --out /tmp/small --small
 """
 from __future__ import annotations
 
@@ -31,13 +37,13 @@ import tempfile
 import time
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import helper, TensorProto
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from phi3v_ros.tools.make_tiny_model import make_tiny_model  # noqa: E402
-from phi3v_ros.tools.tiny_model_graphs import (CROP_SIZE, Dims, _Graph, build_embedding,  # noqa: E402
-                                              phi3v_row_sources)
+from phi3v_ros.tools.tiny_model_graphs import (  # noqa: E402
+    _Graph, build_embedding, CROP_SIZE, Dims, phi3v_row_sources)
 
 PATCH = 14
 GRID = CROP_SIZE // PATCH            # 24 x 24 patches per crop
@@ -52,8 +58,10 @@ class Sizes:
     intermediate: int = 8192
     layers: int = 32
     heads: int = 32
-    rope_positions: int = 4096   # above the original 4096 the builder takes its LongRoPE path (and fails)
-    context: int = 131072        # what the published genai_config says; answers here stay far below 4096
+    # above the original 4096 the builder takes its LongRoPE path (and fails)
+    rope_positions: int = 4096
+    # what the published genai_config says; answers here stay far below 4096
+    context: int = 131072
     vit_width: int = 1024
     vit_heads: int = 16
     vit_mlp: int = 4096
@@ -61,8 +69,8 @@ class Sizes:
     dtype: type = np.float16
 
 
-SMALL = Sizes(vocab=1024, hidden=64, intermediate=128, layers=2, heads=4, context=8192, vit_width=64,
-              vit_heads=4, vit_mlp=128, vit_layers_run=2, dtype=np.float32)
+SMALL = Sizes(vocab=1024, hidden=64, intermediate=128, layers=2, heads=4, context=8192,
+              vit_width=64, vit_heads=4, vit_mlp=128, vit_layers_run=2, dtype=np.float32)
 
 
 def build_vision(sizes: Sizes, seed: int = 0):
@@ -78,47 +86,60 @@ def build_vision(sizes: Sizes, seed: int = 0):
         return g.const((rng.standard_normal(shape) * scale).astype(dt))
 
     def layer_norm(x):
-        return g.op('LayerNormalization', [x, g.const(np.ones(width, dt)), g.const(np.zeros(width, dt))],
+        return g.op('LayerNormalization',
+                    [x, g.const(np.ones(width, dt)), g.const(np.zeros(width, dt))],
                     axis=-1, epsilon=1e-5)
 
-    crops = g.op('Reshape', ['pixel_values', g.const(np.array([-1, 3, CROP_SIZE, CROP_SIZE], i64))])
+    crops = g.op('Reshape',
+                 ['pixel_values', g.const(np.array([-1, 3, CROP_SIZE, CROP_SIZE], i64))])
     crops = g.op('Cast', [crops], to=helper.np_dtype_to_tensor_dtype(np.dtype(dt)))
-    x = g.op('Conv', [crops, weight((width, 3, PATCH, PATCH))], strides=[PATCH, PATCH])   # [M, W, 24, 24]
-    x = g.op('Transpose', [g.op('Reshape', [x, g.const(np.array([0, width, -1], i64))])], perm=[0, 2, 1])
+    x = g.op('Conv', [crops, weight((width, 3, PATCH, PATCH))],
+             strides=[PATCH, PATCH])                                             # [M, W, 24, 24]
+    x = g.op('Transpose', [g.op('Reshape', [x, g.const(np.array([0, width, -1], i64))])],
+             perm=[0, 2, 1])
     batch = g.op('Gather', [g.op('Shape', [x]), g.const(np.array([0], i64))], axis=0)   # [1] = M
-    cls = g.op('Expand', [weight((1, 1, width)), g.op('Concat', [batch, g.const(np.array([1, width], i64))],
-                                                           axis=0)])
+    cls = g.op('Expand', [weight((1, 1, width)),
+                          g.op('Concat', [batch, g.const(np.array([1, width], i64))], axis=0)])
     x = g.op('Add', [g.op('Concat', [cls, x], axis=1), weight((GRID * GRID + 1, width))])
     x = layer_norm(x)
     split_heads = g.const(np.array([0, 0, heads, head], i64))
     merge_heads = g.const(np.array([0, 0, width], i64))
     for _ in range(sizes.vit_layers_run):
         h = layer_norm(x)
-        q, k, v = (g.op('Transpose', [g.op('Reshape', [g.op('Add', [g.op('MatMul', [h, weight((width, width))]),
-                                                                  weight((width,))]), split_heads])],
+        q, k, v = (g.op('Transpose',
+                        [g.op('Reshape',
+                              [g.op('Add', [g.op('MatMul', [h, weight((width, width))]),
+                                            weight((width,))]),
+                               split_heads])],
                         perm=[0, 2, 1, 3]) for _ in range(3))
         scores = g.op('Mul', [g.op('MatMul', [q, g.op('Transpose', [k], perm=[0, 1, 3, 2])]),
                               g.const(np.array(head ** -0.5, dt))])
         attn = g.op('MatMul', [g.op('Softmax', [scores], axis=-1), v])
         attn = g.op('Reshape', [g.op('Transpose', [attn], perm=[0, 2, 1, 3]), merge_heads])
-        x = g.op('Add', [x, g.op('Add', [g.op('MatMul', [attn, weight((width, width))]), weight((width,))])])
+        x = g.op('Add', [x, g.op('Add', [g.op('MatMul', [attn, weight((width, width))]),
+                                         weight((width,))])])
         h = layer_norm(x)
-        up = g.op('Add', [g.op('MatMul', [h, weight((width, sizes.vit_mlp))]), weight((sizes.vit_mlp,))])
-        act = g.op('Mul', [up, g.op('Sigmoid', [g.op('Mul', [up, g.const(np.array(1.702, dt))])])])  # quick GELU
+        up = g.op('Add', [g.op('MatMul', [h, weight((width, sizes.vit_mlp))]),
+                          weight((sizes.vit_mlp,))])
+        # quick GELU
+        act = g.op('Mul', [up, g.op('Sigmoid', [g.op('Mul', [up, g.const(np.array(1.702, dt))])])])
         x = g.op('Add', [x, g.op('Add', [g.op('MatMul', [act, weight((sizes.vit_mlp, width))]),
                                          weight((width,))])])
-    patches = g.op('Slice', [x, g.const(np.array([1], i64)), g.const(np.array([GRID * GRID + 1], i64)),
+    patches = g.op('Slice', [x, g.const(np.array([1], i64)),
+                             g.const(np.array([GRID * GRID + 1], i64)),
                              g.const(np.array([1], i64))])                            # drop CLS
     half = GRID // 2
     merged = g.op('Reshape', [patches, g.const(np.array([-1, half, 2, half, 2, width], i64))])
     merged = g.op('Transpose', [merged], perm=[0, 1, 3, 2, 4, 5])
-    merged = g.op('Reshape', [merged, g.const(np.array([-1, 4 * width], i64))])       # [M * 144, 4W]
-    up = g.op('Add', [g.op('MatMul', [merged, weight((4 * width, sizes.hidden))]), weight((sizes.hidden,))])
-    gelu = g.op('Mul', [g.op('Mul', [up, g.const(np.array(0.5, dt))]),
-                        g.op('Add', [g.op('Erf', [g.op('Mul', [up, g.const(np.array(2 ** -0.5, dt))])]),
-                                     g.const(np.array(1.0, dt))])])
+    merged = g.op('Reshape', [merged, g.const(np.array([-1, 4 * width], i64))])   # [M * 144, 4W]
+    up = g.op('Add', [g.op('MatMul', [merged, weight((4 * width, sizes.hidden))]),
+                      weight((sizes.hidden,))])
+    gelu = g.op('Mul', [
+        g.op('Mul', [up, g.const(np.array(0.5, dt))]),
+        g.op('Add', [g.op('Erf', [g.op('Mul', [up, g.const(np.array(2 ** -0.5, dt))])]),
+                     g.const(np.array(1.0, dt))])])
     features = g.op('Add', [g.op('MatMul', [gelu, weight((sizes.hidden, sizes.hidden))]),
-                            weight((sizes.hidden,))])                                  # [M * 144, hidden]
+                            weight((sizes.hidden,))])                          # [M * 144, hidden]
     _, patch_index = phi3v_row_sources(g)
     g.op('Gather', [features, patch_index], axis=0, outputs=['image_features'])
     inputs = [
@@ -126,7 +147,8 @@ def build_vision(sizes: Sizes, seed: int = 0):
                                       ['num_images', 'max_num_crops', 3, CROP_SIZE, CROP_SIZE]),
         helper.make_tensor_value_info('image_sizes', TensorProto.INT64, ['num_images', 2]),
     ]
-    outputs = [helper.make_tensor_value_info('image_features', helper.np_dtype_to_tensor_dtype(np.dtype(dt)),
+    outputs = [helper.make_tensor_value_info('image_features',
+                                             helper.np_dtype_to_tensor_dtype(np.dtype(dt)),
                                              ['num_image_tokens', sizes.hidden])]
     return g.model(inputs, outputs)
 
@@ -141,11 +163,13 @@ def build_decoder(sizes: Sizes, tokenizer_dir: str, tokenizer_vocab: int, work: 
     """Random Phi3ForCausalLM -> onnxruntime-genai builder; returns the builder's genai_config."""
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM
-    config = Phi3Config(vocab_size=sizes.vocab, hidden_size=sizes.hidden, intermediate_size=sizes.intermediate,
-                        num_hidden_layers=sizes.layers, num_attention_heads=sizes.heads,
-                        num_key_value_heads=sizes.heads, max_position_embeddings=sizes.rope_positions,
+    config = Phi3Config(vocab_size=sizes.vocab, hidden_size=sizes.hidden,
+                        intermediate_size=sizes.intermediate, num_hidden_layers=sizes.layers,
+                        num_attention_heads=sizes.heads, num_key_value_heads=sizes.heads,
+                        max_position_embeddings=sizes.rope_positions,
                         original_max_position_embeddings=sizes.rope_positions, rope_scaling=None,
-                        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=False)
+                        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+                        tie_word_embeddings=False)
     torch.manual_seed(0)
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     start = time.perf_counter()
@@ -161,24 +185,27 @@ def build_decoder(sizes: Sizes, tokenizer_dir: str, tokenizer_vocab: int, work: 
         shutil.copy(os.path.join(tokenizer_dir, name), hf_dir)
     print(f'decoder: random init + save {time.perf_counter() - start:.0f} s', flush=True)
     start = time.perf_counter()
-    subprocess.run([sys.executable, '-m', 'onnxruntime_genai.models.builder', '-i', hf_dir, '-o', out,
-                    '-p', precision, '-e', execution_provider, '-c', os.path.join(work, 'cache'),
-                    '--extra_options', 'exclude_embeds=true'], check=True)
+    subprocess.run([sys.executable, '-m', 'onnxruntime_genai.models.builder', '-i', hf_dir,
+                    '-o', out, '-p', precision, '-e', execution_provider,
+                    '-c', os.path.join(work, 'cache'), '--extra_options', 'exclude_embeds=true'],
+                   check=True)
     print(f'decoder: onnxruntime-genai builder {time.perf_counter() - start:.0f} s', flush=True)
     with open(os.path.join(out, 'genai_config.json')) as f:
         return json.load(f)
 
 
 def phi3v_config(decoder_config: dict, sizes: Sizes) -> dict:
-    """The builder's text-model config turned into a phi3v one (vision and embedding sections added)."""
+    """Turn the builder's text-model config into a phi3v one (vision, embedding sections added)."""
     model = decoder_config['model']
     session_options = model['decoder'].get('session_options', {})
     # Only the decoder's providers are set by og.Config.append_provider: vision and embedding carry
     # their own, as in the published models.
-    side_options = {key: value for key, value in session_options.items() if key != 'provider_options'}
+    side_options = {key: value for key, value in session_options.items()
+                    if key != 'provider_options'}
     side_options['provider_options'] = [
         {name: {k: v for k, v in options.items() if k != 'enable_cuda_graph'}}
-        for entry in session_options.get('provider_options', []) for name, options in entry.items()]
+        for entry in session_options.get('provider_options', [])
+        for name, options in entry.items()]
     model.update({
         'type': 'phi3v', 'bos_token_id': BOS, 'eos_token_id': EOS, 'pad_token_id': PAD,
         'context_length': sizes.context, 'vocab_size': sizes.vocab,
@@ -193,7 +220,8 @@ def phi3v_config(decoder_config: dict, sizes: Sizes) -> dict:
     return decoder_config
 
 
-def build(out: str, small: bool, precision: str, execution_provider: str, sizes: Sizes = None) -> str:
+def build(out: str, small: bool, precision: str, execution_provider: str,
+          sizes: Sizes = None) -> str:
     sizes = sizes or (SMALL if small else Sizes())
     os.makedirs(out, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
@@ -208,11 +236,13 @@ def build(out: str, small: bool, precision: str, execution_provider: str, sizes:
         with open(os.path.join(out, 'embedding.onnx'), 'wb') as f:
             f.write(build_embedding(dims, build_embedding_table(sizes)).SerializeToString())
         print(f'vision + embedding: {time.perf_counter() - start:.0f} s', flush=True)
-        if small:   # the tiny decoder stands in: the folder checks the vision/embedding contract on CPU
+        if small:
+            # the tiny decoder stands in: the folder checks the vision/embedding contract on CPU
             shutil.copy(os.path.join(tiny, 'text.onnx'), out)
             config = tiny_config
         else:
-            tokenizer_vocab = len(json.load(open(os.path.join(tiny, 'tokenizer.json')))['model']['vocab']) + 32
+            tokenizer = json.load(open(os.path.join(tiny, 'tokenizer.json')))
+            tokenizer_vocab = len(tokenizer['model']['vocab']) + 32
             config = phi3v_config(build_decoder(sizes, tiny, tokenizer_vocab, work, out, precision,
                                                 execution_provider), sizes)
         # After the builder, which writes tokenizer files of its own: keep the tested set.
@@ -226,7 +256,8 @@ def build(out: str, small: bool, precision: str, execution_provider: str, sizes:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--out', required=True)
-    parser.add_argument('--small', action='store_true', help='small float32 dims on CPU (checks the layout)')
+    parser.add_argument('--small', action='store_true',
+                        help='small float32 dims on CPU (checks the layout)')
     parser.add_argument('--precision', default='int4')
     parser.add_argument('--execution-provider', default='cuda')
     args = parser.parse_args(argv)

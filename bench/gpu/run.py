@@ -1,11 +1,13 @@
-"""GPU measurements, side by side in one run: raw onnxruntime-genai vs our engine vs the node.
+"""
+GPU measurements, side by side in one run: raw onnxruntime-genai vs our engine vs the node.
 
     python bench/gpu/run.py --model /tmp/phi3v_gpu/model --out bench/gpu/results.json
 
-Each configuration runs in its own process, so its peak GPU memory (nvidia-smi, sampled every 50 ms) is
-its own. The question is one 640x480 camera frame and a short prompt, greedy, 256 new tokens (the model's
-end token can never win, so every run generates exactly 256).
-- raw:    the published example's way: og.Model(folder) as configured (CUDA graph off), max_length 7680.
+Each configuration runs in its own process, so its peak GPU memory (nvidia-smi, sampled every 50
+ms) is its own. The question is one 640x480 camera frame and a short prompt, greedy, 256 new tokens
+(the model's end token can never win, so every run generates exactly 256).
+- raw:    the published example's way: og.Model(folder) as configured (CUDA graph off),
+          max_length 7680.
 - engine: phi3v_ros.engine.Engine, max_length sized per request, CUDA graph off and on.
 - node:   vision_qa_node as its own process, prompt over DDS, answer and streamed pieces back.
 Then functional checks on CUDA: streaming, cancel, worker SIGKILL and restart.
@@ -35,10 +37,11 @@ def frame():
 
 def summarise(values):
     values = sorted(values)
-    return {'median': statistics.median(values), 'min': values[0], 'max': values[-1], 'n': len(values)}
+    return {'median': statistics.median(values), 'min': values[0], 'max': values[-1],
+            'n': len(values)}
 
 
-# -- children (one configuration each) --------------------------------------------------------------
+# -- children (one configuration each) ------------------------------------------------------------
 
 def child_raw(args) -> dict:
     import onnxruntime_genai as og
@@ -72,27 +75,31 @@ def child_raw(args) -> dict:
 def child_engine(args) -> dict:
     from phi3v_ros.engine import Engine, EngineConfig
     from phi3v_ros.generation import GenerationSettings, Request
-    engine = Engine(EngineConfig(model_path=args.model, provider=args.provider, cuda_graph=args.cuda_graph))
+    engine = Engine(EngineConfig(model_path=args.model, provider=args.provider,
+                                 cuda_graph=args.cuda_graph))
     settings = GenerationSettings(max_new_tokens=args.new_tokens)
     runs, max_length = [], 0
     for index in range(args.warmup + args.repeats):
-        if index == 1:   # a request of another length in between: per-request max_length must not break
-            other = engine.generate(Request(prompt='Say something short.', settings=GenerationSettings(
-                max_new_tokens=32)))
+        if index == 1:   # a request of another length in between: per-request max_length holds
+            other = engine.generate(Request(prompt='Say something short.',
+                                            settings=GenerationSettings(max_new_tokens=32)))
             assert other.ok, other.error
         result = engine.generate(Request(prompt=PROMPT, image=frame(), settings=settings))
         assert result.ok, result.error
         max_length = result.max_length
-        runs.append({'ttft_s': result.time_to_first_token_s, 'decode_tok_s': result.decode_tokens_per_s,
-                     'total_s': result.total_s, 'tokens': result.generated_tokens, 'text': result.text,
-                     'image_encode_s': result.image_encode_s, 'prompt_tokens': result.prompt_tokens})
+        runs.append({'ttft_s': result.time_to_first_token_s,
+                     'decode_tok_s': result.decode_tokens_per_s, 'total_s': result.total_s,
+                     'tokens': result.generated_tokens, 'text': result.text,
+                     'image_encode_s': result.image_encode_s,
+                     'prompt_tokens': result.prompt_tokens})
     return finish(runs[args.warmup:], {'max_length': max_length, 'provider': engine.provider,
                                        'load_s': engine.load_s})
 
 
 def finish(runs, extra) -> dict:
     texts = {run['text'] for run in runs}
-    out = {key: summarise([run[key] for run in runs]) for key in ('ttft_s', 'decode_tok_s', 'total_s')}
+    out = {key: summarise([run[key] for run in runs])
+           for key in ('ttft_s', 'decode_tok_s', 'total_s')}
     out.update(extra, tokens=runs[0]['tokens'], text=runs[0]['text'], repeatable=len(texts) == 1,
                texts=[run['text'] for run in runs])
     if 'prompt_tokens' in runs[0]:
@@ -121,12 +128,14 @@ class GpuMemory:
         while not self._stop.is_set():
             try:
                 out = subprocess.run(['nvidia-smi', '--query-compute-apps=pid,used_memory',
-                                      '--format=csv,noheader,nounits'], capture_output=True, text=True,
-                                     timeout=5).stdout
+                                      '--format=csv,noheader,nounits'], capture_output=True,
+                                     text=True, timeout=5).stdout
             except (OSError, subprocess.TimeoutExpired):
                 return
             pids = set(self.pids_of())
-            used = sum(int(mem) for pid, mem in (line.split(', ') for line in out.strip().splitlines() if line)
+            used = sum(int(mem)
+                       for pid, mem in (line.split(', ') for line in out.strip().splitlines()
+                                        if line)
                        if int(pid) in pids)
             self.peak_mib = max(self.peak_mib, used)
             self._stop.wait(0.05)
@@ -138,8 +147,8 @@ class GpuMemory:
 
 
 def run_child(kind, args, cuda_graph=False) -> dict:
-    command = [sys.executable, __file__, '--child', kind, '--model', args.model, '--provider', args.provider,
-               '--repeats', str(args.repeats), '--warmup', str(args.warmup),
+    command = [sys.executable, __file__, '--child', kind, '--model', args.model, '--provider',
+               args.provider, '--repeats', str(args.repeats), '--warmup', str(args.warmup),
                '--new-tokens', str(args.new_tokens)] + (['--cuda-graph'] if cuda_graph else [])
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     memory = GpuMemory(lambda: [process.pid])
@@ -159,13 +168,14 @@ def node_runs(args, cuda_graph) -> dict:
     isolate_ros_domain()
     os.environ['PYTHONPATH'] = ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')
     peer = RosPeer()
-    node = NodeProcess({'model_path': args.model, 'provider': args.provider, 'cuda_graph': cuda_graph,
-                        'max_new_tokens': args.new_tokens, 'diagnostics_period': 0.5,
+    node = NodeProcess({'model_path': args.model, 'provider': args.provider,
+                        'cuda_graph': cuda_graph, 'max_new_tokens': args.new_tokens,
+                        'diagnostics_period': 0.5,
                         'image_reliability': 'reliable'})
     piece_times = []
     from std_msgs.msg import String
-    peer.node.create_subscription(String, 'answer/stream', lambda m: piece_times.append(time.perf_counter()),
-                                  1000)
+    peer.node.create_subscription(String, 'answer/stream',
+                                  lambda m: piece_times.append(time.perf_counter()), 1000)
     runs = []
     try:
         peer.wait_connected(120)
@@ -182,10 +192,12 @@ def node_runs(args, cuda_graph) -> dict:
             end = time.perf_counter()
             answer = peer.answers[0].data
             assert not answer.startswith('ERROR: '), answer
-            assert peer.wait_for(lambda: ''.join(p.data for p in peer.pieces) == answer, 5), 'stream != answer'
+            streamed = peer.wait_for(lambda: ''.join(p.data for p in peer.pieces) == answer, 5)
+            assert streamed, 'stream != answer'
             times = list(piece_times)
             # Tokens, not pieces: the node may coalesce pieces that arrive together.
-            runs.append({'ttft_s': times[0] - start, 'decode_tok_s': (args.new_tokens - 1) / (times[-1] - times[0]),
+            runs.append({'ttft_s': times[0] - start,
+                         'decode_tok_s': (args.new_tokens - 1) / (times[-1] - times[0]),
                          'total_s': end - start, 'text': answer, 'tokens': args.new_tokens,
                          'pieces': len(times)})
         log = node.output()
@@ -201,8 +213,12 @@ def node_runs(args, cuda_graph) -> dict:
 
 
 def node_side(lines) -> dict:
-    """What the node's own log says of each answer: prompt arrival to answer published, the node's own
-    share of it, and the decode speed the worker saw (free of the DDS path to the asking process)."""
+    """
+    Read what the node's own log says of each answer.
+
+    Prompt arrival to answer published, the node's own share of it, and the decode speed the worker
+    saw (free of the DDS path to the asking process).
+    """
     import re
     totals, own, decode = [], [], []
     for line in lines:
@@ -233,15 +249,20 @@ except BaseException:
 
 
 def dds_round_trips(count: int = 50) -> dict:
-    """Prompt -> answer round trip through a bare rclpy echo node: the DDS share of the node's time."""
+    """
+    Time prompt -> answer round trips through a bare rclpy echo node.
+
+    That is the DDS share of the node's time.
+    """
     from ros_harness import RosPeer, isolate_ros_domain, wait_until
     isolate_ros_domain()
     peer = RosPeer()
     echo = subprocess.Popen([sys.executable, '-c', ECHO_NODE])
     times = []
     try:
+        answer_topic = peer.node.resolve_topic_name('answer')
         assert wait_until(lambda: peer.prompt_pub.get_subscription_count() > 0
-                          and peer.node.count_publishers(peer.node.resolve_topic_name('answer')) > 0, 60)
+                          and peer.node.count_publishers(answer_topic) > 0, 60)
         for index in range(count):
             with peer.changed:
                 peer.answers.clear()
@@ -257,7 +278,7 @@ def dds_round_trips(count: int = 50) -> dict:
     return {key: value * 1000 for key, value in summarise(times).items() if key != 'n'}
 
 
-# -- functional checks on CUDA ------------------------------------------------------------------------
+# -- functional checks on CUDA --------------------------------------------------------------------
 
 def cuda_checks(args) -> dict:
     import signal
@@ -272,20 +293,24 @@ def cuda_checks(args) -> dict:
         assert client.wait_ready(600)
         checks['provider'] = client.info.get('provider')
         reply = Reply()
-        client.submit(Request(prompt=PROMPT, image=frame(), settings=GenerationSettings(max_new_tokens=64)),
+        client.submit(Request(prompt=PROMPT, image=frame(),
+                              settings=GenerationSettings(max_new_tokens=64)),
                       on_result=reply.on_result, on_piece=reply.on_piece)
         result = reply.wait(120)
         checks['stream_joined_equals_answer'] = result.ok and ''.join(reply.pieces) == result.text
         reply = Reply()
-        client.submit(Request(prompt=PROMPT, image=frame(), settings=GenerationSettings(max_new_tokens=2000)),
+        client.submit(Request(prompt=PROMPT, image=frame(),
+                              settings=GenerationSettings(max_new_tokens=2000)),
                       on_result=reply.on_result,
-                      on_piece=lambda piece: (reply.on_piece(piece), len(reply.pieces) == 5 and client.cancel()))
+                      on_piece=lambda piece: (reply.on_piece(piece),
+                                              len(reply.pieces) == 5 and client.cancel()))
         result = reply.wait(120)
         checks['cancel_mid_stream'] = (result.stop_reason == StopReason.CANCELLED
                                        and result.generated_tokens < 2000)
         checks['tokens_before_cancel_took_effect'] = result.generated_tokens
         reply = Reply()
-        client.submit(Request(prompt=PROMPT, image=frame(), settings=GenerationSettings(max_new_tokens=2000)),
+        client.submit(Request(prompt=PROMPT, image=frame(),
+                              settings=GenerationSettings(max_new_tokens=2000)),
                       on_result=reply.on_result, on_piece=reply.on_piece)
         while not reply.pieces:
             time.sleep(0.001)
@@ -298,7 +323,8 @@ def cuda_checks(args) -> dict:
         assert client.wait_ready(600)
         checks['restart_to_ready_s'] = round(time.perf_counter() - restart, 1)
         reply = Reply()
-        client.submit(Request(prompt=PROMPT, image=frame(), settings=GenerationSettings(max_new_tokens=16)),
+        client.submit(Request(prompt=PROMPT, image=frame(),
+                              settings=GenerationSettings(max_new_tokens=16)),
                       on_result=reply.on_result, on_piece=reply.on_piece)
         checks['answer_after_restart'] = reply.wait(120).ok
     finally:
@@ -307,7 +333,7 @@ def cuda_checks(args) -> dict:
 
 
 class Reply:
-    """One request's streamed pieces and result (the tests' helper of the same name, without pytest)."""
+    """One request's streamed pieces and result (the tests' helper of that name, minus pytest)."""
 
     def __init__(self):
         self.pieces, self.result, self.done = [], None, threading.Event()
@@ -326,23 +352,27 @@ class Reply:
 
 def gpu_name() -> str:
     try:
-        return subprocess.run(['nvidia-smi', '--query-gpu=name,memory.total,driver_version', '--format=csv,noheader'],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(['nvidia-smi', '--query-gpu=name,memory.total,driver_version',
+                               '--format=csv,noheader'], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
     except OSError:
         return 'no nvidia-smi'
 
 
 def table(results) -> str:
-    rows = [('configuration', 'TTFT ms', 'decode tok/s', 'total s (256 tok)', 'max_length', 'peak GPU MiB')]
+    rows = [('configuration', 'TTFT ms', 'decode tok/s', 'total s (256 tok)', 'max_length',
+             'peak GPU MiB')]
     for name in ('raw', 'engine_graph_off', 'engine_graph_on', 'node_graph_off', 'node_graph_on'):
         r = results.get(name)
         if not r or 'error' in r:
             rows.append((name, 'error', '', '', '', ''))
             continue
-        rows.append((name, f'{r["ttft_s"]["median"] * 1000:.1f}', f'{r["decode_tok_s"]["median"]:.0f}',
-                     f'{r["total_s"]["median"]:.3f}', str(r.get('max_length', '')), str(r.get('peak_gpu_mib', ''))))
+        rows.append((name, f'{r["ttft_s"]["median"] * 1000:.1f}',
+                     f'{r["decode_tok_s"]["median"]:.0f}', f'{r["total_s"]["median"]:.3f}',
+                     str(r.get('max_length', '')), str(r.get('peak_gpu_mib', ''))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return '\n'.join('  '.join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows)
+    return '\n'.join('  '.join(cell.ljust(width) for cell, width in zip(row, widths))
+                     for row in rows)
 
 
 def main(argv=None) -> int:
@@ -356,7 +386,8 @@ def main(argv=None) -> int:
     parser.add_argument('--child', choices=('raw', 'engine'))
     parser.add_argument('--cuda-graph', action='store_true')
     parser.add_argument('--only', default='raw,engine,node,checks')
-    parser.add_argument('--no-memory', action='store_true', help='no nvidia-smi sampling (timing only)')
+    parser.add_argument('--no-memory', action='store_true',
+                        help='no nvidia-smi sampling (timing only)')
     args = parser.parse_args(argv)
     GpuMemory.enabled = not args.no_memory
     if args.child:
@@ -388,8 +419,9 @@ def main(argv=None) -> int:
         json.dump(results, f, indent=2)
     print(results['device'])
     print(table(results))
-    print(json.dumps({k: v for k, v in results.items() if k.startswith(('ratio', 'same', 'kv', 'memory',
-                                                                           'cuda_checks', 'common'))}, indent=1))
+    print(json.dumps({k: v for k, v in results.items()
+                      if k.startswith(('ratio', 'same', 'kv', 'memory', 'cuda_checks', 'common'))},
+                     indent=1))
     return 0
 
 
@@ -398,8 +430,13 @@ def common_prefix(a: str, b: str) -> int:
 
 
 def agreement(texts_a, texts_b) -> float:
-    """Mean length of the common prefix of two sets of answers (characters), pairs of distinct runs."""
-    pairs = [(a, b) for i, a in enumerate(texts_a) for j, b in enumerate(texts_b) if texts_a is not texts_b or i < j]
+    """
+    Return the mean length of the common prefix of two sets of answers (characters).
+
+    Pairs are of distinct runs.
+    """
+    pairs = [(a, b) for i, a in enumerate(texts_a) for j, b in enumerate(texts_b)
+             if texts_a is not texts_b or i < j]
     return statistics.mean(common_prefix(a, b) for a, b in pairs) if pairs else 0.0
 
 
@@ -407,12 +444,14 @@ def derive(results) -> None:
     def med(name, key):
         r = results.get(name) or {}
         return (r.get(key) or {}).get('median')
-    raw, off, on = results.get('raw', {}), results.get('engine_graph_off', {}), results.get('engine_graph_on', {})
+    raw = results.get('raw', {})
+    off = results.get('engine_graph_off', {})
+    on = results.get('engine_graph_on', {})
     if 'text' in off and 'text' in on:
         results['same_greedy_output_graph_on_vs_off'] = off['text'] == on['text']
-        # Greedy decoding of a random-weight model sits on near-ties, and CUDA kernels are not bitwise
-        # repeatable: compare how far answers agree across configurations with how far they agree
-        # across runs of one configuration.
+        # Greedy decoding of a random-weight model sits on near-ties, and CUDA kernels are not
+        # bitwise repeatable: compare how far answers agree across configurations with how far they
+        # agree across runs of one configuration.
         results['common_prefix_chars'] = {
             'graph_off_vs_graph_off': agreement(off['texts'], off['texts']),
             'graph_on_vs_graph_on': agreement(on['texts'], on['texts']),
@@ -421,22 +460,26 @@ def derive(results) -> None:
     if 'text' in raw and 'text' in off:
         results['same_greedy_output_raw_vs_engine'] = raw['text'] == off['text']
     for graph in ('off', 'on'):
-        node_total, engine_total = med(f'node_graph_{graph}', 'total_s'), med(f'engine_graph_{graph}', 'total_s')
+        node_total = med(f'node_graph_{graph}', 'total_s')
+        engine_total = med(f'engine_graph_{graph}', 'total_s')
         if node_total and engine_total:
             results[f'ratio_node_over_engine_graph_{graph}'] = node_total / engine_total
         node_side_total = med(f'node_graph_{graph}', 'node_side_total_s')
         if node_side_total and engine_total:
             results[f'ratio_node_side_over_engine_graph_{graph}'] = node_side_total / engine_total
-        node_decode, raw_decode = med(f'node_graph_{graph}', 'decode_tok_s'), med('raw', 'decode_tok_s')
+        node_decode = med(f'node_graph_{graph}', 'decode_tok_s')
+        raw_decode = med('raw', 'decode_tok_s')
         if node_decode and raw_decode:
             results[f'ratio_node_decode_over_raw_graph_{graph}'] = node_decode / raw_decode
         worker_decode = med(f'node_graph_{graph}', 'worker_decode_tok_s')
         if worker_decode and raw_decode:
-            results[f'ratio_node_worker_decode_over_raw_graph_{graph}'] = worker_decode / raw_decode
+            ratio = worker_decode / raw_decode
+            results[f'ratio_node_worker_decode_over_raw_graph_{graph}'] = ratio
     if raw.get('peak_gpu_mib') and off.get('peak_gpu_mib'):
         results['memory_saved_mib_vs_7680'] = raw['peak_gpu_mib'] - off['peak_gpu_mib']
     if off.get('max_length'):
-        results['kv_bytes_saved_vs_7680_real_fp16'] = (RAW_MAX_LENGTH - off['max_length']) * 384 * 1024
+        saved = (RAW_MAX_LENGTH - off['max_length']) * 384 * 1024
+        results['kv_bytes_saved_vs_7680_real_fp16'] = saved
 
 
 if __name__ == '__main__':

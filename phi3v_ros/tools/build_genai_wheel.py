@@ -1,31 +1,35 @@
-"""Build (or fetch) an aarch64 CUDA wheel of onnxruntime-genai on a Jetson, install it and check it.
+"""
+Build (or fetch) an aarch64 CUDA wheel of onnxruntime-genai on a Jetson, install it, check it.
 
 Usage::
 
-    ros2 run phi3v_ros build_genai_wheel --dry-run          # print every step and command, run nothing
-    ros2 run phi3v_ros build_genai_wheel --install          # build, install into the ROS Python, check
-    python3 -m phi3v_ros.tools.build_genai_wheel --dry-run  # the same before the package is built
+    # print every step and command, run nothing
+    ros2 run phi3v_ros build_genai_wheel --dry-run
+    # build, install into the ROS Python, check
+    ros2 run phi3v_ros build_genai_wheel --install
+    # the same before the package is built
+    python3 -m phi3v_ros.tools.build_genai_wheel --dry-run
 
-On a machine that is not a Jetson, ``--dry-run`` shows the plan for ``--target`` (default: JetPack 6 on
-Orin). See docs/jetson.md for the walkthrough and the table of known failures.
+On a machine that is not a Jetson, ``--dry-run`` shows the plan for ``--target`` (default: JetPack
+6 on Orin). See docs/jetson.md for the walkthrough and the table of known failures.
 """
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 import shlex
 import sys
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from phi3v_ros.tools.genai_wheel import checks as checks_mod
 from phi3v_ros.tools.genai_wheel import platform as platform_mod
-from phi3v_ros.tools.genai_wheel.ort_libs import (OrtError, OrtSource, from_folder, from_python_package,
-                                                  source_summary_for_preset)
-from phi3v_ros.tools.genai_wheel.plan import Options, header_archive, make_plan, render_plan
+from phi3v_ros.tools.genai_wheel.ort_libs import (from_folder, from_python_package, OrtError,
+                                                  OrtSource, source_summary_for_preset)
+from phi3v_ros.tools.genai_wheel.plan import header_archive, make_plan, Options, render_plan
 from phi3v_ros.tools.genai_wheel.runner import Context, execute
-from phi3v_ros.tools.genai_wheel.versions import (DEFAULT_GENAI, DEFAULT_ORT, VersionError, choose_versions,
-                                                  parse_version, table_rows)
+from phi3v_ros.tools.genai_wheel.versions import (choose_versions, DEFAULT_GENAI, DEFAULT_ORT,
+                                                  parse_version, table_rows, VersionError)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,45 +42,63 @@ def default_work_root() -> Path:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='build_genai_wheel',
-        description='Build an aarch64 CUDA wheel of onnxruntime-genai on a Jetson (PyPI has none), install it '
-                    'into the Python ROS uses, and check that a generation runs on CUDA. Rerunning resumes.')
+        description='Build an aarch64 CUDA wheel of onnxruntime-genai on a Jetson (PyPI has '
+                    'none), install it into the Python ROS uses, and check that a generation runs '
+                    'on CUDA. Rerunning resumes.')
     parser.add_argument('--dry-run', action='store_true',
-                        help='print what was found, the checks and every step with its exact command; run nothing')
+                        help='print what was found, the checks and every step with its exact '
+                             'command; run nothing')
     parser.add_argument('--target', choices=sorted(platform_mod.PRESETS), default=None,
-                        help='with --dry-run on a machine that is not a Jetson: the Jetson to plan for '
-                             f'(default {platform_mod.DEFAULT_PRESET}: '
+                        help='with --dry-run on a machine that is not a Jetson: the Jetson to '
+                             f'plan for (default {platform_mod.DEFAULT_PRESET}: '
                              f'{platform_mod.PRESETS[platform_mod.DEFAULT_PRESET]})')
     parser.add_argument('--install', action='store_true',
-                        help='install the wheel into the ROS Python and check it (import, CUDA, a generation)')
-    parser.add_argument('--genai-version', help=f'onnxruntime-genai release (default {DEFAULT_GENAI}, or the newest '
-                                                 'that works with the ONNX Runtime found)')
-    parser.add_argument('--ort-version', help=f'ONNX Runtime version to build against (default: the one found, '
-                                               f'else {DEFAULT_ORT})')
-    parser.add_argument('--genai-commit', help='commit of the release tag, for a release not in the table')
+                        help='install the wheel into the ROS Python and check it (import, CUDA, '
+                             'a generation)')
+    parser.add_argument('--genai-version',
+                        help=f'onnxruntime-genai release (default {DEFAULT_GENAI}, or the newest '
+                             'that works with the ONNX Runtime found)')
+    parser.add_argument('--ort-version',
+                        help='ONNX Runtime version to build against (default: the one found, '
+                             f'else {DEFAULT_ORT})')
+    parser.add_argument('--genai-commit',
+                        help='commit of the release tag, for a release not in the table')
     parser.add_argument('--ort-source', default='auto',
-                        help="where the ONNX Runtime GPU libraries come from: 'auto' (default), 'python' (the "
-                             'onnxruntime-gpu package of the ROS Python), or a folder (extracted release, '
-                             'install prefix or build folder)')
-    parser.add_argument('--ort-image', help='a container image with ONNX Runtime under /usr/local (copied out '
-                                            'with docker create + docker cp; needs docker)')
-    parser.add_argument('--ort-headers', help='folder with the ONNX Runtime C API headers (default: from the '
-                                              'source, else the pinned ONNX Runtime source archive)')
-    parser.add_argument('--prebuilt-index', help='a package index with a prebuilt onnxruntime-genai-cuda wheel '
-                                                 'for this JetPack (used only with --prebuilt-sha256)')
+                        help="where the ONNX Runtime GPU libraries come from: 'auto' (default), "
+                             "'python' (the onnxruntime-gpu package of the ROS Python), or a "
+                             'folder (extracted release, install prefix or build folder)')
+    parser.add_argument('--ort-image',
+                        help='a container image with ONNX Runtime under /usr/local (copied out '
+                             'with docker create + docker cp; needs docker)')
+    parser.add_argument('--ort-headers',
+                        help='folder with the ONNX Runtime C API headers (default: from the '
+                             'source, else the pinned ONNX Runtime source archive)')
+    parser.add_argument('--prebuilt-index',
+                        help='a package index with a prebuilt onnxruntime-genai-cuda wheel for '
+                             'this JetPack (used only with --prebuilt-sha256)')
     parser.add_argument('--prebuilt-sha256', help='the sha256 the prebuilt wheel must have')
-    parser.add_argument('--build-from-source', action='store_true', help='never use a prebuilt wheel')
-    parser.add_argument('--python', help='the interpreter ROS 2 uses (default: found from /opt/ros/*/bin/ros2)')
-    parser.add_argument('--cuda-home', help='the CUDA toolkit to build with, when several are installed')
-    parser.add_argument('--cuda-arch', help='GPU compute capability, e.g. 87 (Orin), 72 (Xavier), 110 (Thor)')
+    parser.add_argument('--build-from-source', action='store_true',
+                        help='never use a prebuilt wheel')
+    parser.add_argument('--python',
+                        help='the interpreter ROS 2 uses (default: found from '
+                             '/opt/ros/*/bin/ros2)')
+    parser.add_argument('--cuda-home',
+                        help='the CUDA toolkit to build with, when several are installed')
+    parser.add_argument('--cuda-arch',
+                        help='GPU compute capability, e.g. 87 (Orin), 72 (Xavier), 110 (Thor)')
     parser.add_argument('--jobs', type=int, help='compile jobs (default: bounded by free memory)')
     parser.add_argument('--work-dir', help=f'where to build (default {default_work_root()})')
     parser.add_argument('--install-cmake', action='store_true',
-                        help='install a new enough CMake with pip for your user when the system one is too old')
+                        help='install a new enough CMake with pip for your user when the system '
+                             'one is too old')
     parser.add_argument('--pip-args', default='', help='extra arguments for pip install, e.g. '
                                                        '"--break-system-packages"')
-    parser.add_argument('--restart', action='store_true', help='forget completed steps and run them all again')
-    parser.add_argument('--ignore-checks', action='store_true', help='run even when a prerequisite check fails')
-    parser.add_argument('--list-versions', action='store_true', help='print the version table and exit')
+    parser.add_argument('--restart', action='store_true',
+                        help='forget completed steps and run them all again')
+    parser.add_argument('--ignore-checks', action='store_true',
+                        help='run even when a prerequisite check fails')
+    parser.add_argument('--list-versions', action='store_true',
+                        help='print the version table and exit')
     return parser
 
 
@@ -88,7 +110,7 @@ def print_versions(out: Callable[[str], None]) -> None:
 
 
 def find_ort_source(args, plat, probe, out) -> Optional[OrtSource]:
-    """The ONNX Runtime GPU libraries to build against (None: none found, or the image is used)."""
+    """Find the ONNX Runtime GPU libraries to build against (None: none found, or image used)."""
     if args.ort_image:
         return None
     spec = args.ort_source
@@ -101,7 +123,8 @@ def find_ort_source(args, plat, probe, out) -> Optional[OrtSource]:
     if plat.ort_runtime is not None:
         try:
             return from_python_package(probe.path(plat.ort_runtime.capi_dir),
-                                       f'onnxruntime {plat.ort_runtime.version} in {plat.python.path}')
+                                       f'onnxruntime {plat.ort_runtime.version} in '
+                                       f'{plat.python.path}')
         except OrtError as exc:
             if spec == 'python':
                 raise
@@ -127,16 +150,17 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
     if args.dry_run and (not is_target or args.target):
         target = args.target or platform_mod.DEFAULT_PRESET
         if not is_target:
-            out(f'This machine is not a Jetson ({plat.machine}, no /etc/nv_tegra_release): nothing here is '
-                f'changed, and the plan below is for --target {target}:')
+            out(f'This machine is not a Jetson ({plat.machine}, no /etc/nv_tegra_release): '
+                f'nothing here is changed, and the plan below is for --target {target}:')
         out(f'  {platform_mod.PRESETS[target]}')
         plat = platform_mod.preset_platform(target, ort_version=args.ort_version or DEFAULT_ORT)
         out('Assumed on the target:')
         for line in plat.summary():
             out(f'  {line}')
     elif not is_target and not args.dry_run:
-        out(f'error: this machine is {plat.machine} and not a Jetson: run the builder on the Jetson; to review '
-            f'the plan here, use --dry-run (optionally --target {"|".join(sorted(platform_mod.PRESETS))})')
+        targets = '|'.join(sorted(platform_mod.PRESETS))
+        out(f'error: this machine is {plat.machine} and not a Jetson: run the builder on the '
+            f'Jetson; to review the plan here, use --dry-run (optionally --target {targets})')
         return 2
 
     try:
@@ -149,20 +173,21 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
     elif args.ort_image:
         out(f'ONNX Runtime source: image {args.ort_image} (copied out during the build)')
     try:
-        choice = choose_versions(ort.version if ort else None, args.genai_version, args.ort_version,
-                                 args.genai_commit)
+        choice = choose_versions(ort.version if ort else None, args.genai_version,
+                                 args.ort_version, args.genai_commit)
     except VersionError as exc:
         out(f'error: {exc}')
         return 2
-    out(f'Versions: onnxruntime-genai {choice.genai.version} + ONNX Runtime {choice.ort} ({choice.reason})')
+    out(f'Versions: onnxruntime-genai {choice.genai.version} + ONNX Runtime {choice.ort} '
+        f'({choice.reason})')
 
-    headers_available = bool(args.ort_headers or (ort is not None and ort.header_dir) or args.ort_image
-                             or header_archive(choice, ort) is not None)
+    headers_available = bool(args.ort_headers or (ort is not None and ort.header_dir)
+                             or args.ort_image or header_archive(choice, ort) is not None)
     problems = checks_mod.check_prerequisites(
         plat, choice, ort if not args.ort_image else OrtSource('docker', args.ort_image, libs=[
             'libonnxruntime_providers_cuda.so']),
-        install=args.install, install_cmake=args.install_cmake, ort_headers_available=headers_available,
-        docker_requested=bool(args.ort_image))
+        install=args.install, install_cmake=args.install_cmake,
+        ort_headers_available=headers_available, docker_requested=bool(args.ort_image))
     if problems:
         out('Checks:')
         for problem in problems:
@@ -170,11 +195,13 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
     else:
         out('Checks: all prerequisites are there.')
 
-    opts = Options(work_root=work_root, install=args.install, build_from_source=args.build_from_source,
-                   prebuilt_index=args.prebuilt_index, prebuilt_sha256=args.prebuilt_sha256, jobs=args.jobs,
-                   install_cmake=args.install_cmake,
+    opts = Options(work_root=work_root, install=args.install,
+                   build_from_source=args.build_from_source,
+                   prebuilt_index=args.prebuilt_index, prebuilt_sha256=args.prebuilt_sha256,
+                   jobs=args.jobs, install_cmake=args.install_cmake,
                    ort_headers=Path(args.ort_headers).expanduser() if args.ort_headers else None,
-                   ort_image=args.ort_image, pip_args=shlex.split(args.pip_args), package_root=PACKAGE_ROOT)
+                   ort_image=args.ort_image, pip_args=shlex.split(args.pip_args),
+                   package_root=PACKAGE_ROOT)
     plan = make_plan(plat, choice, ort, opts)
     errors = checks_mod.has_errors(problems)
     if args.dry_run:
@@ -187,7 +214,8 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
         out('(dry run: nothing was run)')
         return 0
     if errors and not args.ignore_checks:
-        out('Fix the errors above, then run the same command again (or --dry-run to see the plan).')
+        out('Fix the errors above, then run the same command again '
+            '(or --dry-run to see the plan).')
         return 1
     context = context or Context(out=out)
     context.restart = context.restart or args.restart

@@ -1,7 +1,8 @@
-"""demo: the whole path on the tiny model, no GPU and no download needed.
+"""
+demo: the whole path on the tiny model, no GPU and no download needed.
 
-Generates the tiny model, starts vision_qa_node and a synthetic camera as their own processes, asks a
-question with the `ask` client and prints the streamed answer; then stops everything.
+Generates the tiny model, starts vision_qa_node and a synthetic camera as their own processes, asks
+a question with the `ask` client and prints the streamed answer; then stops everything.
     python -m phi3v_ros.tools.demo [--workdir DIR] [--question TEXT]
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ COMMANDS = {'vision_qa_node': 'phi3v_ros.vision_qa_node', 'ask': 'phi3v_ros.ask'
 
 
 def command(name: str) -> List[str]:
-    """The installed console script next to this Python, else `python -m` on its module."""
+    """Return the installed console script next to this Python, else `python -m` on its module."""
     script = shutil.which(name, path=os.path.dirname(sys.executable))
     return [script] if script else [sys.executable, '-m', COMMANDS[name]]
 
@@ -49,11 +50,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     # A private, localhost-only ROS domain: the demo must not talk to a real robot's nodes.
     env.setdefault('ROS_DOMAIN_ID', str(random.randint(101, 215)))
     env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    env['ROS_LOCALHOST_ONLY'] = '1' if env.get('ROS_DISTRO') == 'humble' else env.get('ROS_LOCALHOST_ONLY', '0')
-    print(f'2. starting vision_qa_node and synthetic_camera (ROS_DOMAIN_ID={env["ROS_DOMAIN_ID"]})',
-          flush=True)
+    env['ROS_LOCALHOST_ONLY'] = ('1' if env.get('ROS_DISTRO') == 'humble'
+                                 else env.get('ROS_LOCALHOST_ONLY', '0'))
+    print('2. starting vision_qa_node and synthetic_camera '
+          f'(ROS_DOMAIN_ID={env["ROS_DOMAIN_ID"]})', flush=True)
     node = subprocess.Popen(command('vision_qa_node') + [
-        '--ros-args', '-p', f'model_path:={model}', '-p', 'provider:=auto', '-p', 'max_new_tokens:=40'],
+        '--ros-args', '-p', f'model_path:={model}', '-p', 'provider:=auto',
+        '-p', 'max_new_tokens:=40'],
         env=env)
     camera = subprocess.Popen(command('synthetic_camera') + ['--rate', '10'], env=env)
     try:

@@ -1,27 +1,31 @@
-"""Download the published Phi-3-vision ONNX model and print the path to pass as ``model_path``.
+"""
+Download the published Phi-3-vision ONNX model and print the path to pass as ``model_path``.
 
 Usage::
 
-    ros2 run phi3v_ros fetch_model                    # CUDA int4 (about 2.6 GB), the node's default folder
-    ros2 run phi3v_ros fetch_model --variant cpu      # CPU int4, for a machine without a GPU
+    # CUDA int4 (about 2.6 GB), the node's default folder
+    ros2 run phi3v_ros fetch_model
+    # CPU int4, for a machine without a GPU
+    ros2 run phi3v_ros fetch_model --variant cpu
     ros2 run phi3v_ros fetch_model --variant fp16 --dest /data/models
 
 The folder matches the installed onnxruntime-genai: releases before 0.5 read the May-2024 exports
 (microsoft/Phi-3-vision-128k-instruct-onnx-cuda, -onnx-cpu), 0.5 and later the Nov-2024 re-exports
-(microsoft/Phi-3-vision-128k-instruct-onnx). Downloads use huggingface_hub, which resumes an interrupted
-download and shows progress bars; the files land in ``DEST/<repository>/<folder>``.
+(microsoft/Phi-3-vision-128k-instruct-onnx). Downloads use huggingface_hub, which resumes an
+interrupted download and shows progress bars; the files land in ``DEST/<repository>/<folder>``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import shutil
 import sys
-from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from phi3v_ros.model_paths import (MAY2024_CPU, MAY2024_FP16, MAY2024_INT4, MODEL_DIR_ENV, NOV2024_CPU,
-                                   NOV2024_INT4, ModelFolder, default_model_path, model_root)
+from phi3v_ros.model_paths import (default_model_path, MAY2024_CPU, MAY2024_FP16, MAY2024_INT4,
+                                   MODEL_DIR_ENV, model_root, ModelFolder, NOV2024_CPU,
+                                   NOV2024_INT4)
 
 GENAI_DISTRIBUTIONS = ('onnxruntime-genai-cuda', 'onnxruntime-genai', 'onnxruntime-genai-directml')
 VARIANTS = ('int4', 'fp16', 'cpu')
@@ -43,8 +47,9 @@ def _parse(version: str) -> Tuple[int, ...]:
     return tuple(parts)
 
 
-def installed_genai(version_of: Optional[Callable[[str], str]] = None) -> Optional[Tuple[str, str]]:
-    """(distribution, version) of the installed onnxruntime-genai, CUDA build first; None if none."""
+def installed_genai(
+        version_of: Optional[Callable[[str], str]] = None) -> Optional[Tuple[str, str]]:
+    """Return (distribution, version) of the installed onnxruntime-genai (CUDA first), or None."""
     if version_of is None:
         from importlib import metadata
 
@@ -59,27 +64,29 @@ def installed_genai(version_of: Optional[Callable[[str], str]] = None) -> Option
 
 
 def select_folder(variant: str, genai_version: Optional[str]) -> ModelFolder:
-    """The published folder that this onnxruntime-genai loads, or FetchError with the reason."""
+    """Return the published folder this onnxruntime-genai loads, or raise FetchError saying why."""
     if variant not in VARIANTS:
         raise FetchError(f'unknown variant {variant!r}: choose one of {", ".join(VARIANTS)}')
     version = _parse(genai_version) if genai_version else None
     if version is not None and version < (0, 3):
-        raise FetchError(f'onnxruntime-genai {genai_version} predates Phi-3-vision support (added in 0.3): '
-                         f'install 0.5 or newer (on a Jetson: ros2 run phi3v_ros build_genai_wheel --install)')
+        raise FetchError(f'onnxruntime-genai {genai_version} predates Phi-3-vision support (added '
+                         'in 0.3): install 0.5 or newer (on a Jetson: ros2 run phi3v_ros '
+                         'build_genai_wheel --install)')
     if version is not None and version < (0, 5):
         return {'int4': MAY2024_INT4, 'fp16': MAY2024_FP16, 'cpu': MAY2024_CPU}[variant]
     if variant == 'fp16':
         raise FetchError(
-            f'the only published fp16 Phi-3-vision export ({MAY2024_FP16.repo_id}, {MAY2024_FP16.folder}, '
-            f'May 2024) loads only with onnxruntime-genai 0.3/0.4, while '
-            + (f'the installed {genai_version}' if genai_version else 'the assumed 0.5+ (none is installed here)')
-            + ' reads only the Nov-2024 re-exports, which have no fp16 folder: use --variant int4, or pass '
-              '--genai-version 0.4.0 if the node really runs 0.4')
+            f'the only published fp16 Phi-3-vision export ({MAY2024_FP16.repo_id}, '
+            f'{MAY2024_FP16.folder}, May 2024) loads only with onnxruntime-genai 0.3/0.4, while '
+            + (f'the installed {genai_version}' if genai_version else 'the assumed 0.5+ (none is '
+                                                                      'installed here)')
+            + ' reads only the Nov-2024 re-exports, which have no fp16 folder: use --variant '
+              'int4, or pass --genai-version 0.4.0 if the node really runs 0.4')
     return NOV2024_CPU if variant == 'cpu' else NOV2024_INT4
 
 
 def validate_model_folder(path: Path) -> List[str]:
-    """What is missing or broken in a downloaded model folder (empty list: it looks loadable)."""
+    """List what is missing or broken in a downloaded model folder (empty: it looks loadable)."""
     path = Path(path)
     problems = []
     if not path.is_dir():
@@ -107,12 +114,14 @@ def validate_model_folder(path: Path) -> List[str]:
     for file in list(onnx_files) + sorted(path.glob('*.onnx.data')):
         with open(file, 'rb') as handle:
             if handle.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX:
-                problems.append(f'{file.name} is a Git LFS pointer, not the weights (cloned without git-lfs?)')
+                problems.append(f'{file.name} is a Git LFS pointer, not the weights (cloned '
+                                'without git-lfs?)')
     return problems
 
 
-def hf_download(repo_id: str, allow_patterns: List[str], local_dir: str, revision: Optional[str] = None) -> str:
-    """The real download: huggingface_hub resumes partial files and shows progress bars."""
+def hf_download(repo_id: str, allow_patterns: List[str], local_dir: str,
+                revision: Optional[str] = None) -> str:
+    """Download for real: huggingface_hub resumes partial files and shows progress bars."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:
@@ -127,17 +136,23 @@ def hf_download(repo_id: str, allow_patterns: List[str], local_dir: str, revisio
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='fetch_model',
-        description='Download the published Phi-3-vision ONNX model that the installed onnxruntime-genai '
-                    'loads, and print the folder to pass as model_path. Rerunning resumes.')
+        description='Download the published Phi-3-vision ONNX model that the installed '
+                    'onnxruntime-genai loads, and print the folder to pass as model_path. '
+                    'Rerunning resumes.')
     parser.add_argument('--variant', choices=VARIANTS, default='int4',
-                        help='int4: CUDA int4, about 2.6 GB (default); fp16: CUDA fp16, about 8 GB (only '
-                             'onnxruntime-genai 0.4); cpu: CPU int4, about 3.2 GB, for machines without a GPU')
-    parser.add_argument('--dest', help=f'model root folder (default {model_root()}, or ${MODEL_DIR_ENV}); '
-                                       f'files go to DEST/<repository>/<folder>')
-    parser.add_argument('--genai-version', help='choose the folder for this onnxruntime-genai version instead '
-                                                'of the installed one')
-    parser.add_argument('--revision', help='a Hugging Face revision (branch, tag or commit) to pin')
-    parser.add_argument('--dry-run', action='store_true', help='print what would be downloaded, and where')
+                        help='int4: CUDA int4, about 2.6 GB (default); fp16: CUDA fp16, '
+                             'about 8 GB (only onnxruntime-genai 0.4); cpu: CPU int4, '
+                             'about 3.2 GB, for machines without a GPU')
+    parser.add_argument('--dest',
+                        help=f'model root folder (default {model_root()}, or ${MODEL_DIR_ENV}); '
+                             f'files go to DEST/<repository>/<folder>')
+    parser.add_argument('--genai-version',
+                        help='choose the folder for this onnxruntime-genai version instead of '
+                             'the installed one')
+    parser.add_argument('--revision',
+                        help='a Hugging Face revision (branch, tag or commit) to pin')
+    parser.add_argument('--dry-run', action='store_true',
+                        help='print what would be downloaded, and where')
     return parser
 
 
@@ -163,11 +178,12 @@ def main(argv: Optional[Sequence[str]] = None, download: Callable[..., str] = hf
     out(f'onnxruntime-genai: {genai_version or "none"} ({genai_source}) -> the '
         f'{"May-2024 export" if folder.export == "may2024" else "Nov-2024 re-export"}')
     if genai_version is None:
-        out('note: onnxruntime-genai is not installed in this Python; the folder for 0.5 and newer was chosen '
-            '(pass --genai-version if the node runs another)')
+        out('note: onnxruntime-genai is not installed in this Python; the folder for 0.5 and '
+            'newer was chosen (pass --genai-version if the node runs another)')
     if genai and genai[0] == 'onnxruntime-genai' and folder.variant != 'cpu':
-        out('note: the installed onnxruntime-genai is the CPU build; --variant cpu is the model made for CPU '
-            '(on a Jetson, build the CUDA wheel: ros2 run phi3v_ros build_genai_wheel --install)')
+        out('note: the installed onnxruntime-genai is the CPU build; --variant cpu is the model '
+            'made for CPU (on a Jetson, build the CUDA wheel: ros2 run phi3v_ros '
+            'build_genai_wheel --install)')
     out(f'model: {folder.repo_id} / {folder.folder} (about {folder.size_gb:g} GB)')
     out(f'into:  {target}')
     if args.dry_run:
@@ -180,8 +196,8 @@ def main(argv: Optional[Sequence[str]] = None, download: Callable[..., str] = hf
         return 0
     free = (disk_free or _disk_free)(root)
     if free is not None and free < folder.size_gb * 1.05 * 1e9 - _present_bytes(target):
-        out(f'error: only {free / GIB:.1f} GiB free under {root}; the model needs about {folder.size_gb:g} GB: '
-            f'free some space or pass --dest on a disk with room')
+        out(f'error: only {free / GIB:.1f} GiB free under {root}; the model needs about '
+            f'{folder.size_gb:g} GB: free some space or pass --dest on a disk with room')
         return 1
     local_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -193,14 +209,15 @@ def main(argv: Optional[Sequence[str]] = None, download: Callable[..., str] = hf
     except KeyboardInterrupt:
         out('interrupted: run the same command again to resume the download')
         return 130
-    except Exception as exc:   # network errors, missing repository, ...: huggingface_hub raises many kinds
-        out(f'error: the download failed ({type(exc).__name__}: {exc}); check the network (and HF_ENDPOINT / '
-            f'proxy settings), then run the same command again: it resumes')
+    except Exception as exc:
+        # network errors, missing repository, ...: huggingface_hub raises many kinds
+        out(f'error: the download failed ({type(exc).__name__}: {exc}); check the network (and '
+            f'HF_ENDPOINT / proxy settings), then run the same command again: it resumes')
         return 1
     problems = validate_model_folder(target)
     if problems:
-        out(f'error: the downloaded folder {target} is incomplete: {"; ".join(problems)}: run the same command '
-            f'again to resume, or delete the folder to start over')
+        out(f'error: the downloaded folder {target} is incomplete: {"; ".join(problems)}: run the '
+            f'same command again to resume, or delete the folder to start over')
         return 1
     _print_result(target, out)
     return 0
@@ -210,7 +227,7 @@ def _print_result(target: Path, out: Callable[[str], None]) -> None:
     out('')
     out(f'model_path: {target}')
     if str(target) == default_model_path():
-        out('(this is the node\'s default model_path: no parameter needed)')
+        out("(this is the node's default model_path: no parameter needed)")
     else:
         out(f'pass it as the node parameter model_path, e.g. '
             f'ros2 run phi3v_ros vision_qa_node --ros-args -p model_path:={target}')

@@ -1,4 +1,5 @@
-"""Write a tiny random-weight Phi-3-vision model that onnxruntime-genai runs like the real one.
+"""
+Write a tiny random-weight Phi-3-vision model that onnxruntime-genai runs like the real one.
 
 The folder has the layout of the published Phi-3-vision ONNX models (the re-exported folders that
 onnxruntime-genai >= 0.5 reads): ``vision.onnx``, ``embedding.onnx``, ``text.onnx``,
@@ -31,10 +32,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from phi3v_ros.tools.tiny_model_graphs import Dims, build_embedding, build_text, build_vision
+from phi3v_ros.tools.tiny_model_graphs import build_embedding, build_text, build_vision, Dims
 
 SPIECE = '\u2581'  # the sentencepiece word-start marker
-BASE_VOCAB = 1000  # plain BPE vocabulary; the Phi-3 chat tokens follow (cf. 32000 in the real model)
+# plain BPE vocabulary; the Phi-3 chat tokens follow (cf. 32000 in the real model)
+BASE_VOCAB = 1000
 MODEL_VOCAB = 1024  # logits width, padded to a multiple of 64 like the real 32064
 CONTEXT_LENGTH = 4096
 # Attention output scale: small enough that the current token steers the next one (varied text),
@@ -49,15 +51,17 @@ ANTI_REPEAT = 0.3
 # <|end|> is BASE_VOCAB + 7 (the eos, like 32007), <|user|> is BASE_VOCAB + 10 (like 32010).
 CHAT_TOKENS = (
     '<|endoftext|>', '<|assistant|>', '<|placeholder1|>', '<|placeholder2|>', '<|placeholder3|>',
-    '<|placeholder4|>', '<|system|>', '<|end|>', '<|placeholder5|>', '<|placeholder6|>', '<|user|>',
+    '<|placeholder4|>', '<|system|>', '<|end|>', '<|placeholder5|>', '<|placeholder6|>',
+    '<|user|>',
 )
 IMAGE_TOKENS = tuple(f'<|image_{i}|>' for i in range(1, 5))
 
 BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = '<s>', '</s>', '<unk>'
 END_TOKEN, PAD_TOKEN = '<|end|>', '<|endoftext|>'
 
-FILES = ('vision.onnx', 'embedding.onnx', 'text.onnx', 'genai_config.json', 'processor_config.json',
-         'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json')
+FILES = ('vision.onnx', 'embedding.onnx', 'text.onnx', 'genai_config.json',
+         'processor_config.json', 'tokenizer.json', 'tokenizer_config.json',
+         'special_tokens_map.json')
 
 # A small English corpus (written for this tool) from which the BPE and the output words come.
 CORPUS = """\
@@ -133,10 +137,11 @@ def _corpus_words() -> set:
 # ------------------------------------------------------------------------------------------------
 
 def _train_bpe() -> Tuple[Dict[str, int], List[Tuple[str, str]]]:
-    """Train a sentencepiece-style BPE on the corpus; return (vocab, merges) of BASE_VOCAB tokens.
+    """
+    Train a sentencepiece-style BPE on the corpus; return (vocab, merges) of BASE_VOCAB tokens.
 
-    Ids: 0 <unk>, 1 <s>, 2 </s>, 3..258 the byte-fallback tokens <0x00>..<0xFF>, then characters and
-    merges in training order, exactly as a Llama/Phi-3 tokenizer.json lays them out.
+    Ids: 0 <unk>, 1 <s>, 2 </s>, 3..258 the byte-fallback tokens <0x00>..<0xFF>, then characters
+    and merges in training order, exactly as a Llama/Phi-3 tokenizer.json lays them out.
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
@@ -149,8 +154,8 @@ def _train_bpe() -> Tuple[Dict[str, int], List[Tuple[str, str]]]:
         pre_tokenizers.Metaspace(replacement=SPIECE, prepend_scheme='always', split=True),
         pre_tokenizers.Punctuation('isolated'),
     ])
-    trainer = trainers.BpeTrainer(vocab_size=BASE_VOCAB - len(fixed), min_frequency=1, special_tokens=[],
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=BASE_VOCAB - len(fixed), min_frequency=1,
+                                  special_tokens=[], show_progress=False)
     trainer_tok.train_from_iterator(_corpus_lines(), trainer)
     model = json.loads(trainer_tok.to_str())['model']
     learned = sorted(model['vocab'].items(), key=lambda item: item[1])
@@ -165,7 +170,7 @@ def _train_bpe() -> Tuple[Dict[str, int], List[Tuple[str, str]]]:
 
 
 def build_tokenizer_json() -> str:
-    """The tokenizer.json text: Llama-style BPE (byte fallback) plus the Phi-3 chat tokens."""
+    """Build the tokenizer.json text: Llama-style BPE (byte fallback) and the Phi-3 chat tokens."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
 
     vocab, merges = _train_bpe()
@@ -191,8 +196,8 @@ def build_tokenizer_json() -> str:
 def _tokenizer_config(token_ids: Dict[str, int]) -> dict:
     decoder = {}
     for content, idx in sorted(token_ids.items(), key=lambda item: item[1]):
-        decoder[str(idx)] = {'content': content, 'lstrip': False, 'normalized': False, 'rstrip': False,
-                             'single_word': False, 'special': True}
+        decoder[str(idx)] = {'content': content, 'lstrip': False, 'normalized': False,
+                             'rstrip': False, 'single_word': False, 'special': True}
     return {
         'add_bos_token': True,
         'add_eos_token': False,
@@ -219,8 +224,8 @@ def _special_tokens_map() -> dict:
     def entry(content: str) -> dict:
         return {'content': content, 'lstrip': False, 'normalized': False, 'rstrip': False,
                 'single_word': False}
-    return {'bos_token': entry(BOS_TOKEN), 'eos_token': entry(PAD_TOKEN), 'pad_token': entry(PAD_TOKEN),
-            'unk_token': entry(UNK_TOKEN)}
+    return {'bos_token': entry(BOS_TOKEN), 'eos_token': entry(PAD_TOKEN),
+            'pad_token': entry(PAD_TOKEN), 'unk_token': entry(UNK_TOKEN)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -311,7 +316,7 @@ def _processor_config() -> dict:
 # ------------------------------------------------------------------------------------------------
 
 def _lm_bias(dims: Dims, vocab: Dict[str, int], end_id: int, end_immediately: bool) -> np.ndarray:
-    """Allow whole corpus words (and a little punctuation); forbid bytes, pieces and control tokens."""
+    """Allow whole corpus words (and some punctuation); forbid bytes, pieces and control tokens."""
     bias = np.full(dims.vocab_size, -100.0, dtype=np.float32)
     words = _corpus_words()
     for piece, idx in vocab.items():
@@ -330,7 +335,8 @@ def _json_text(obj: dict) -> str:
 
 def make_tiny_model(out_dir, *, seed: int = 0, end_immediately: bool = False,
                     context_length: int = CONTEXT_LENGTH) -> pathlib.Path:
-    """Write the tiny model into ``out_dir`` (created if needed) and return its absolute path.
+    """
+    Write the tiny model into ``out_dir`` (created if needed) and return its absolute path.
 
     A longer ``context_length`` lets tests keep a generation running for seconds (cancel, floods).
 

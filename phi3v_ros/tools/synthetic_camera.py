@@ -1,4 +1,5 @@
-"""synthetic_camera: publish a moving test picture as sensor_msgs/Image (or CompressedImage).
+"""
+synthetic_camera: publish a moving test picture as sensor_msgs/Image (or CompressedImage).
 
 For demos, tests and benchmarks when no camera is attached:
     ros2 run phi3v_ros synthetic_camera --width 640 --height 480 --rate 30
@@ -69,8 +70,8 @@ class SyntheticCamera(Node):
         self._index = 0
         self.create_timer(1.0 / args.rate, self._publish)
         self.get_logger().info(f'publishing {args.width}x{args.height} '
-                               f'{"jpeg" if args.compressed else args.encoding} at {args.rate:g} Hz on '
-                               f'{self.resolve_topic_name(topic)}')
+                               f'{"jpeg" if args.compressed else args.encoding} '
+                               f'at {args.rate:g} Hz on {self.resolve_topic_name(topic)}')
 
     def _publish(self) -> None:
         message = self._messages[self._index % PATTERN_FRAMES]
@@ -86,8 +87,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--height', type=int, default=480)
     parser.add_argument('--rate', type=float, default=15.0, help='frames per second')
     parser.add_argument('--encoding', choices=('bgr8', 'rgb8'), default='bgr8')
-    parser.add_argument('--compressed', action='store_true', help='publish JPEG on <topic>/compressed')
-    parser.add_argument('--best-effort', action='store_true', help='best-effort QoS (default reliable)')
+    parser.add_argument('--compressed', action='store_true',
+                        help='publish JPEG on <topic>/compressed')
+    parser.add_argument('--best-effort', action='store_true',
+                        help='best-effort QoS (default reliable)')
     parser.add_argument('--topic', default='image')
     parser.add_argument('--frame-id', default='camera')
     args = parser.parse_args(remove_ros_args(argv)[1:])

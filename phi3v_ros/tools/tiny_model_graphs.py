@@ -1,4 +1,5 @@
-"""ONNX graphs of the tiny random-weight Phi-3-vision model written by ``make_tiny_model``.
+"""
+ONNX graphs of the tiny random-weight Phi-3-vision model written by ``make_tiny_model``.
 
 Three graphs in the layout onnxruntime-genai's ``phi3v`` pipeline reads:
 
@@ -7,7 +8,8 @@ Three graphs in the layout onnxruntime-genai's ``phi3v`` pipeline reads:
 * embedding: input_ids [batch, seq] (negative ids mark image tokens), image_features [rows, hidden]
              -> inputs_embeds [batch, seq, hidden]
 * text:      inputs_embeds, attention_mask, past_key_values.%d.key/value
-             -> logits [batch, seq, vocab], present.%d.key/value (com.microsoft.GroupQueryAttention)
+             -> logits [batch, seq, vocab], present.%d.key/value
+             (com.microsoft.GroupQueryAttention)
 
 Only numpy and onnx are needed. Weights come from the caller's ``numpy.random.Generator`` so the
 same seed gives byte-identical files. The graphs use opset 17 and IR version 8 so that older
@@ -20,7 +22,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper, TensorProto
 
 OPSET = 17
 MS_OPSET = 1
@@ -75,8 +77,8 @@ class _Graph:
             out_names = [self._fresh(op_type.lower()) for _ in range(outputs)]
         else:
             out_names = list(outputs)
-        self.nodes.append(helper.make_node(op_type, list(inputs), out_names, name=self._fresh(op_type),
-                                           domain=domain, **attrs))
+        self.nodes.append(helper.make_node(op_type, list(inputs), out_names,
+                                           name=self._fresh(op_type), domain=domain, **attrs))
         return out_names[0] if len(out_names) == 1 else out_names
 
     def model(self, inputs, outputs, *, use_ms_domain: bool = False) -> onnx.ModelProto:
@@ -84,8 +86,8 @@ class _Graph:
         opsets = [helper.make_opsetid('', OPSET)]
         if use_ms_domain:
             opsets.append(helper.make_opsetid('com.microsoft', MS_OPSET))
-        model = helper.make_model(graph, opset_imports=opsets, producer_name='phi3v_ros.make_tiny_model',
-                                  producer_version='1')
+        model = helper.make_model(graph, opset_imports=opsets,
+                                  producer_name='phi3v_ros.make_tiny_model', producer_version='1')
         model.ir_version = IR_VERSION
         return model
 
@@ -95,12 +97,14 @@ def _randn(rng: np.random.Generator, shape, scale: float) -> np.ndarray:
 
 
 def phi3v_row_sources(g: _Graph) -> Tuple[str, str]:
-    """For every image_features row: the crop it comes from and its patch, both indices into all crops.
+    """
+    Map every image_features row to the crop it comes from and its patch (indices into all crops).
 
     Image i (padded size H x W, h = H/336, w = W/336) gets (h*w + 1) * 144 + 1 + (h + 1) * 12 rows,
     the count the Phi3ImageTransform reports in num_image_tokens. Row r of an image belongs to crop
     min(r // 144, h*w) (crop 0 is the global view) and patch r % 144 of that crop's 12 x 12 grid.
-    Reads the graph inputs 'pixel_values' [images, crops, 3, 336, 336] and 'image_sizes' [images, 2].
+    Reads the graph inputs 'pixel_values' [images, crops, 3, 336, 336] and
+    'image_sizes' [images, 2].
     """
     i64 = np.int64
     c0, c1 = g.const(np.array(0, i64)), g.const(np.array(1, i64))
@@ -108,10 +112,14 @@ def phi3v_row_sources(g: _Graph) -> Tuple[str, str]:
     c_tokens = g.const(np.array(TOKENS_PER_CROP, i64))
     # rows per image from image_sizes [images, 2] (padded height, width)
     hw = g.op('Div', ['image_sizes', c_crop])                                  # [N, 2]
-    h = g.op('Squeeze', [g.op('Slice', [hw, g.const(np.array([0], i64)), g.const(np.array([1], i64)),
-                                        g.const(np.array([1], i64))]), g.const(np.array([1], i64))])
-    w = g.op('Squeeze', [g.op('Slice', [hw, g.const(np.array([1], i64)), g.const(np.array([2], i64)),
-                                        g.const(np.array([1], i64))]), g.const(np.array([1], i64))])
+    h = g.op('Squeeze',
+             [g.op('Slice', [hw, g.const(np.array([0], i64)), g.const(np.array([1], i64)),
+                             g.const(np.array([1], i64))]),
+              g.const(np.array([1], i64))])
+    w = g.op('Squeeze',
+             [g.op('Slice', [hw, g.const(np.array([1], i64)), g.const(np.array([2], i64)),
+                             g.const(np.array([1], i64))]),
+              g.const(np.array([1], i64))])
     crops = g.op('Mul', [h, w])                                                # [N]
     t_crops = g.op('Mul', [g.op('Add', [crops, c1]), c_tokens])
     t_lines = g.op('Mul', [g.op('Add', [h, c1]), g.const(np.array(NEWLINE_TOKENS, i64))])
@@ -123,19 +131,23 @@ def phi3v_row_sources(g: _Graph) -> Tuple[str, str]:
     rows_col = g.op('Unsqueeze', [rows, g.const(np.array([1], i64))])          # [T, 1]
     ends_row = g.op('Unsqueeze', [ends, g.const(np.array([0], i64))])          # [1, N]
     done = g.op('Cast', [g.op('GreaterOrEqual', [rows_col, ends_row])], to=TensorProto.INT64)
-    image = g.op('ReduceSum', [done, g.const(np.array([1], i64))], keepdims=0)  # [T] image of each row
-    offset = g.op('Sub', [rows, g.op('Gather', [starts, image], axis=0)])      # [T] row within image
+    # [T] image of each row
+    image = g.op('ReduceSum', [done, g.const(np.array([1], i64))], keepdims=0)
+    # [T] row within image
+    offset = g.op('Sub', [rows, g.op('Gather', [starts, image], axis=0)])
     crop = g.op('Min', [g.op('Div', [offset, c_tokens]), g.op('Gather', [crops, image], axis=0)])
     num_crops = g.op('Gather', [g.op('Shape', ['pixel_values']), c1], axis=0)  # crops per image
     crop = g.op('Min', [crop, g.op('Sub', [num_crops, c1])])
     crop_index = g.op('Add', [g.op('Mul', [image, num_crops]), crop])          # [T] into M
-    patch_index = g.op('Add', [g.op('Mul', [crop_index, c_tokens]), g.op('Mod', [offset, c_tokens])])
+    patch_index = g.op('Add',
+                       [g.op('Mul', [crop_index, c_tokens]), g.op('Mod', [offset, c_tokens])])
     return crop_index, patch_index
 
 
 def build_vision(dims: Dims, rng: np.random.Generator, *, sensitivity: float = 8.0,
                  amplitude: float = 2.0) -> onnx.ModelProto:
-    """Vision encoder: average pooling, a random projection and a sine, laid out in Phi-3's rows.
+    """
+    Vision encoder: average pooling, a random projection and a sine, laid out in Phi-3's rows.
 
     Image i (padded size H x W, h = H/336, w = W/336) gets (h*w + 1) * 144 + 1 + (h + 1) * 12 rows,
     the count the Phi3ImageTransform reports in num_image_tokens. Row r of an image belongs to crop
@@ -149,7 +161,8 @@ def build_vision(dims: Dims, rng: np.random.Generator, *, sensitivity: float = 8
     hidden = dims.hidden_size
     grid = int(np.sqrt(TOKENS_PER_CROP))                                       # 12 patches a side
     summary = 3 * POOL_GRID * POOL_GRID
-    w_crop = g.const(_randn(rng, (summary, hidden), 1.0 / np.sqrt(summary)), 'vision.crop_proj.weight')
+    w_crop = g.const(_randn(rng, (summary, hidden), 1.0 / np.sqrt(summary)),
+                     'vision.crop_proj.weight')
     w_patch = g.const(_randn(rng, (3, hidden), 0.5 / np.sqrt(3)), 'vision.patch_proj.weight')
     b_proj = g.const(_randn(rng, (hidden,), 1.0), 'vision.proj.bias')
 
@@ -160,17 +173,20 @@ def build_vision(dims: Dims, rng: np.random.Generator, *, sensitivity: float = 8
     k = CROP_SIZE // grid
     patches = g.op('AveragePool', [flat], kernel_shape=[k, k], strides=[k, k])    # [M, 3, 12, 12]
     k2 = grid // POOL_GRID
-    crop_sum = g.op('AveragePool', [patches], kernel_shape=[k2, k2], strides=[k2, k2])  # [M, 3, 4, 4]
+    # [M, 3, 4, 4]
+    crop_sum = g.op('AveragePool', [patches], kernel_shape=[k2, k2], strides=[k2, k2])
     crop_sum = g.op('Reshape', [crop_sum, g.const(np.array([-1, summary], i64))])
     crop_feat = g.op('MatMul', [crop_sum, w_crop])                                  # [M, hidden]
     patches = g.op('Transpose', [g.op('Reshape', [patches, g.const(np.array([0, 3, -1], i64))])],
                    perm=[0, 2, 1])                                                  # [M, 144, 3]
     patches = g.op('Reshape', [patches, g.const(np.array([-1, 3], i64))])
-    patch_feat = g.op('MatMul', [patches, w_patch])                                 # [M * 144, hidden]
+    # [M * 144, hidden]
+    patch_feat = g.op('MatMul', [patches, w_patch])
 
     crop_index, patch_index = phi3v_row_sources(g)
-    pre = g.op('Add', [g.op('Add', [g.op('Gather', [crop_feat, crop_index], axis=0),
-                                     g.op('Gather', [patch_feat, patch_index], axis=0)]), b_proj])
+    gathered = g.op('Add', [g.op('Gather', [crop_feat, crop_index], axis=0),
+                            g.op('Gather', [patch_feat, patch_index], axis=0)])
+    pre = g.op('Add', [gathered, b_proj])
     pre = g.op('Mul', [pre, g.const(np.array(sensitivity, np.float32))])
     g.op('Mul', [g.op('Sin', [pre]), g.const(np.array(amplitude, np.float32))],
          outputs=['image_features'])
@@ -186,7 +202,8 @@ def build_vision(dims: Dims, rng: np.random.Generator, *, sensitivity: float = 8
 
 
 def build_embedding(dims: Dims, table: np.ndarray) -> onnx.ModelProto:
-    """Token embedding; positions with negative ids take the next row of image_features in order.
+    """
+    Token embedding; positions with negative ids take the next row of image_features in order.
 
     The table's dtype (float32 or float16) is the dtype of image_features and inputs_embeds.
     """
@@ -203,14 +220,17 @@ def build_embedding(dims: Dims, table: np.ndarray) -> onnx.ModelProto:
     img_i = g.op('Cast', [is_img], to=TensorProto.INT64)
     # 0 for a text token, k for the k-th image token (row k of the zero-row-padded features)
     index = g.op('Mul', [g.op('CumSum', [img_i, c0]), img_i])
-    padded = g.op('Concat', [g.const(np.zeros((1, hidden), table.dtype)), 'image_features'], axis=0)
+    padded = g.op('Concat', [g.const(np.zeros((1, hidden), table.dtype)), 'image_features'],
+                  axis=0)
     img = g.op('Gather', [padded, index], axis=0)
     mixed = g.op('Where', [g.op('Unsqueeze', [is_img, g.const(np.array([1], i64))]), img, text])
-    shape = g.op('Concat', [g.op('Shape', ['input_ids']), g.const(np.array([hidden], i64))], axis=0)
+    shape = g.op('Concat', [g.op('Shape', ['input_ids']), g.const(np.array([hidden], i64))],
+                 axis=0)
     g.op('Reshape', [mixed, shape], outputs=['inputs_embeds'])
 
     inputs = [
-        helper.make_tensor_value_info('input_ids', TensorProto.INT64, ['batch_size', 'sequence_length']),
+        helper.make_tensor_value_info('input_ids', TensorProto.INT64,
+                                      ['batch_size', 'sequence_length']),
         helper.make_tensor_value_info('image_features', elem_type, ['num_image_tokens', hidden]),
     ]
     outputs = [helper.make_tensor_value_info('inputs_embeds', elem_type,
@@ -228,14 +248,17 @@ def build_text(dims: Dims, rng: np.random.Generator, lm_head: np.ndarray,
 
     # GroupQueryAttention bookkeeping, as the onnxruntime-genai model builder does it
     mask_sum = g.op('ReduceSum', ['attention_mask', g.const(np.array([1], i64))], keepdims=0)
-    seqlens_k = g.op('Cast', [g.op('Sub', [mask_sum, g.const(np.array(1, i64))])], to=TensorProto.INT32)
-    mask_len = g.op('Gather', [g.op('Shape', ['attention_mask']), g.const(np.array(1, i64))], axis=0)
+    seqlens_k = g.op('Cast', [g.op('Sub', [mask_sum, g.const(np.array(1, i64))])],
+                     to=TensorProto.INT32)
+    mask_len = g.op('Gather', [g.op('Shape', ['attention_mask']), g.const(np.array(1, i64))],
+                    axis=0)
     total_len = g.op('Cast', [mask_len], to=TensorProto.INT32)
 
     # rotary caches, computed in the graph (constant-folded at load) to keep the file small
     inv_freq = 1.0 / (dims.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
     inv_freq = inv_freq.astype(np.float32)
-    positions = g.op('Range', [g.const(np.array(0, i64)), g.const(np.array(dims.context_length, i64)),
+    positions = g.op('Range', [g.const(np.array(0, i64)),
+                               g.const(np.array(dims.context_length, i64)),
                                g.const(np.array(1, i64))])
     positions = g.op('Cast', [positions], to=TensorProto.FLOAT)
     angles = g.op('Mul', [g.op('Unsqueeze', [positions, g.const(np.array([1], i64))]),
@@ -243,7 +266,8 @@ def build_text(dims: Dims, rng: np.random.Generator, lm_head: np.ndarray,
     cos_cache, sin_cache = g.op('Cos', [angles]), g.op('Sin', [angles])
 
     def norm(x: str, prefix: str) -> str:
-        gamma = g.const(np.ones(hidden, np.float32) + _randn(rng, (hidden,), 0.05), f'{prefix}.weight')
+        gamma = g.const(np.ones(hidden, np.float32) + _randn(rng, (hidden,), 0.05),
+                        f'{prefix}.weight')
         beta = g.const(np.zeros(hidden, np.float32), f'{prefix}.bias')
         return g.op('LayerNormalization', [x, gamma, beta], axis=-1, epsilon=1e-5)
 
@@ -255,18 +279,21 @@ def build_text(dims: Dims, rng: np.random.Generator, lm_head: np.ndarray,
                         f'{p}.attn.qkv_proj.weight')
         split = g.const(np.array([q_size, kv_size, kv_size], i64))
         q, k, v = g.op('Split', [g.op('MatMul', [h, w_qkv]), split], outputs=3, axis=-1)
-        attn, _, _ = g.op('GroupQueryAttention',
-                    [q, k, v, f'past_key_values.{layer}.key', f'past_key_values.{layer}.value',
-                     seqlens_k, total_len, cos_cache, sin_cache],
-                    outputs=[f'{p}.attn.out', f'present.{layer}.key', f'present.{layer}.value'],
-                    domain='com.microsoft', num_heads=dims.num_heads, kv_num_heads=dims.num_kv_heads,
-                    do_rotary=1, rotary_interleaved=0, scale=float(1.0 / np.sqrt(hd)))
+        attn, _, _ = g.op(
+            'GroupQueryAttention',
+            [q, k, v, f'past_key_values.{layer}.key', f'past_key_values.{layer}.value',
+             seqlens_k, total_len, cos_cache, sin_cache],
+            outputs=[f'{p}.attn.out', f'present.{layer}.key', f'present.{layer}.value'],
+            domain='com.microsoft', num_heads=dims.num_heads, kv_num_heads=dims.num_kv_heads,
+            do_rotary=1, rotary_interleaved=0, scale=float(1.0 / np.sqrt(hd)))
         w_o = g.const(_randn(rng, (q_size, hidden), o_proj_scale / np.sqrt(q_size)),
                       f'{p}.attn.o_proj.weight')
         x = g.op('Add', [x, g.op('MatMul', [attn, w_o])])
         h = norm(x, f'{p}.post_attention_layernorm')
-        w_up = g.const(_randn(rng, (hidden, inter), 1.0 / np.sqrt(hidden)), f'{p}.mlp.up_proj.weight')
-        w_down = g.const(_randn(rng, (inter, hidden), 1.0 / np.sqrt(inter)), f'{p}.mlp.down_proj.weight')
+        w_up = g.const(_randn(rng, (hidden, inter), 1.0 / np.sqrt(hidden)),
+                       f'{p}.mlp.up_proj.weight')
+        w_down = g.const(_randn(rng, (inter, hidden), 1.0 / np.sqrt(inter)),
+                         f'{p}.mlp.down_proj.weight')
         up = g.op('MatMul', [h, w_up])
         act = g.op('Mul', [up, g.op('Sigmoid', [up])])
         x = g.op('Add', [x, g.op('MatMul', [act, w_down])])

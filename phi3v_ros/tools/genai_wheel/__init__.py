@@ -1,8 +1,11 @@
-"""Parts of ``build_genai_wheel``: one concern per module.
+"""
+Parts of ``build_genai_wheel``: one concern per module.
 
-- ``platform``: what the machine is (Jetson release, CUDA, GPU, Python, compilers, memory), read through
-  an injectable ``Probe`` so that tests point it at fixture trees and fake command outputs.
-- ``versions``: the table of onnxruntime-genai releases, the ONNX Runtime each needs, and the JetPack table.
+- ``platform``: what the machine is (Jetson release, CUDA, GPU, Python, compilers, memory),
+  read through an injectable ``Probe`` so that tests point it at fixture trees and fake command
+  outputs.
+- ``versions``: the table of onnxruntime-genai releases, the ONNX Runtime each needs, and the
+  JetPack table.
 - ``checks``: prerequisite checks, each failure with the fix.
 - ``ort_libs``: finding ONNX Runtime GPU libraries and headers and gathering them into ``ort/``.
 - ``download``: downloads verified against pinned sha256 sums.

@@ -6,7 +6,8 @@ from typing import List, Optional
 
 from .ort_libs import OrtSource
 from .platform import GIB, Platform
-from .versions import (ORT_GPU_HINTS, VersionChoice, ort_api_version, parse_version, version_at_least)
+from .versions import (ort_api_version, ORT_GPU_HINTS, parse_version, version_at_least,
+                       VersionChoice)
 
 MIN_GCC = '11'
 MIN_CUDA = '11.8'
@@ -29,9 +30,10 @@ def ort_hint(plat: Platform, ort: str) -> str:
     return hint.format(ort=ort)
 
 
-def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource], *, install: bool,
-                        install_cmake: bool = False, ort_headers_available: bool = True,
-                        docker_requested: bool = False, prebuilt_only: bool = False) -> List[Problem]:
+def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource], *,
+                        install: bool, install_cmake: bool = False,
+                        ort_headers_available: bool = True, docker_requested: bool = False,
+                        prebuilt_only: bool = False) -> List[Problem]:
     """Every reason the build would fail, found before it starts."""
     problems: List[Problem] = []
 
@@ -45,68 +47,82 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
     py_cmd = py.path if py else 'python3'
 
     if plat.machine not in ('aarch64', 'arm64'):
-        error(f'this machine is {plat.machine}, not a Jetson (aarch64): the wheel must be built on the Jetson',
-              'run the builder on the Jetson, or review the plan here with --dry-run --target jp6-orin')
+        error(f'this machine is {plat.machine}, not a Jetson (aarch64): '
+              'the wheel must be built on the Jetson',
+              'run the builder on the Jetson, '
+              'or review the plan here with --dry-run --target jp6-orin')
     elif not plat.is_jetson:
         warn('no /etc/nv_tegra_release: this aarch64 machine does not look like a Jetson',
-             'if it is an aarch64 server with an NVIDIA GPU, pass --cuda-arch and --cuda-home yourself')
+             'if it is an aarch64 server with an NVIDIA GPU, '
+             'pass --cuda-arch and --cuda-home yourself')
 
     if plat.jetpack_major is not None and plat.jetpack_major < 6:
-        warn(f'JetPack {plat.jetpack.jetpack} (Ubuntu {plat.jetpack.ubuntu}, CUDA {plat.jetpack.cuda}, '
-             f'Python {plat.jetpack.python}) is older than this package is tested on',
-             'flash JetPack 6 (ROS 2 Humble, CUDA 12.6): the steps below will tell what else is missing')
+        warn(f'JetPack {plat.jetpack.jetpack} (Ubuntu {plat.jetpack.ubuntu}, '
+             f'CUDA {plat.jetpack.cuda}, Python {plat.jetpack.python}) '
+             'is older than this package is tested on',
+             'flash JetPack 6 (ROS 2 Humble, CUDA 12.6): '
+             'the steps below will tell what else is missing')
 
-    # --- compilers and tools -----------------------------------------------------------------------------
+    # --- compilers and tools ---------------------------------------------------------------------
     if not prebuilt_only:
         if plat.cuda is None:
             error(f'no CUDA toolkit (bin/nvcc) under /usr/local ({plat.cuda_reason})',
                   'install it: sudo apt install nvidia-jetpack (or cuda-toolkit-12-6), then rerun')
         elif not version_at_least(plat.cuda.version, MIN_CUDA):
-            error(f'CUDA {plat.cuda.version} at {plat.cuda.path} is too old: ONNX Runtime 1.19+ (needed by every '
-                  f'onnxruntime-genai with Phi-3-vision) needs CUDA {MIN_CUDA} or 12.x',
+            error(f'CUDA {plat.cuda.version} at {plat.cuda.path} is too old: '
+                  'ONNX Runtime 1.19+ (needed by every onnxruntime-genai with Phi-3-vision) '
+                  f'needs CUDA {MIN_CUDA} or 12.x',
                   'upgrade to JetPack 6 (CUDA 12.2 / 12.6)')
         if plat.cuda and len(plat.cuda_installs) > 1:
-            warn(f'{len(plat.cuda_installs)} CUDA toolkits are installed; the build uses {plat.cuda.path} '
-                 f'({plat.cuda_reason})',
-                 'nothing to do if that is right (the builder sets CUDA_PATH, CUDA_HOME and CUDACXX for it); '
+            warn(f'{len(plat.cuda_installs)} CUDA toolkits are installed; '
+                 f'the build uses {plat.cuda.path} ({plat.cuda_reason})',
+                 'nothing to do if that is right '
+                 '(the builder sets CUDA_PATH, CUDA_HOME and CUDACXX for it); '
                  'else pass --cuda-home')
         if plat.cuda and plat.jetpack and parse_version(plat.cuda.version)[:2] > \
                 parse_version(plat.jetpack.cuda)[:2]:
             warn(f'CUDA {plat.cuda.version} is newer than the CUDA {plat.jetpack.cuda} of JetPack '
                  f'{plat.jetpack.jetpack}: it runs only with the matching cuda-compat package',
-                 f'install cuda-compat for it, or pass --cuda-home /usr/local/cuda-{plat.jetpack.cuda}')
+                 'install cuda-compat for it, '
+                 f'or pass --cuda-home /usr/local/cuda-{plat.jetpack.cuda}')
         if not plat.compute_capability:
-            error("the GPU's compute capability could not be read (no device tree entry, no nvidia-smi)",
+            error("the GPU's compute capability could not be read "
+                  '(no device tree entry, no nvidia-smi)',
                   'pass --cuda-arch 87 (Orin), 72 (Xavier) or 110 (Thor)')
         if not plat.gcc:
             error('no GCC found', 'sudo apt install build-essential')
         elif not version_at_least(plat.gcc, MIN_GCC):
-            error(f'GCC {plat.gcc} is too old: onnxruntime-genai needs GCC {MIN_GCC} or newer (C++20)',
-                  'use JetPack 6 (GCC 11), or sudo apt install gcc-11 g++-11 and export CC=gcc-11 CXX=g++-11')
+            error(f'GCC {plat.gcc} is too old: '
+                  f'onnxruntime-genai needs GCC {MIN_GCC} or newer (C++20)',
+                  'use JetPack 6 (GCC 11), '
+                  'or sudo apt install gcc-11 g++-11 and export CC=gcc-11 CXX=g++-11')
         need_cmake = choice.genai.cmake_min
         if not plat.cmake or not version_at_least(plat.cmake, need_cmake):
             have = f'CMake {plat.cmake}' if plat.cmake else 'no CMake'
             if install_cmake:
                 warn(f'{have}; onnxruntime-genai {choice.genai.version} needs CMake {need_cmake}',
-                     f"--install-cmake: the plan installs it with pip ({CMAKE_PIP_SPEC}) for your user")
+                     '--install-cmake: the plan installs it with pip '
+                     f'({CMAKE_PIP_SPEC}) for your user')
             else:
-                error(f'{have}: onnxruntime-genai {choice.genai.version} needs CMake {need_cmake} or newer '
-                      f'(Ubuntu 22.04 has 3.22)',
-                      f"{py_cmd} -m pip install --user '{CMAKE_PIP_SPEC}' (then open a new shell), or rerun "
-                      f'with --install-cmake')
+                error(f'{have}: onnxruntime-genai {choice.genai.version} '
+                      f'needs CMake {need_cmake} or newer (Ubuntu 22.04 has 3.22)',
+                      f"{py_cmd} -m pip install --user '{CMAKE_PIP_SPEC}' "
+                      '(then open a new shell), or rerun with --install-cmake')
         if not plat.git:
             error('git is not installed', 'sudo apt install git')
         if plat.disk_free is not None and plat.disk_free < BUILD_DISK_GIB * GIB:
-            error(f'only {plat.disk_free / GIB:.1f} GiB free in the work folder; the build needs about '
-                  f'{BUILD_DISK_GIB} GiB',
-                  'free some space or pass --work-dir on a disk with room (an NVMe drive, not the SD card)')
+            error(f'only {plat.disk_free / GIB:.1f} GiB free in the work folder; '
+                  f'the build needs about {BUILD_DISK_GIB} GiB',
+                  'free some space or pass --work-dir on a disk with room '
+                  '(an NVMe drive, not the SD card)')
         if plat.mem_available is not None and plat.mem_available < 3 * GIB:
-            warn(f'only {plat.mem_available / GIB:.1f} GiB of memory available: the build runs with one job '
-                 f'and may still run out of memory',
-                 'close other programs (a desktop session takes ~1 GiB: sudo systemctl isolate multi-user.target)'
+            warn(f'only {plat.mem_available / GIB:.1f} GiB of memory available: '
+                 'the build runs with one job and may still run out of memory',
+                 'close other programs '
+                 '(a desktop session takes ~1 GiB: sudo systemctl isolate multi-user.target)'
                  ' and add swap (see docs/jetson.md)')
 
-    # --- the ROS Python --------------------------------------------------------------------------------
+    # --- the ROS Python --------------------------------------------------------------------------
     if py is None or py.error:
         error(f'the ROS Python {py_cmd} does not run ({py.error if py else "not found"})',
               'pass --python with the interpreter ROS 2 uses (usually /usr/bin/python3)')
@@ -118,69 +134,81 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
             error(f'{py.path} has no pip', 'sudo apt install python3-pip')
         missing = [m for m in ('numpy', 'onnx', 'tokenizers') if m not in py.modules]
         if install and missing:
-            error(f'{py.path} lacks {", ".join(missing)}, which the post-install check (writing the tiny test '
-                  f'model) needs',
-                  f"{py.path} -m pip install --user {' '.join(missing)} 'numpy<2'   (numpy 2 would break ROS "
-                  f"Humble's cv_bridge)")
+            error(f'{py.path} lacks {", ".join(missing)}, '
+                  'which the post-install check (writing the tiny test model) needs',
+                  f"{py.path} -m pip install --user {' '.join(missing)} 'numpy<2'   "
+                  "(numpy 2 would break ROS Humble's cv_bridge)")
         if install and py.externally_managed and not py.in_venv:
-            warn(f'{py.path} is marked externally managed (PEP 668): pip refuses to install into it',
+            warn(f'{py.path} is marked externally managed (PEP 668): '
+                 'pip refuses to install into it',
                  'use a venv made with --system-site-packages for ROS, or pass '
                  '--pip-args=--break-system-packages if you accept that')
 
-    # --- ONNX Runtime ---------------------------------------------------------------------------------
+    # --- ONNX Runtime ----------------------------------------------------------------------------
     need_api = ort_api_version(choice.genai.min_ort)
     if not prebuilt_only:
         if ort is None:
-            error('no ONNX Runtime GPU libraries found (no onnxruntime-gpu in the ROS Python, no --ort-source)',
+            error('no ONNX Runtime GPU libraries found '
+                  '(no onnxruntime-gpu in the ROS Python, no --ort-source)',
                   ort_hint(plat, choice.ort) + '; or pass --ort-source DIR / --ort-image IMAGE')
         else:
             if not ort.has_cuda_provider:
-                error(f'{ort.origin} has no libonnxruntime_providers_cuda.so (a CPU-only ONNX Runtime)',
+                error(f'{ort.origin} has no libonnxruntime_providers_cuda.so '
+                      '(a CPU-only ONNX Runtime)',
                       ort_hint(plat, choice.ort))
             if ort.version and ort_api_version(ort.version) < need_api:
-                error(f'ONNX Runtime {ort.version} ({ort.origin}) has C API {ort_api_version(ort.version)}, older '
-                      f'than the {need_api} onnxruntime-genai {choice.genai.version} needs',
+                error(f'ONNX Runtime {ort.version} ({ort.origin}) '
+                      f'has C API {ort_api_version(ort.version)}, '
+                      f'older than the {need_api} onnxruntime-genai {choice.genai.version} needs',
                       f'install onnxruntime-gpu {choice.genai.min_ort} or newer '
-                      f'({ort_hint(plat, choice.genai.min_ort)}), or choose an older --genai-version '
-                      f'(see --list-versions)')
+                      f'({ort_hint(plat, choice.genai.min_ort)}), '
+                      'or choose an older --genai-version (see --list-versions)')
             if ort.header_api is not None and ort.header_api < need_api:
-                error(f'the ONNX Runtime headers in {ort.header_dir} have C API {ort.header_api}, older than '
-                      f'the {need_api} onnxruntime-genai {choice.genai.version} needs',
-                      'give --ort-headers with headers of a newer release (or leave them out: the builder '
-                      'downloads pinned ones)')
-            if plat.cuda and ort.cuda_major and parse_version(plat.cuda.version)[0] != ort.cuda_major:
-                error(f'{ort.origin} was built for CUDA {ort.cuda_major}, but the toolkit is CUDA '
-                      f'{plat.cuda.version}',
-                      'use an onnxruntime-gpu built for your JetPack, or --cuda-home the matching toolkit')
+                error(f'the ONNX Runtime headers in {ort.header_dir} have C API {ort.header_api}, '
+                      f'older than the {need_api} onnxruntime-genai {choice.genai.version} needs',
+                      'give --ort-headers with headers of a newer release '
+                      '(or leave them out: the builder downloads pinned ones)')
+            if plat.cuda and ort.cuda_major and \
+                    parse_version(plat.cuda.version)[0] != ort.cuda_major:
+                error(f'{ort.origin} was built for CUDA {ort.cuda_major}, '
+                      f'but the toolkit is CUDA {plat.cuda.version}',
+                      'use an onnxruntime-gpu built for your JetPack, '
+                      'or --cuda-home the matching toolkit')
             if ort.cudnn_major and plat.cudnn_majors and ort.cudnn_major not in plat.cudnn_majors:
-                error(f'{ort.origin} needs cuDNN {ort.cudnn_major}, but this JetPack has cuDNN '
-                      f'{", ".join(map(str, plat.cudnn_majors))}',
-                      'install the onnxruntime-gpu built for your JetPack (JetPack 6.1/6.2: cuDNN 9)')
+                error(f'{ort.origin} needs cuDNN {ort.cudnn_major}, '
+                      f'but this JetPack has cuDNN {", ".join(map(str, plat.cudnn_majors))}',
+                      'install the onnxruntime-gpu built for your JetPack '
+                      '(JetPack 6.1/6.2: cuDNN 9)')
         if not ort_headers_available:
-            error(f'no pinned ONNX Runtime 1.{need_api} source archive to take headers from, and the ONNX Runtime '
-                  f'source has none',
-                  f'pass --ort-headers DIR: the include folder of an ONNX Runtime {choice.ort} release or source '
-                  f'tree (include/onnxruntime/core/session)')
+            error(f'no pinned ONNX Runtime 1.{need_api} source archive to take headers from, '
+                  'and the ONNX Runtime source has none',
+                  'pass --ort-headers DIR: the include folder of an ONNX Runtime '
+                  f'{choice.ort} release or source tree (include/onnxruntime/core/session)')
         if docker_requested and not plat.docker:
-            error('--ort-image was given but docker is not installed', 'install docker, or use --ort-source DIR')
+            error('--ort-image was given but docker is not installed',
+                  'install docker, or use --ort-source DIR')
 
-    # --- ONNX Runtime at run time: onnxruntime-genai loads it from the onnxruntime package --------------
+    # --- ONNX Runtime at run time: onnxruntime-genai loads it from the onnxruntime package -------
     rt = plat.ort_runtime
     if rt is None:
         (error if install else warn)(
-            f'the ROS Python has no onnxruntime package ({plat.ort_runtime_error or "not importable"}); '
-            f'onnxruntime-genai loads ONNX Runtime from it at run time',
+            'the ROS Python has no onnxruntime package '
+            f'({plat.ort_runtime_error or "not importable"}); '
+            'onnxruntime-genai loads ONNX Runtime from it at run time',
             ort_hint(plat, choice.ort))
     else:
         if not rt.has_cuda:
             (error if install else warn)(
-                f'onnxruntime {rt.version} in the ROS Python has no CUDAExecutionProvider (providers: '
-                f'{", ".join(rt.providers)}): a CPU onnxruntime package shadows the GPU one',
-                f'{py_cmd} -m pip uninstall -y onnxruntime onnxruntime-gpu, then ' + ort_hint(plat, choice.ort))
+                f'onnxruntime {rt.version} in the ROS Python has no CUDAExecutionProvider '
+                f'(providers: {", ".join(rt.providers)}): '
+                'a CPU onnxruntime package shadows the GPU one',
+                f'{py_cmd} -m pip uninstall -y onnxruntime onnxruntime-gpu, then '
+                + ort_hint(plat, choice.ort))
         if ort_api_version(rt.version) < need_api:
             (error if install else warn)(
                 f'onnxruntime {rt.version} in the ROS Python is older than the ONNX Runtime '
-                f'{choice.genai.min_ort} onnxruntime-genai {choice.genai.version} needs at run time',
+                f'{choice.genai.min_ort} onnxruntime-genai {choice.genai.version} '
+                'needs at run time',
                 ort_hint(plat, choice.ort))
     return problems
 

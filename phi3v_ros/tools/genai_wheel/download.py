@@ -1,11 +1,11 @@
-"""Downloads verified against pinned sha256 sums, and the header extraction from a source archive."""
+"""Downloads verified against pinned sha256 sums, and header extraction from a source archive."""
 from __future__ import annotations
 
 import hashlib
-import tarfile
-import urllib.request
 from pathlib import Path
+import tarfile
 from typing import Callable, List, Optional
+import urllib.request
 
 CHUNK = 1024 * 1024
 
@@ -28,17 +28,18 @@ def verify_sha256(path: Path, expected: str, delete_on_mismatch: bool = True) ->
         if delete_on_mismatch:
             Path(path).unlink()
         raise DownloadError(
-            f'{Path(path).name} does not match its pinned sha256 (expected {expected}, got {actual}); '
-            f'it was {"deleted" if delete_on_mismatch else "kept"}: rerun to download it again, and if it '
-            f'fails again the source changed: do not use it')
+            f'{Path(path).name} does not match its pinned sha256 (expected {expected}, got '
+            f'{actual}); it was {"deleted" if delete_on_mismatch else "kept"}: rerun to download '
+            f'it again, and if it fails again the source changed: do not use it')
 
 
 def download(url: str, dest: Path, sha256: str, opener: Callable = urllib.request.urlopen,
              progress: Optional[Callable[[int, Optional[int]], None]] = None) -> Path:
-    """Download url to dest unless dest already has the pinned content; verify before keeping it.
+    """
+    Download url to dest unless dest already has the pinned content; verify before keeping it.
 
-    The file is written to ``dest.part`` and only renamed to ``dest`` once its sha256 matches, so an
-    interrupted or corrupted download is never used.
+    The file is written to ``dest.part`` and only renamed to ``dest`` once its sha256 matches, so
+    an interrupted or corrupted download is never used.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,8 @@ def download(url: str, dest: Path, sha256: str, opener: Callable = urllib.reques
     part = dest.with_name(dest.name + '.part')
     try:
         with opener(url) as response, open(part, 'wb') as handle:
-            total = response.headers.get('Content-Length') if hasattr(response, 'headers') else None
+            total = (response.headers.get('Content-Length') if hasattr(response, 'headers')
+                     else None)
             total = int(total) if total else None
             received = 0
             for block in iter(lambda: response.read(CHUNK), b''):
@@ -67,8 +69,13 @@ def download(url: str, dest: Path, sha256: str, opener: Callable = urllib.reques
     return dest
 
 
-def extract_headers(archive: Path, dest: Path, subdir: str = 'include/onnxruntime/core/session/') -> List[str]:
-    """Copy the ``*.h`` files of ``<top>/<subdir>`` of a .tar.gz into dest (flat). Returns their names."""
+def extract_headers(archive: Path, dest: Path,
+                    subdir: str = 'include/onnxruntime/core/session/') -> List[str]:
+    """
+    Copy the ``*.h`` files of ``<top>/<subdir>`` of a .tar.gz into dest (flat).
+
+    Returns their names.
+    """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     names = []
@@ -78,7 +85,8 @@ def extract_headers(archive: Path, dest: Path, subdir: str = 'include/onnxruntim
             if len(parts) != 2 or not member.isfile():
                 continue
             inner = parts[1]
-            if not inner.startswith(subdir) or '/' in inner[len(subdir):] or not inner.endswith('.h'):
+            if not inner.startswith(subdir) or '/' in inner[len(subdir):] or \
+                    not inner.endswith('.h'):
                 continue
             name = Path(inner).name
             handle = tar.extractfile(member)
@@ -87,5 +95,6 @@ def extract_headers(archive: Path, dest: Path, subdir: str = 'include/onnxruntim
             (dest / name).write_bytes(handle.read())
             names.append(name)
     if not names:
-        raise DownloadError(f'{archive.name} has no {subdir}*.h: it is not an ONNX Runtime source archive')
+        raise DownloadError(
+            f'{archive.name} has no {subdir}*.h: it is not an ONNX Runtime source archive')
     return sorted(names)

@@ -1,22 +1,27 @@
-"""Find ONNX Runtime GPU libraries and headers, and gather them into the ``ort/`` folder the build needs.
+"""
+Find ONNX Runtime GPU libraries and headers, and gather them into the build's ``ort/`` folder.
 
 onnxruntime-genai's CMake (with ``--ort_home DIR``) wants ``DIR/include/onnxruntime_c_api.h`` (plus
-``onnxruntime_float16.h``) and ``DIR/lib/libonnxruntime.so`` (the unversioned name, which Python wheels
-and release folders do not ship) with ``libonnxruntime_providers_cuda.so`` next to it.
+``onnxruntime_float16.h``) and ``DIR/lib/libonnxruntime.so`` (the unversioned name, which Python
+wheels and release folders do not ship) with ``libonnxruntime_providers_cuda.so`` next to it.
 
 Sources, in the order ``auto`` tries them:
-1. the onnxruntime-gpu Python package of the ROS interpreter (``onnxruntime/capi``: libraries only);
-2. a folder the user names: an extracted ONNX Runtime release, an install prefix, or a build folder;
-3. a container image (``docker create`` + ``docker cp``), only when docker is there and an image is named.
-Headers missing from the source come from the pinned ONNX Runtime source archive (see ``download``).
+1. the onnxruntime-gpu Python package of the ROS interpreter (``onnxruntime/capi``: libraries
+   only);
+2. a folder the user names: an extracted ONNX Runtime release, an install prefix, or a build
+   folder;
+3. a container image (``docker create`` + ``docker cp``), only when docker is there and an image
+   is named.
+Headers missing from the source come from the pinned ONNX Runtime source archive (see
+``download``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import os
+from pathlib import Path
 import re
 import shutil
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import List, Optional
 
 from .versions import parse_version
@@ -76,7 +81,11 @@ _VERS_RE = re.compile(rb'VERS_(\d+\.\d+\.\d+)')
 
 
 def library_version(path: Path) -> Optional[str]:
-    """X.Y.Z of a libonnxruntime: from its file name, else from its symbol version tags (VERS_1.22.0)."""
+    """
+    Return the X.Y.Z of a libonnxruntime.
+
+    Read from its file name, else from its symbol version tags (VERS_1.22.0).
+    """
     match = re.match(r'libonnxruntime\.so\.(\d+\.\d+\.\d+)$', path.name)
     if match:
         return match.group(1)
@@ -89,7 +98,11 @@ def library_version(path: Path) -> Optional[str]:
 
 
 def linked_majors(path: Path) -> (Optional[int], Optional[int]):
-    """(CUDA major, cuDNN major) a provider library was linked against, read from its DT_NEEDED names."""
+    """
+    Return the (CUDA major, cuDNN major) a provider library was linked against.
+
+    Read from its DT_NEEDED names.
+    """
     try:
         data = path.read_bytes()
     except OSError:
@@ -100,9 +113,10 @@ def linked_majors(path: Path) -> (Optional[int], Optional[int]):
 
 
 def _main_library(lib_dir: Path) -> Optional[Path]:
-    """The real (versioned) libonnxruntime in a folder, preferring libonnxruntime.so.X.Y.Z."""
+    """Find the real (versioned) libonnxruntime in a folder, preferring libonnxruntime.so.X.Y.Z."""
     versioned = sorted((p for p in lib_dir.glob('libonnxruntime.so.*')
-                        if re.match(r'libonnxruntime\.so\.\d+\.\d+\.\d+$', p.name) and not p.is_symlink()),
+                        if re.match(r'libonnxruntime\.so\.\d+\.\d+\.\d+$',
+                                    p.name) and not p.is_symlink()),
                        key=lambda p: parse_version(p.name[len('libonnxruntime.so.'):]))
     if versioned:
         return versioned[-1]
@@ -129,7 +143,8 @@ def find_header_dir(folder: Path) -> Optional[Path]:
     return None
 
 
-def inspect(kind: str, origin: str, lib_dir: Optional[Path], header_dir: Optional[Path]) -> OrtSource:
+def inspect(kind: str, origin: str, lib_dir: Optional[Path],
+            header_dir: Optional[Path]) -> OrtSource:
     source = OrtSource(kind=kind, origin=origin, lib_dir=lib_dir, header_dir=header_dir)
     if lib_dir is not None:
         main = _main_library(lib_dir)
@@ -152,37 +167,47 @@ def inspect(kind: str, origin: str, lib_dir: Optional[Path], header_dir: Optiona
 
 
 def from_folder(folder: Path, origin: Optional[str] = None) -> OrtSource:
-    """An extracted release, install prefix or build folder (libraries and, if present, headers)."""
+    """
+    Inspect an extracted release, install prefix or build folder.
+
+    It gives libraries and, if present, headers.
+    """
     folder = Path(folder)
     if not folder.is_dir():
-        raise OrtError(f'{folder} is not a folder: give --ort-source an extracted ONNX Runtime release or '
-                       f'build folder (with lib/libonnxruntime.so.* and include/onnxruntime_c_api.h)')
+        raise OrtError(f'{folder} is not a folder: give --ort-source an extracted ONNX Runtime '
+                       'release or build folder (with lib/libonnxruntime.so.* and '
+                       'include/onnxruntime_c_api.h)')
     lib_dir = find_lib_dir(folder)
     if lib_dir is None:
-        raise OrtError(f'no libonnxruntime.so* under {folder} (looked in {", ".join(_LIB_DIR_CANDIDATES)}): '
-                       f'give the folder of a Jetson (CUDA) ONNX Runtime build or release')
+        raise OrtError(f'no libonnxruntime.so* under {folder} (looked in '
+                       f'{", ".join(_LIB_DIR_CANDIDATES)}): give the folder of a Jetson (CUDA) '
+                       'ONNX Runtime build or release')
     return inspect('folder', origin or str(folder), lib_dir, find_header_dir(folder))
 
 
 def from_python_package(capi_dir: Path, origin: Optional[str] = None) -> OrtSource:
-    """The onnxruntime(-gpu) Python package's capi folder: libraries only, no headers."""
+    """Inspect the onnxruntime(-gpu) Python package's capi folder: libraries only, no headers."""
     capi_dir = Path(capi_dir)
     if not capi_dir.is_dir() or _main_library(capi_dir) is None:
-        raise OrtError(f'the onnxruntime package at {origin or capi_dir} has no libonnxruntime.so* '
-                       f'(onnxruntime-gpu 1.19 and newer ship it): install a newer onnxruntime-gpu')
+        raise OrtError(f'the onnxruntime package at {origin or capi_dir} has no '
+                       'libonnxruntime.so* (onnxruntime-gpu 1.19 and newer ship it): install a '
+                       'newer onnxruntime-gpu')
     return inspect('python', origin or str(capi_dir), capi_dir, None)
 
 
 def docker_commands(image: str, dest: Path, container: str) -> List[List[str]]:
-    """The commands that copy ONNX Runtime out of an image without running it."""
+    """Return the commands that copy ONNX Runtime out of an image without running it."""
     lib, inc = dest / 'lib', dest / 'include'
     return [
         ['docker', 'rm', '-f', container],
         ['docker', 'create', '--name', container, image],
         ['mkdir', '-p', str(lib), str(inc)],
-        ['docker', 'cp', '-L', f'{container}:{IMAGE_LIB_DIR}/libonnxruntime.so.1', str(lib / 'libonnxruntime.so.1')],
-        ['docker', 'cp', '-L', f'{container}:{IMAGE_LIB_DIR}/{CUDA_PROVIDER}', str(lib / CUDA_PROVIDER)],
-        ['docker', 'cp', '-L', f'{container}:{IMAGE_LIB_DIR}/{SHARED_PROVIDER}', str(lib / SHARED_PROVIDER)],
+        ['docker', 'cp', '-L', f'{container}:{IMAGE_LIB_DIR}/libonnxruntime.so.1',
+         str(lib / 'libonnxruntime.so.1')],
+        ['docker', 'cp', '-L', f'{container}:{IMAGE_LIB_DIR}/{CUDA_PROVIDER}',
+         str(lib / CUDA_PROVIDER)],
+        ['docker', 'cp', '-L', f'{container}:{IMAGE_LIB_DIR}/{SHARED_PROVIDER}',
+         str(lib / SHARED_PROVIDER)],
         ['docker', 'cp', f'{container}:{IMAGE_INCLUDE_DIR}/.', str(inc)],
         ['docker', 'rm', '-f', container],
     ]
@@ -197,7 +222,8 @@ def gather_plan(source: OrtSource, dest: Path) -> List[str]:
     main = source.main_lib or 'libonnxruntime.so.1'
     if main != 'libonnxruntime.so.1':
         lines.append(f'ln -sf {main} {lib_dest / "libonnxruntime.so.1"}')
-    lines.append(f'ln -sf {main} {lib_dest / "libonnxruntime.so"}   # the unversioned name CMake links')
+    lines.append(f'ln -sf {main} {lib_dest / "libonnxruntime.so"}'
+                 '   # the unversioned name CMake links')
     if source.header_dir:
         lines.append(f'copy {Path(source.header_dir)}/*.h -> {dest / "include"}/')
     lines.append(f'check {lib_dest / CUDA_PROVIDER} exists (the CUDA execution provider)')
@@ -205,7 +231,8 @@ def gather_plan(source: OrtSource, dest: Path) -> List[str]:
 
 
 def gather(source: OrtSource, dest: Path) -> List[str]:
-    """Copy libraries (and headers, if the source has them) into dest/lib and dest/include.
+    """
+    Copy libraries (and headers, if the source has them) into dest/lib and dest/include.
 
     Creates the unversioned ``libonnxruntime.so`` link and verifies the CUDA provider is there.
     Returns the lines it did. Idempotent: rerunning replaces the files.
@@ -214,8 +241,8 @@ def gather(source: OrtSource, dest: Path) -> List[str]:
         raise OrtError(f'no ONNX Runtime libraries in {source.origin}')
     if not source.has_cuda_provider:
         raise OrtError(
-            f'{source.origin} has no {CUDA_PROVIDER}: it is a CPU-only ONNX Runtime (for example the '
-            f'`onnxruntime` package from PyPI); use an onnxruntime-gpu build for Jetson')
+            f'{source.origin} has no {CUDA_PROVIDER}: it is a CPU-only ONNX Runtime (for example '
+            f'the `onnxruntime` package from PyPI); use an onnxruntime-gpu build for Jetson')
     lib_dest, inc_dest = Path(dest) / 'lib', Path(dest) / 'include'
     lib_dest.mkdir(parents=True, exist_ok=True)
     inc_dest.mkdir(parents=True, exist_ok=True)
@@ -243,33 +270,37 @@ def gather(source: OrtSource, dest: Path) -> List[str]:
     return done
 
 
-def verify_ort_home(dest: Path, need_headers: bool = True, min_api: Optional[int] = None) -> Optional[int]:
+def verify_ort_home(dest: Path, need_headers: bool = True,
+                    min_api: Optional[int] = None) -> Optional[int]:
     """Check the folder passed as --ort_home; returns the headers' ORT_API_VERSION."""
     dest = Path(dest)
     lib = dest / 'lib'
     if not (lib / 'libonnxruntime.so').exists():
-        raise OrtError(f'{lib}/libonnxruntime.so is missing (or a dangling link): rerun the builder so it '
-                       f'gathers the libraries again')
+        raise OrtError(f'{lib}/libonnxruntime.so is missing (or a dangling link): rerun the '
+                       f'builder so it gathers the libraries again')
     if not (lib / CUDA_PROVIDER).exists():
-        raise OrtError(f'{lib}/{CUDA_PROVIDER} is missing: the build would produce a wheel without CUDA; '
-                       f'use an ONNX Runtime built with CUDA (onnxruntime-gpu for Jetson)')
+        raise OrtError(f'{lib}/{CUDA_PROVIDER} is missing: the build would produce a wheel '
+                       'without CUDA; use an ONNX Runtime built with CUDA '
+                       '(onnxruntime-gpu for Jetson)')
     if not need_headers:
         return None
     missing = [h for h in REQUIRED_HEADERS if not (dest / 'include' / h).exists()]
     if missing:
-        raise OrtError(f'{dest / "include"} lacks {", ".join(missing)}: give --ort-headers DIR, or let the '
-                       f'builder download the pinned ONNX Runtime source archive')
-    api = header_api_version((dest / 'include' / 'onnxruntime_c_api.h').read_text(encoding='utf-8',
-                                                                                    errors='replace'))
+        raise OrtError(f'{dest / "include"} lacks {", ".join(missing)}: give --ort-headers DIR, '
+                       f'or let the builder download the pinned ONNX Runtime source archive')
+    header = dest / 'include' / 'onnxruntime_c_api.h'
+    api = header_api_version(header.read_text(encoding='utf-8', errors='replace'))
     if min_api is not None and api is not None and api < min_api:
-        raise OrtError(f'the ONNX Runtime headers in {dest / "include"} have C API {api}, older than the '
-                       f'{min_api} this onnxruntime-genai needs: use headers of ONNX Runtime 1.{min_api} or newer')
+        raise OrtError(f'the ONNX Runtime headers in {dest / "include"} have C API {api}, older '
+                       f'than the {min_api} this onnxruntime-genai needs: use headers of ONNX '
+                       f'Runtime 1.{min_api} or newer')
     return api
 
 
 def source_summary_for_preset(capi_dir: str, version: str, cuda_major: int) -> OrtSource:
-    """What the onnxruntime-gpu package of a --target preset would look like (for --dry-run)."""
-    return OrtSource(kind='python', origin=f'onnxruntime-gpu {version} ({capi_dir})', lib_dir=Path(capi_dir),
+    """Describe the onnxruntime-gpu package of a --target preset as it would be (for --dry-run)."""
+    return OrtSource(kind='python', origin=f'onnxruntime-gpu {version} ({capi_dir})',
+                     lib_dir=Path(capi_dir),
                      version=version, main_lib=f'libonnxruntime.so.{version}',
                      libs=[f'libonnxruntime.so.{version}', CUDA_PROVIDER, SHARED_PROVIDER],
                      cuda_major=cuda_major, cudnn_major=9 if cuda_major >= 12 else 8)

@@ -1,28 +1,31 @@
-"""The planner: a pure function from (platform, versions, ONNX Runtime source, options) to steps.
+"""
+The planner: a pure function from (platform, versions, ONNX Runtime source, options) to steps.
 
-``--dry-run`` prints the steps; a real run executes the same steps (``runner``). Every step is either an
-exact command (``argv``, with its working folder, environment and log file) or a named internal action
-whose ``detail`` lines say exactly what it does.
+``--dry-run`` prints the steps; a real run executes the same steps (``runner``). Every step is
+either an exact command (``argv``, with its working folder, environment and log file) or a named
+internal action whose ``detail`` lines say exactly what it does.
 """
 from __future__ import annotations
 
-import hashlib
-import shlex
 from dataclasses import dataclass, field
+import hashlib
 from pathlib import Path
+import shlex
 from typing import Any, Dict, List, Optional
 
 from .checks import CMAKE_PIP_SPEC
-from .ort_libs import OrtSource, docker_commands, gather_plan
+from .ort_libs import docker_commands, gather_plan, OrtSource
 from .platform import GIB, Platform
-from .versions import (GENAI_REPO_URL, ORT_ARCHIVE_URL, ORT_SOURCE_ARCHIVES, PREBUILT_WHEELS, VersionChoice,
-                       ort_api_version, ort_archive_for, version_at_least)
+from .versions import (GENAI_REPO_URL, ort_api_version, ort_archive_for, ORT_ARCHIVE_URL,
+                       ORT_SOURCE_ARCHIVES, PREBUILT_WHEELS, version_at_least, VersionChoice)
 
-# memory one compile job may take (nvcc/cicc on onnxruntime-genai's CUDA kernels), and what to leave free
+# memory one compile job may take (nvcc/cicc on onnxruntime-genai's CUDA kernels), and what
+# to leave free
 MEM_PER_JOB_GIB = 2.5
 MEM_RESERVE_GIB = 1.5
 
-IMPORT_CHECK = 'import onnxruntime_genai as og; print("onnxruntime_genai", og.__version__, "from", og.__file__)'
+IMPORT_CHECK = ('import onnxruntime_genai as og; '
+                'print("onnxruntime_genai", og.__version__, "from", og.__file__)')
 CUDA_CHECK = ('import sys, onnxruntime_genai as og; ok = og.is_cuda_available(); '
               'print("is_cuda_available:", ok); sys.exit(0 if ok else 1)')
 GENERATE_CHECK = (
@@ -51,7 +54,7 @@ class Options:
 
 @dataclass
 class Step:
-    id: str
+    id: str  # noqa: A003 - the step's public key (state file, --dry-run, runner and tests)
     title: str
     phase: str                              # prebuilt, tools, source, ort, build, install, verify
     argv: Optional[List[str]] = None
@@ -76,11 +79,17 @@ class Plan:
     jobs_reason: str
     notes: List[str] = field(default_factory=list)
     after: List[str] = field(default_factory=list)      # what to do next, printed at the end
-    wheel: Optional[str] = None                         # where the wheel is expected (shown in --dry-run)
+    # where the wheel is expected (shown in --dry-run)
+    wheel: Optional[str] = None
 
 
-def parallel_jobs(mem_available: Optional[int], cpu_count: int, requested: Optional[int] = None) -> (int, str):
-    """Compile jobs bounded by free memory: unbounded --parallel runs Orin Nano/NX out of memory."""
+def parallel_jobs(mem_available: Optional[int], cpu_count: int,
+                  requested: Optional[int] = None) -> (int, str):
+    """
+    Choose the number of compile jobs, bounded by free memory.
+
+    Unbounded --parallel runs Orin Nano/NX out of memory.
+    """
     if requested:
         return max(1, requested), '--jobs'
     if mem_available is None:
@@ -94,19 +103,19 @@ def parallel_jobs(mem_available: Optional[int], cpu_count: int, requested: Optio
 def work_dir_for(root: Path, plat: Platform, choice: VersionChoice) -> Path:
     cuda = '.'.join(plat.cuda.version.split('.')[:2]) if plat.cuda else 'none'
     py = '.'.join((plat.python.version or 'x').split('.')[:2]) if plat.python else 'x'
-    return Path(root) / (f'genai-{choice.genai.version}-ort-{choice.ort}-sm{plat.compute_capability or "x"}'
-                         f'-cuda{cuda}-py{py}')
+    sm = plat.compute_capability or 'x'
+    return Path(root) / f'genai-{choice.genai.version}-ort-{choice.ort}-sm{sm}-cuda{cuda}-py{py}'
 
 
 def plan_key(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource]) -> str:
-    parts = [choice.genai.version, choice.genai.commit or '', choice.ort, plat.compute_capability or '',
-             plat.cuda.path if plat.cuda else '', plat.python.path if plat.python else '',
-             ort.origin if ort else '']
+    parts = [choice.genai.version, choice.genai.commit or '', choice.ort,
+             plat.compute_capability or '', plat.cuda.path if plat.cuda else '',
+             plat.python.path if plat.python else '', ort.origin if ort else '']
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
 
 
 def wheel_name(choice: VersionChoice, plat: Platform) -> str:
-    """The file name build.py gives the wheel (package onnxruntime-genai-cuda)."""
+    """Return the file name build.py gives the wheel (package onnxruntime-genai-cuda)."""
     py = ''.join((plat.python.version or '3.10').split('.')[:2]) if plat.python else '310'
     return f'onnxruntime_genai_cuda-{choice.genai.version}-cp{py}-cp{py}-linux_{plat.machine}.whl'
 
@@ -120,11 +129,12 @@ def _pip_install_flags(plat: Platform, opts: Options) -> List[str]:
 
 
 def prebuilt_for(plat: Platform, choice: VersionChoice, opts: Options) -> Optional[Dict[str, str]]:
-    """A prebuilt wheel pinned by sha256 (given, or verified in the table), or None."""
+    """Return a prebuilt wheel pinned by sha256 (given, or verified in the table), or None."""
     if opts.build_from_source:
         return None
     if opts.prebuilt_index and opts.prebuilt_sha256:
-        return {'index': opts.prebuilt_index, 'sha256': opts.prebuilt_sha256.lower(), 'source': 'given'}
+        return {'index': opts.prebuilt_index, 'sha256': opts.prebuilt_sha256.lower(),
+                'source': 'given'}
     py = ''.join((plat.python.version or '').split('.')[:2]) if plat.python else ''
     cuda = '.'.join(plat.cuda.version.split('.')[:2]) if plat.cuda else ''
     entry = PREBUILT_WHEELS.get((plat.jetpack_major, cuda, f'cp{py}', choice.genai.version))
@@ -135,11 +145,12 @@ def prebuilt_for(plat: Platform, choice: VersionChoice, opts: Options) -> Option
 
 
 def header_archive(choice: VersionChoice, ort: Optional[OrtSource]) -> Optional[str]:
-    """The pinned source archive to take headers from.
+    """
+    Return the pinned source archive to take headers from.
 
-    The C API only changes with the minor version, so any patch release of a minor will do. Preference:
-    the library's own version if pinned; else the genai release's own minor (what it was built and tested
-    with); else the next minors up to the library's.
+    The C API only changes with the minor version, so any patch release of a minor will do.
+    Preference: the library's own version if pinned; else the genai release's own minor (what it
+    was built and tested with); else the next minors up to the library's.
     """
     need = ort_api_version(choice.genai.min_ort)
     lib_version = (ort.version if ort and ort.version else None) or choice.ort
@@ -153,7 +164,8 @@ def header_archive(choice: VersionChoice, ort: Optional[OrtSource]) -> Optional[
     return None
 
 
-def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource], opts: Options) -> Plan:
+def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
+              opts: Options) -> Plan:
     py = plat.python.path if plat.python else 'python3'
     work = work_dir_for(opts.work_root, plat, choice)
     logs = work / 'logs'
@@ -164,89 +176,102 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource], o
     release = choice.genai
     home = Path(opts.home) if opts.home else Path.home()
 
-    steps.append(Step('workdir', f'Create the work folder {work}', 'tools', argv=['mkdir', '-p', str(logs)]))
+    steps.append(Step('workdir', f'Create the work folder {work}', 'tools',
+                      argv=['mkdir', '-p', str(logs)]))
 
-    # --- 1. a prebuilt wheel, when one pinned by sha256 exists ----------------------------------------------
+    # --- 1. a prebuilt wheel, when one pinned by sha256 exists -----------------------------------
     prebuilt = prebuilt_for(plat, choice, opts)
     if prebuilt:
         req = work / 'prebuilt' / 'requirements.txt'
         spec = f'onnxruntime-genai-cuda=={release.version} --hash=sha256:{prebuilt["sha256"]}'
         steps += [
-            Step('prebuilt-requirements', 'Write the pinned requirement for the prebuilt wheel', 'prebuilt',
-                 action='write_file', params={'path': str(req), 'text': spec + '\n'},
+            Step('prebuilt-requirements', 'Write the pinned requirement for the prebuilt wheel',
+                 'prebuilt', action='write_file', params={'path': str(req), 'text': spec + '\n'},
                  detail=[f'write {req}: {spec}'], fallback=True),
-            Step('prebuilt-download', f'Download the prebuilt wheel from {prebuilt["index"]} (pip checks the sha256)',
+            Step('prebuilt-download',
+                 f'Download the prebuilt wheel from {prebuilt["index"]} (pip checks the sha256)',
                  'prebuilt', argv=[py, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
-                                   '--require-hashes', '--index-url', prebuilt['index'], '-r', str(req),
-                                   '-d', str(work / 'prebuilt')],
+                                   '--require-hashes', '--index-url', prebuilt['index'], '-r',
+                                   str(req), '-d', str(work / 'prebuilt')],
                  log=str(logs / 'prebuilt.log'), fallback=True),
-            Step('prebuilt-verify', 'Verify the downloaded wheel against the pinned sha256', 'prebuilt',
-                 action='verify_prebuilt',
-                 params={'dir': str(work / 'prebuilt'), 'sha256': prebuilt['sha256'], 'dest': str(work / 'dist')},
-                 detail=[f'sha256 of {work / "prebuilt"}/onnxruntime_genai*.whl must be {prebuilt["sha256"]}',
+            Step('prebuilt-verify', 'Verify the downloaded wheel against the pinned sha256',
+                 'prebuilt', action='verify_prebuilt',
+                 params={'dir': str(work / 'prebuilt'), 'sha256': prebuilt['sha256'],
+                         'dest': str(work / 'dist')},
+                 detail=[f'sha256 of {work / "prebuilt"}/onnxruntime_genai*.whl must be '
+                         f'{prebuilt["sha256"]}',
                          f'copy it to {work / "dist"}/'], fallback=True),
         ]
-        notes.append('a prebuilt wheel pinned by sha256 is tried first; if it fails, the steps marked '
-                     '"build" run instead')
+        notes.append('a prebuilt wheel pinned by sha256 is tried first; if it fails, the steps '
+                     'marked "build" run instead')
     else:
         why = 'no --prebuilt-index/--prebuilt-sha256 given and none verified in the table' \
             if not opts.build_from_source else '--build-from-source'
         cuda_mm = '.'.join(plat.cuda.version.split('.')[:2]) if plat.cuda else '?'
-        notes.append(f'prebuilt wheel: none for JetPack {plat.jetpack.jetpack if plat.jetpack else "?"} / CUDA '
-                     f'{cuda_mm} / onnxruntime-genai {release.version} ({why}): building from source')
+        notes.append('prebuilt wheel: none for JetPack '
+                     f'{plat.jetpack.jetpack if plat.jetpack else "?"} / CUDA {cuda_mm} / '
+                     f'onnxruntime-genai {release.version} ({why}): building from source')
 
-    # --- 2. tools ---------------------------------------------------------------------------------------------
+    # --- 2. tools --------------------------------------------------------------------------------
     cmake_path = plat.cmake_path or 'cmake'
-    if opts.install_cmake and (not plat.cmake or not version_at_least(plat.cmake, release.cmake_min)):
-        user_flags = [] if (plat.python and (plat.python.in_venv or plat.python.is_root)) else ['--user']
-        steps.append(Step('cmake', f'Install CMake {release.cmake_min}+ with pip (Ubuntu has {plat.cmake})', 'tools',
-                          argv=[py, '-m', 'pip', 'install', *user_flags, CMAKE_PIP_SPEC],
+    if opts.install_cmake and (not plat.cmake
+                               or not version_at_least(plat.cmake, release.cmake_min)):
+        in_env = plat.python and (plat.python.in_venv or plat.python.is_root)
+        user_flags = [] if in_env else ['--user']
+        steps.append(Step('cmake',
+                          f'Install CMake {release.cmake_min}+ with pip (Ubuntu has {plat.cmake})',
+                          'tools', argv=[py, '-m', 'pip', 'install', *user_flags, CMAKE_PIP_SPEC],
                           log=str(logs / 'cmake.log')))
         cmake_path = str(home / '.local' / 'bin' / 'cmake') if user_flags else 'cmake'
 
-    # --- 3. source --------------------------------------------------------------------------------------------
+    # --- 3. source -------------------------------------------------------------------------------
     src = work / 'src'
     tag = f'v{release.version}'
     steps.append(Step(
-        'clone', f'Get onnxruntime-genai {release.version} source (tag {tag}, pinned commit {release.commit})',
+        'clone', f'Get onnxruntime-genai {release.version} source '
+                 f'(tag {tag}, pinned commit {release.commit})',
         'build', action='clone',
         params={'url': GENAI_REPO_URL, 'tag': tag, 'commit': release.commit, 'dest': str(src),
                 'log': str(logs / 'clone.log')},
         detail=[f'(skipped if {src} is already at {release.commit})',
-                '$ ' + shlex.join(['git', 'clone', '--branch', tag, '--depth', '1', '--single-branch',
-                                   GENAI_REPO_URL, str(src)]),
+                '$ ' + shlex.join(['git', 'clone', '--branch', tag, '--depth', '1',
+                                   '--single-branch', GENAI_REPO_URL, str(src)]),
                 '$ ' + shlex.join(['git', '-C', str(src), 'rev-parse', 'HEAD'])
                 + f'   # must print {release.commit}']))
 
-    # --- 4. ONNX Runtime libraries and headers ----------------------------------------------------------------
+    # --- 4. ONNX Runtime libraries and headers ---------------------------------------------------
     ort_home = work / 'ort'
     source = ort
     if opts.ort_image:
         image_dir = work / 'ort-image'
         container = f'phi3v-ort-{plan_key(plat, choice, ort)[:8]}'
         for index, argv in enumerate(docker_commands(opts.ort_image, image_dir, container)):
-            steps.append(Step(f'ort-image-{index + 1}', f'Copy ONNX Runtime out of the image {opts.ort_image}',
+            steps.append(Step(f'ort-image-{index + 1}',
+                              f'Copy ONNX Runtime out of the image {opts.ort_image}',
                               'ort', argv=argv, log=str(logs / 'ort-image.log'),
                               allow_fail=argv[:3] == ['docker', 'rm', '-f']))
-        source = OrtSource(kind='folder', origin=f'image {opts.ort_image}', lib_dir=image_dir / 'lib',
+        source = OrtSource(kind='folder', origin=f'image {opts.ort_image}',
+                           lib_dir=image_dir / 'lib',
                            header_dir=image_dir / 'include', version=ort.version if ort else None,
                            main_lib='libonnxruntime.so.1',
                            libs=['libonnxruntime.so.1', 'libonnxruntime_providers_cuda.so',
                                  'libonnxruntime_providers_shared.so'])
     if source is not None:
+        title = f'Gather ONNX Runtime {source.version or ""} libraries into {ort_home}'
         steps.append(Step(
-            'ort-gather', f'Gather ONNX Runtime {source.version or ""} libraries into {ort_home}'.replace('  ', ' '),
-            'ort', action='gather_ort',
+            'ort-gather', title.replace('  ', ' '), 'ort', action='gather_ort',
             params={'kind': source.kind, 'origin': source.origin, 'lib_dir': str(source.lib_dir),
-                    'header_dir': str(source.header_dir) if source.header_dir else None, 'dest': str(ort_home),
-                    'min_api': ort_api_version(release.min_ort)},
+                    'header_dir': str(source.header_dir) if source.header_dir else None,
+                    'dest': str(ort_home), 'min_api': ort_api_version(release.min_ort)},
             detail=gather_plan(source, ort_home)))
     need_api = ort_api_version(release.min_ort)
     if source is None or source.header_dir is None:
         if opts.ort_headers:
-            steps.append(Step('ort-headers', f'Copy the ONNX Runtime headers from {opts.ort_headers}', 'ort',
-                              action='copy_headers', params={'src': str(opts.ort_headers),
-                                                            'dest': str(ort_home / 'include')},
+            steps.append(Step('ort-headers',
+                              f'Copy the ONNX Runtime headers from {opts.ort_headers}', 'ort',
+                              action='copy_headers',
+                              params={'src': str(opts.ort_headers),
+                                      'dest': str(ort_home / 'include')},
                               detail=[f'copy {opts.ort_headers}/*.h -> {ort_home / "include"}/']))
         else:
             version = header_archive(choice, source)
@@ -255,25 +280,34 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource], o
                 archive = work / 'downloads' / f'onnxruntime-{version}.tar.gz'
                 sha = ORT_SOURCE_ARCHIVES[version]
                 steps.append(Step(
-                    'ort-headers', f'Get the ONNX Runtime {version} C API headers (pinned source archive)', 'ort',
+                    'ort-headers',
+                    f'Get the ONNX Runtime {version} C API headers (pinned source archive)', 'ort',
                     action='fetch_headers',
-                    params={'url': url, 'sha256': sha, 'archive': str(archive), 'dest': str(ort_home / 'include')},
-                    detail=[f'download {url}', f'      -> {archive} (skipped if already there and verified)',
+                    params={'url': url, 'sha256': sha, 'archive': str(archive),
+                            'dest': str(ort_home / 'include')},
+                    detail=[f'download {url}',
+                            f'      -> {archive} (skipped if already there and verified)',
                             f'verify sha256 = {sha} (a mismatch deletes the file and stops)',
-                            f'extract */include/onnxruntime/core/session/*.h -> {ort_home / "include"}/']))
-    steps.append(Step('ort-check', f'Check {ort_home} (libonnxruntime.so link, CUDA provider, C API >= {need_api})',
-                      'ort', action='check_ort_home', params={'dest': str(ort_home), 'min_api': need_api},
+                            'extract */include/onnxruntime/core/session/*.h -> '
+                            f'{ort_home / "include"}/']))
+    steps.append(Step('ort-check',
+                      f'Check {ort_home} (libonnxruntime.so link, CUDA provider, '
+                      f'C API >= {need_api})',
+                      'ort', action='check_ort_home',
+                      params={'dest': str(ort_home), 'min_api': need_api},
                       detail=[f'{ort_home}/lib/libonnxruntime.so resolves',
                               f'{ort_home}/lib/libonnxruntime_providers_cuda.so exists',
-                              f'{ort_home}/include/onnxruntime_c_api.h has ORT_API_VERSION >= {need_api}'],
+                              f'{ort_home}/include/onnxruntime_c_api.h '
+                              f'has ORT_API_VERSION >= {need_api}'],
                       always=True))
 
-    # --- 5. build ---------------------------------------------------------------------------------------------
+    # --- 5. build --------------------------------------------------------------------------------
     cuda = plat.cuda.path if plat.cuda else '/usr/local/cuda'
     arch = plat.compute_capability or '87'
     build_dir = work / 'build'
-    argv = [py, str(src / 'build.py'), '--config', 'Release', '--update', '--build', '--skip_tests',
-            '--use_cuda', '--cuda_home', cuda, '--ort_home', str(ort_home), '--build_dir', str(build_dir)]
+    argv = [py, str(src / 'build.py'), '--config', 'Release', '--update', '--build',
+            '--skip_tests', '--use_cuda', '--cuda_home', cuda, '--ort_home', str(ort_home),
+            '--build_dir', str(build_dir)]
     if release.skip_csharp_flag:
         argv.append('--skip_csharp')
     if release.skip_examples_flag:
@@ -282,48 +316,54 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource], o
         argv += ['--cmake_path', cmake_path]
     argv += ['--cmake_extra_defines', f'CMAKE_CUDA_ARCHITECTURES={arch}', 'ENABLE_TESTS=OFF',
              'ENABLE_MODEL_BENCHMARK=OFF', f'Python_EXECUTABLE={py}', f'PYTHON_EXECUTABLE={py}']
-    env = {'CUDA_PATH': cuda, 'CUDA_HOME': cuda, 'CUDACXX': f'{cuda}/bin/nvcc', 'PATH': f'{cuda}/bin:$PATH',
-           'CMAKE_BUILD_PARALLEL_LEVEL': str(jobs), 'MAKEFLAGS': f'-j{jobs}'}
+    env = {'CUDA_PATH': cuda, 'CUDA_HOME': cuda, 'CUDACXX': f'{cuda}/bin/nvcc',
+           'PATH': f'{cuda}/bin:$PATH', 'CMAKE_BUILD_PARALLEL_LEVEL': str(jobs),
+           'MAKEFLAGS': f'-j{jobs}'}
     steps.append(Step(
         'build', f'Build onnxruntime-genai {release.version} with CUDA for sm_{arch}, {jobs} jobs '
         f'(resumes an interrupted build)', 'build', argv=argv, cwd=str(src), env=env,
         log=str(logs / 'build.log'), progress=True))
     predicted = wheel_name(choice, plat)
     steps.append(Step('collect-wheel', 'Collect the wheel', 'build', action='collect_wheel',
-                      params={'dir': str(build_dir / 'Release' / 'wheel'), 'dest': str(work / 'dist'),
-                              'expected': predicted},
+                      params={'dir': str(build_dir / 'Release' / 'wheel'),
+                              'dest': str(work / 'dist'), 'expected': predicted},
                       detail=[f'copy {build_dir / "Release" / "wheel"}/onnxruntime_genai*.whl -> '
                               f'{work / "dist"}/ (expected: {predicted}); print its sha256']))
 
-    # --- 6. install and check -------------------------------------------------------------------------------
+    # --- 6. install and check --------------------------------------------------------------------
     wheel = str(work / 'dist' / predicted)
     install_argv = [py, '-m', 'pip', 'install', *_pip_install_flags(plat, opts), '{wheel}']
     pythonpath = {'PYTHONPATH': f'{opts.package_root}:$PYTHONPATH'} if opts.package_root else {}
     tiny = work / 'tiny-model'
     checks = [
         Step('check-import', 'Check: onnxruntime_genai imports in the ROS Python', 'verify',
-             argv=[py, '-c', IMPORT_CHECK], cwd=str(work), log=str(logs / 'checks.log'), always=True),
-        Step('check-cuda', 'Check: og.is_cuda_available() is True', 'verify', argv=[py, '-c', CUDA_CHECK],
-             cwd=str(work), log=str(logs / 'checks.log'), always=True),
+             argv=[py, '-c', IMPORT_CHECK], cwd=str(work), log=str(logs / 'checks.log'),
+             always=True),
+        Step('check-cuda', 'Check: og.is_cuda_available() is True', 'verify',
+             argv=[py, '-c', CUDA_CHECK], cwd=str(work), log=str(logs / 'checks.log'),
+             always=True),
         Step('tiny-model', f'Write the tiny test model to {tiny}', 'verify',
-             argv=[py, '-m', 'phi3v_ros.tools.make_tiny_model', str(tiny)], cwd=str(work), env=dict(pythonpath),
-             log=str(logs / 'checks.log'), always=True),
-        Step('check-generate', 'Check: a generation on the tiny model runs with provider cuda', 'verify',
-             argv=[py, '-c', GENERATE_CHECK, str(tiny)], cwd=str(work), env=dict(pythonpath),
-             log=str(logs / 'checks.log'), always=True),
+             argv=[py, '-m', 'phi3v_ros.tools.make_tiny_model', str(tiny)], cwd=str(work),
+             env=dict(pythonpath), log=str(logs / 'checks.log'), always=True),
+        Step('check-generate', 'Check: a generation on the tiny model runs with provider cuda',
+             'verify', argv=[py, '-c', GENERATE_CHECK, str(tiny)], cwd=str(work),
+             env=dict(pythonpath), log=str(logs / 'checks.log'), always=True),
     ]
     if opts.install:
-        steps.append(Step('install', f'Install the wheel into {py} (no dependencies: onnxruntime-gpu is there)',
-                          'install', argv=install_argv, log=str(logs / 'install.log'), always=True))
+        steps.append(Step('install', f'Install the wheel into {py} '
+                                     '(no dependencies: onnxruntime-gpu is there)',
+                          'install', argv=install_argv, log=str(logs / 'install.log'),
+                          always=True))
         steps += checks
-        after.append('next: ros2 run phi3v_ros fetch_model   (downloads the model and prints model_path)')
+        after.append('next: ros2 run phi3v_ros fetch_model'
+                     '   (downloads the model and prints model_path)')
     else:
         after.append('install and check it (or rerun with --install):')
         after.append('  $ ' + _render_argv(install_argv, wheel))
         for check in checks:
             after.append('  $ ' + _render_env(check.env) + _render_argv(check.argv))
-    return Plan(steps=steps, work_dir=work, key=plan_key(plat, choice, ort), jobs=jobs, jobs_reason=jobs_reason,
-                notes=notes, after=after, wheel=wheel)
+    return Plan(steps=steps, work_dir=work, key=plan_key(plat, choice, ort), jobs=jobs,
+                jobs_reason=jobs_reason, notes=notes, after=after, wheel=wheel)
 
 
 def _render_env(env: Dict[str, str]) -> str:
@@ -335,17 +375,19 @@ def _render_argv(argv: List[str], wheel: Optional[str] = None) -> str:
 
 
 def render_plan(plan: Plan, wheel: Optional[str] = None, short: bool = True) -> List[str]:
-    """Every step and the exact command it runs, for --dry-run.
+    """
+    Every step and the exact command it runs, for --dry-run.
 
-    With ``short`` the work folder is written $WORK (set on the first line), so the commands stay readable
-    and can still be pasted into a shell after that line.
+    With ``short`` the work folder is written $WORK (set on the first line), so the commands stay
+    readable and can still be pasted into a shell after that line.
     """
     lines = [f'Plan: {len(plan.steps)} steps',
-             f'      export WORK={plan.work_dir}' if short and shlex.quote(str(plan.work_dir)) == str(plan.work_dir)
-             else
-             f'      work folder {plan.work_dir}',
+             f'      export WORK={plan.work_dir}'
+             if short and shlex.quote(str(plan.work_dir)) == str(plan.work_dir)
+             else f'      work folder {plan.work_dir}',
              f'      compile jobs: {plan.jobs} ({plan.jobs_reason})',
-             f'      progress is kept in {plan.work_dir / "state.json"}: rerunning the same command resumes']
+             f'      progress is kept in {plan.work_dir / "state.json"}: '
+             'rerunning the same command resumes']
     for note in plan.notes:
         lines.append(f'      note: {note}')
     width = len(str(len(plan.steps)))

@@ -1,21 +1,23 @@
-"""Platform detection for the wheel builder, through an injectable ``Probe``.
+# noqa: A005 - the module name is public (plan, checks, runner, tests); stdlib's is _platform here
+"""
+Platform detection for the wheel builder, through an injectable ``Probe``.
 
-Every file is read under ``Probe.root`` and every command goes through ``Probe.run``, so tests point the
-probe at fixture trees (``test/fixtures/jetson/...``) and fake command outputs.
+Every file is read under ``Probe.root`` and every command goes through ``Probe.run``, so tests
+point the probe at fixture trees (``test/fixtures/jetson/...``) and fake command outputs.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import json
 import os
+from pathlib import Path
 import platform as _platform
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-from .versions import JetPackRelease, jetpack_for_l4t, parse_version
+from .versions import jetpack_for_l4t, JetPackRelease, parse_version
 
 GIB = 1024 ** 3
 
@@ -30,7 +32,8 @@ class CommandResult:
 def run_command(argv: Sequence[str], timeout: float = 60.0) -> CommandResult:
     """Run a short probe command; never raises (a missing program gives returncode 127)."""
     try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                              check=False)
     except FileNotFoundError as exc:
         return CommandResult(127, '', str(exc))
     except (OSError, subprocess.SubprocessError) as exc:
@@ -39,9 +42,14 @@ def run_command(argv: Sequence[str], timeout: float = 60.0) -> CommandResult:
 
 
 class Probe:
-    """Reads the machine: files under ``root``, commands through ``run``, environment from ``env``."""
+    """
+    Reads the machine.
 
-    def __init__(self, root: os.PathLike = Path('/'), run: Callable[[Sequence[str]], CommandResult] = None,
+    Files are read under ``root``, commands go through ``run``, the environment is ``env``.
+    """
+
+    def __init__(self, root: os.PathLike = Path('/'),
+                 run: Callable[[Sequence[str]], CommandResult] = None,
                  env: Optional[Mapping[str, str]] = None, machine: Optional[str] = None,
                  cpu_count: Optional[int] = None):
         self.root = Path(root)
@@ -54,10 +62,10 @@ class Probe:
         return self.root / str(absolute).lstrip('/')
 
     def real(self, path: Path) -> str:
-        """A path under root shown as the path on the probed machine."""
+        """Show a path under root as the path on the probed machine."""
         try:
-            return '/' + str(Path(path).relative_to(self.root)).lstrip('/') if str(self.root) != '/' \
-                else str(path)
+            return ('/' + str(Path(path).relative_to(self.root)).lstrip('/')
+                    if str(self.root) != '/' else str(path))
         except ValueError:
             return str(path)
 
@@ -109,13 +117,19 @@ class PythonInfo:
     in_venv: bool = False
     externally_managed: bool = False
     is_root: bool = False
-    modules: List[str] = field(default_factory=list)   # of numpy, onnx, tokenizers: those importable
+    # of numpy, onnx, tokenizers: those importable
+    modules: List[str] = field(default_factory=list)
     error: Optional[str] = None
 
 
 @dataclass
 class OrtRuntime:
-    """The onnxruntime Python package in the ROS interpreter (onnxruntime-genai loads it at run time)."""
+    """
+    The onnxruntime Python package in the ROS interpreter.
+
+    onnxruntime-genai loads it at run time.
+    """
+
     version: str
     providers: List[str]
     capi_dir: str
@@ -164,7 +178,7 @@ class Platform:
         return parts[0] if parts else None
 
     def summary(self) -> List[str]:
-        """What was found, one item a line, for printing before anything else."""
+        """List what was found, one item a line, for printing before anything else."""
         def gib(value):
             return 'unknown' if value is None else f'{value / GIB:.1f} GiB'
         jp = f'JetPack {self.jetpack.jetpack} (L4T R{self.l4t})' if self.jetpack else \
@@ -173,8 +187,8 @@ class Platform:
             f'architecture     {self.machine}',
             f'Jetson release   {jp}' + (f' (OS version {self.ubuntu})' if self.ubuntu else ''),
             f'board            {self.board or "unknown"}' + (f' ({self.soc})' if self.soc else ''),
-            f'GPU              compute capability '
-            f'{_cc_label(self.compute_capability)}' + (f' ({self.cc_source})' if self.cc_source else ''),
+            f'GPU              compute capability {_cc_label(self.compute_capability)}'
+            + (f' ({self.cc_source})' if self.cc_source else ''),
         ]
         if self.cuda_installs:
             for install in self.cuda_installs:
@@ -186,17 +200,20 @@ class Platform:
             lines.append('CUDA             none found under /usr/local')
         py = self.python
         if py:
-            lines.append(f'ROS Python       {py.path} ({py.version or "version unknown"}; {py.source})')
+            lines.append(f'ROS Python       {py.path} ({py.version or "version unknown"}; '
+                         f'{py.source})')
         lines.append(f'ROS distro       {self.ros_distro or "none sourced/installed"}')
         if self.ort_runtime:
             rt = self.ort_runtime
-            lines.append(f'onnxruntime      {rt.version} in ROS Python, providers: {", ".join(rt.providers)}')
+            lines.append(f'onnxruntime      {rt.version} in ROS Python, providers: '
+                         f'{", ".join(rt.providers)}')
         else:
             lines.append('onnxruntime      not importable in ROS Python'
                          + (f' ({self.ort_runtime_error})' if self.ort_runtime_error else ''))
         lines += [
             f'GCC              {self.gcc or "not found"}',
-            f'CMake            {self.cmake or "not found"}' + (f' ({self.cmake_path})' if self.cmake_path else ''),
+            f'CMake            {self.cmake or "not found"}'
+            + (f' ({self.cmake_path})' if self.cmake_path else ''),
             f'git / docker     {"yes" if self.git else "no"} / {"yes" if self.docker else "no"}',
             f'memory           {gib(self.mem_available)} available of {gib(self.mem_total)}, '
             f'swap free {gib(self.swap_free)}, {self.cpu_count} CPUs',
@@ -211,13 +228,18 @@ def _cc_label(cc: Optional[str]) -> str:
     return f'{cc[:-1]}.{cc[-1]} (sm_{cc})'
 
 
-# ------------------------------------------------------------------------------------------------ parsing
+# ----------------------------------------------------------------------------------------- parsing
 
 _TEGRA_RE = re.compile(r'#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([0-9.]+)', re.IGNORECASE)
 
 
 def parse_nv_tegra_release(text: str) -> Optional[str]:
-    """'# R36 (release), REVISION: 4.3, ...' -> '36.4.3'; '# R35 (release), REVISION: 4.1' -> '35.4.1'."""
+    """
+    Read the L4T version in /etc/nv_tegra_release.
+
+    '# R36 (release), REVISION: 4.3, ...' -> '36.4.3';
+    '# R35 (release), REVISION: 4.1' -> '35.4.1'.
+    """
     match = _TEGRA_RE.search(text or '')
     if not match:
         return None
@@ -229,7 +251,11 @@ def parse_nv_tegra_release(text: str) -> Optional[str]:
 
 
 def parse_l4t_core_version(dpkg_status: str) -> Optional[str]:
-    """The nvidia-l4t-core package version in /var/lib/dpkg/status ('36.4.3-2025...') -> '36.4.3'."""
+    """
+    Read the nvidia-l4t-core package version in /var/lib/dpkg/status.
+
+    '36.4.3-2025...' -> '36.4.3'.
+    """
     for block in (dpkg_status or '').split('\n\n'):
         if re.search(r'^Package:\s*nvidia-l4t-core\s*$', block, re.MULTILINE):
             match = re.search(r'^Version:\s*([0-9][0-9.]*)', block, re.MULTILINE)
@@ -256,7 +282,7 @@ def parse_cuda_version(version_json: Optional[str], version_txt: Optional[str]) 
 
 
 def parse_nvcc_version(output: str) -> Optional[str]:
-    """'Cuda compilation tools, release 12.6, V12.6.68' -> '12.6.68'."""
+    """Parse nvcc --version: 'Cuda compilation tools, release 12.6, V12.6.68' -> '12.6.68'."""
     match = re.search(r'release\s+[0-9.]+,\s*V([0-9.]+)', output or '')
     if match:
         return match.group(1)
@@ -265,7 +291,11 @@ def parse_nvcc_version(output: str) -> Optional[str]:
 
 
 def parse_first_version(output: str) -> Optional[str]:
-    """The first dotted version in e.g. 'gcc (Ubuntu 11.4.0-1ubuntu1~22.04) 11.4.0' -> '11.4.0'."""
+    """
+    Return the first dotted version in a --version output.
+
+    E.g. 'gcc (Ubuntu 11.4.0-1ubuntu1~22.04) 11.4.0' -> '11.4.0'.
+    """
     match = re.search(r'\)\s*(\d+\.\d+(?:\.\d+)?)', output or '') or \
         re.search(r'(\d+\.\d+(?:\.\d+)?)', output or '')
     return match.group(1) if match else None
@@ -301,7 +331,7 @@ def parse_device_tree_compatible(data: Optional[bytes]) -> Optional[str]:
     return None
 
 
-# ------------------------------------------------------------------------------------------------ probing
+# ----------------------------------------------------------------------------------------- probing
 
 def detect_l4t(probe: Probe) -> Optional[str]:
     l4t = parse_nv_tegra_release(probe.read_text('/etc/nv_tegra_release') or '')
@@ -311,7 +341,11 @@ def detect_l4t(probe: Probe) -> Optional[str]:
 
 
 def detect_cuda_installs(probe: Probe) -> List[CudaInstall]:
-    """Every CUDA toolkit under /usr/local (cuda, cuda-X.Y), by resolved folder, with its version."""
+    """
+    Find every CUDA toolkit under /usr/local (cuda, cuda-X.Y), by resolved folder.
+
+    Each comes with its version.
+    """
     installs: Dict[str, CudaInstall] = {}
     base = probe.path('/usr/local')
     candidates = sorted(base.glob('cuda-*')) + [base / 'cuda'] if base.is_dir() else []
@@ -341,7 +375,8 @@ def choose_cuda(probe: Probe, installs: List[CudaInstall],
     by_path = {i.path: i for i in installs}
     if requested:
         for install in installs:
-            if install.path.rstrip('/') == requested.rstrip('/') or install.version.startswith(requested):
+            if install.path.rstrip('/') == requested.rstrip('/') or \
+                    install.version.startswith(requested):
                 return install, '--cuda-home'
         return None, f'--cuda-home {requested} is not a CUDA toolkit (no bin/nvcc)'
     for var in ('CUDA_PATH', 'CUDA_HOME'):
@@ -359,7 +394,8 @@ def choose_cuda(probe: Probe, installs: List[CudaInstall],
     return installs[-1], 'the newest installed'
 
 
-def detect_compute_capability(probe: Probe, requested: Optional[str] = None) -> (Optional[str], str, Optional[str]):
+def detect_compute_capability(
+        probe: Probe, requested: Optional[str] = None) -> (Optional[str], str, Optional[str]):
     """(compute capability like '87', how it was found, SoC name)."""
     soc = parse_device_tree_compatible(probe.read_bytes('/proc/device-tree/compatible'))
     if requested:
@@ -374,7 +410,7 @@ def detect_compute_capability(probe: Probe, requested: Optional[str] = None) -> 
     return None, '', soc
 
 
-PYTHON_PROBE = r'''
+PYTHON_PROBE = r"""
 import json, os, sys, sysconfig, importlib.util
 info = {"version": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable}
 inc = sysconfig.get_paths().get("include") or ""
@@ -385,7 +421,8 @@ info["in_venv"] = sys.prefix != getattr(sys, "base_prefix", sys.prefix)
 stdlib = sysconfig.get_paths().get("stdlib") or ""
 info["externally_managed"] = os.path.exists(os.path.join(stdlib, "EXTERNALLY-MANAGED"))
 info["is_root"] = hasattr(os, "geteuid") and os.geteuid() == 0
-info["modules"] = [m for m in ("numpy", "onnx", "tokenizers") if importlib.util.find_spec(m) is not None]
+info["modules"] = [m for m in ("numpy", "onnx", "tokenizers")
+                   if importlib.util.find_spec(m) is not None]
 try:
     import onnxruntime as ort
     info["ort"] = {"version": ort.__version__, "providers": list(ort.get_available_providers()),
@@ -393,7 +430,7 @@ try:
 except Exception as exc:
     info["ort_error"] = "%s: %s" % (type(exc).__name__, exc)
 print("PHI3V_PROBE " + json.dumps(info))
-'''
+"""
 
 
 def detect_ros_python(probe: Probe, requested: Optional[str] = None) -> (str, str, Optional[str]):
@@ -419,12 +456,15 @@ def detect_ros_python(probe: Probe, requested: Optional[str] = None) -> (str, st
     return found or 'python3', 'python3 on PATH', distro
 
 
-def detect_python(probe: Probe, path: str, source: str) -> (PythonInfo, Optional[OrtRuntime], Optional[str]):
+def detect_python(probe: Probe, path: str,
+                  source: str) -> (PythonInfo, Optional[OrtRuntime], Optional[str]):
     info = PythonInfo(path=path, source=source)
     result = probe.run([path, '-c', PYTHON_PROBE])
-    line = next((text for text in result.stdout.splitlines() if text.startswith('PHI3V_PROBE ')), None)
+    line = next((text for text in result.stdout.splitlines()
+                 if text.startswith('PHI3V_PROBE ')), None)
     if result.returncode != 0 or line is None:
-        info.error = (result.stderr or result.stdout or 'no output').strip().splitlines()[-1:] or ['failed']
+        output = result.stderr or result.stdout or 'no output'
+        info.error = output.strip().splitlines()[-1:] or ['failed']
         info.error = info.error[0]
         return info, None, None
     data = json.loads(line[len('PHI3V_PROBE '):])
@@ -458,14 +498,14 @@ def detect_cudnn_majors(probe: Probe, cuda: Optional[CudaInstall]) -> List[int]:
     return sorted(majors)
 
 
-def detect(probe: Probe, work_dir: str = '/tmp', python: Optional[str] = None, cuda_home: Optional[str] = None,
-           cuda_arch: Optional[str] = None) -> Platform:
+def detect(probe: Probe, work_dir: str = '/tmp', python: Optional[str] = None,
+           cuda_home: Optional[str] = None, cuda_arch: Optional[str] = None) -> Platform:
     """Everything the builder needs to know about this machine."""
     l4t = detect_l4t(probe)
     soc_bytes = probe.read_bytes('/proc/device-tree/compatible')
     is_jetson = bool(l4t) or parse_device_tree_compatible(soc_bytes) is not None
-    plat = Platform(machine=probe.machine, is_jetson=is_jetson, l4t=l4t, jetpack=jetpack_for_l4t(l4t),
-                    cpu_count=probe.cpu_count)
+    plat = Platform(machine=probe.machine, is_jetson=is_jetson, l4t=l4t,
+                    jetpack=jetpack_for_l4t(l4t), cpu_count=probe.cpu_count)
     model = probe.read_bytes('/proc/device-tree/model')
     if model:
         plat.board = model.split(b'\0')[0].decode('utf-8', errors='replace').strip() or None
@@ -502,12 +542,14 @@ def _read(path: Path) -> Optional[str]:
         return None
 
 
-# ------------------------------------------------------------------------------------------------ presets
+# ----------------------------------------------------------------------------------------- presets
 
 PRESETS = {
     'jp6-orin': 'JetPack 6.2 (L4T R36.4.3) on a Jetson AGX Orin 64GB, CUDA 12.6, ROS 2 Humble',
-    'jp6-orin-nano': 'JetPack 6.2 (L4T R36.4.3) on a Jetson Orin Nano 8GB, CUDA 12.6, ROS 2 Humble',
-    'jp60-orin': 'JetPack 6.0 (L4T R36.3.0) on a Jetson AGX Orin, CUDA 12.2 and 12.6 installed, ROS 2 Humble',
+    'jp6-orin-nano': 'JetPack 6.2 (L4T R36.4.3) on a Jetson Orin Nano 8GB, CUDA 12.6, '
+                     'ROS 2 Humble',
+    'jp60-orin': 'JetPack 6.0 (L4T R36.3.0) on a Jetson AGX Orin, CUDA 12.2 and 12.6 installed, '
+                 'ROS 2 Humble',
     'jp5-xavier': 'JetPack 5.1.2 (L4T R35.4.1) on a Jetson AGX Xavier, CUDA 11.4, ROS 2 Foxy',
     'jp7-thor': 'JetPack 7.0 (L4T R38.2) on a Jetson AGX Thor, CUDA 13.0, ROS 2 Jazzy',
 }
@@ -515,19 +557,27 @@ DEFAULT_PRESET = 'jp6-orin'
 
 
 def preset_platform(name: str, ort_version: str = '1.22.0', work_dir: str = '') -> Platform:
-    """A described target (for --dry-run on a machine that is not one): what detection would find there."""
+    """
+    Describe a target: what detection would find there.
+
+    For --dry-run on a machine that is not one.
+    """
     if name not in PRESETS:
         raise ValueError(f'unknown target {name!r}; choose one of {", ".join(sorted(PRESETS))}')
     l4t, cuda, cc, soc, board, py, ros, gcc, cmake, mem, cpus = {
-        'jp6-orin': ('36.4.3', ['12.6.68'], '87', 'tegra234', 'NVIDIA Jetson AGX Orin Developer Kit',
+        'jp6-orin': ('36.4.3', ['12.6.68'], '87', 'tegra234',
+                     'NVIDIA Jetson AGX Orin Developer Kit',
                      '3.10.12', 'humble', '11.4.0', '3.22.1', 64, 12),
-        'jp6-orin-nano': ('36.4.3', ['12.6.68'], '87', 'tegra234', 'NVIDIA Jetson Orin Nano Developer Kit',
+        'jp6-orin-nano': ('36.4.3', ['12.6.68'], '87', 'tegra234',
+                          'NVIDIA Jetson Orin Nano Developer Kit',
                           '3.10.12', 'humble', '11.4.0', '3.22.1', 8, 6),
-        'jp60-orin': ('36.3.0', ['12.2.140', '12.6.68'], '87', 'tegra234', 'NVIDIA Jetson AGX Orin Developer Kit',
+        'jp60-orin': ('36.3.0', ['12.2.140', '12.6.68'], '87', 'tegra234',
+                      'NVIDIA Jetson AGX Orin Developer Kit',
                       '3.10.12', 'humble', '11.4.0', '3.22.1', 32, 8),
-        'jp5-xavier': ('35.4.1', ['11.4.315'], '72', 'tegra194', 'Jetson-AGX', '3.8.10', 'foxy', '9.4.0',
-                       '3.16.3', 32, 8),
-        'jp7-thor': ('38.2.0', ['13.0.48'], '110', 'tegra264', 'NVIDIA Jetson AGX Thor Developer Kit',
+        'jp5-xavier': ('35.4.1', ['11.4.315'], '72', 'tegra194', 'Jetson-AGX', '3.8.10', 'foxy',
+                       '9.4.0', '3.16.3', 32, 8),
+        'jp7-thor': ('38.2.0', ['13.0.48'], '110', 'tegra264',
+                     'NVIDIA Jetson AGX Thor Developer Kit',
                      '3.12.3', 'jazzy', '13.3.0', '3.28.3', 128, 14),
     }[name]
     jetpack = jetpack_for_l4t(l4t)
@@ -537,15 +587,20 @@ def preset_platform(name: str, ort_version: str = '1.22.0', work_dir: str = '') 
     plat = Platform(
         machine='aarch64', is_jetson=True, l4t=l4t, jetpack=jetpack, board=board, soc=soc,
         ubuntu=jetpack.ubuntu if jetpack else None, cuda_installs=installs, cuda=chosen,
-        cuda_reason='/usr/local/cuda points to it', compute_capability=cc, cc_source=f'device tree: {soc}',
-        python=PythonInfo(path='/usr/bin/python3', source=f'the interpreter of /opt/ros/{ros}/bin/ros2',
-                          version=py, include_dir=f'/usr/include/python{py_short}', has_dev_headers=True,
-                          has_pip=True, externally_managed=py_short == '3.12',
+        cuda_reason='/usr/local/cuda points to it', compute_capability=cc,
+        cc_source=f'device tree: {soc}',
+        python=PythonInfo(path='/usr/bin/python3',
+                          source=f'the interpreter of /opt/ros/{ros}/bin/ros2',
+                          version=py, include_dir=f'/usr/include/python{py_short}',
+                          has_dev_headers=True, has_pip=True,
+                          externally_managed=py_short == '3.12',
                           modules=['numpy', 'onnx', 'tokenizers']),
-        ros_distro=ros, gcc=gcc, cmake=cmake, cmake_path='/usr/bin/cmake', git='/usr/bin/git', docker=None,
-        mem_total=mem * GIB, mem_available=int(mem * GIB * 0.8), swap_free=0, cpu_count=cpus,
+        ros_distro=ros, gcc=gcc, cmake=cmake, cmake_path='/usr/bin/cmake', git='/usr/bin/git',
+        docker=None, mem_total=mem * GIB, mem_available=int(mem * GIB * 0.8), swap_free=0,
+        cpu_count=cpus,
         disk_free=100 * GIB, cudnn_majors=[9] if parse_version(cuda[0]) >= (12, 6) else [8],
         synthetic=True)
+    capi_dir = f'/usr/local/lib/python{py_short}/dist-packages/onnxruntime/capi'
     plat.ort_runtime = OrtRuntime(ort_version, ['CUDAExecutionProvider', 'CPUExecutionProvider'],
-                                  f'/usr/local/lib/python{py_short}/dist-packages/onnxruntime/capi')
+                                  capi_dir)
     return plat

@@ -1,19 +1,23 @@
-"""Executing a plan: a state file for resuming, a log per step, the build's progress, failure hints."""
+"""
+Executing a plan.
+
+A state file for resuming, a log per step, the build's progress, failure hints.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import json
 import os
+from pathlib import Path
 import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from . import download as dl
 from .failures import match_failures
-from .ort_libs import OrtError, from_folder, gather, inspect, verify_ort_home
+from .ort_libs import from_folder, gather, inspect, OrtError, verify_ort_home
 from .plan import Plan, Step
 from .platform import CommandResult, run_command
 from .versions import ort_api_version
@@ -26,7 +30,8 @@ class StepError(RuntimeError):
 
 
 class State:
-    """Which steps are done, kept in ``<work>/state.json`` so that a rerun resumes.
+    """
+    Which steps are done, kept in ``<work>/state.json`` so that a rerun resumes.
 
     A state written for another plan (other versions, GPU, CUDA or Python) is discarded.
     """
@@ -41,7 +46,8 @@ class State:
             saved = json.loads(self.path.read_text())
         except (OSError, ValueError):
             saved = None
-        if isinstance(saved, dict) and saved.get('key') == key and saved.get('version') == STATE_VERSION:
+        if isinstance(saved, dict) and saved.get('key') == key and \
+                saved.get('version') == STATE_VERSION:
             self.done = list(saved.get('done', []))
             self.data = dict(saved.get('data', {}))
             self.resumed = bool(self.done)
@@ -68,7 +74,11 @@ CommandRunner = Callable[[Sequence[str], Optional[str], Mapping[str, str], Optio
 
 
 def expand_env(env: Mapping[str, str], base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
-    """The step's environment over the current one; '$PATH' etc. in values refer to the current ones."""
+    """
+    Return the step's environment over the current one.
+
+    '$PATH' etc. in values refer to the current ones.
+    """
     base = dict(os.environ if base is None else base)
     merged = dict(base)
     for key, value in env.items():
@@ -76,8 +86,8 @@ def expand_env(env: Mapping[str, str], base: Optional[Mapping[str, str]] = None)
     return merged
 
 
-def run_streaming(argv: Sequence[str], cwd: Optional[str], env: Mapping[str, str], log: Optional[str],
-                  on_line: Optional[Callable[[str], None]] = None) -> int:
+def run_streaming(argv: Sequence[str], cwd: Optional[str], env: Mapping[str, str],
+                  log: Optional[str], on_line: Optional[Callable[[str], None]] = None) -> int:
     """Run a command, appending its output to the log file and handing each line to on_line."""
     handle = open(log, 'a', encoding='utf-8') if log else None
     try:
@@ -85,8 +95,9 @@ def run_streaming(argv: Sequence[str], cwd: Optional[str], env: Mapping[str, str
             handle.write(f'\n$ {" ".join(argv)}\n')
             handle.flush()
         try:
-            process = subprocess.Popen(list(argv), cwd=cwd, env=expand_env(env), stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True, errors='replace', bufsize=1)
+            process = subprocess.Popen(list(argv), cwd=cwd, env=expand_env(env),
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True, errors='replace', bufsize=1)
         except OSError as exc:
             if handle:
                 handle.write(f'could not start: {exc}\n')
@@ -112,7 +123,11 @@ def run_streaming(argv: Sequence[str], cwd: Optional[str], env: Mapping[str, str
 
 
 class Progress:
-    """Turns build output into short progress lines: the make/ninja percentage, at most every few seconds."""
+    """
+    Turns build output into short progress lines.
+
+    They give the make/ninja percentage, at most every few seconds.
+    """
 
     PERCENT = re.compile(r'^\[\s*(\d+)%\]')
     NINJA = re.compile(r'^\[(\d+)/(\d+)\]')
@@ -152,7 +167,7 @@ class Context:
     messages: List[str] = field(default_factory=list)
 
 
-# ------------------------------------------------------------------------------------------------ actions
+# ----------------------------------------------------------------------------------------- actions
 
 def action_write_file(step: Step, ctx: Context, state: State) -> None:
     path = Path(step.params['path'])
@@ -170,16 +185,17 @@ def action_clone(step: Step, ctx: Context, state: State) -> None:
             return
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    rc = ctx.run(['git', 'clone', '--branch', p['tag'], '--depth', '1', '--single-branch', p['url'], str(dest)],
-                 None, {}, p.get('log'), None)
+    rc = ctx.run(['git', 'clone', '--branch', p['tag'], '--depth', '1', '--single-branch',
+                  p['url'], str(dest)], None, {}, p.get('log'), None)
     if rc != 0:
         raise StepError(f'git clone of {p["url"]} (tag {p["tag"]}) failed: see {p.get("log")}')
     head = ctx.capture(['git', '-C', str(dest), 'rev-parse', 'HEAD'])
     actual = head.stdout.strip()
     if actual != commit:
-        raise StepError(f'tag {p["tag"]} of {p["url"]} is at {actual or "?"}, not the pinned {commit}: the tag '
-                        f'moved, so the source is not the one this table was checked against; do not build '
-                        f'it, or pass --genai-commit {actual} if you trust it')
+        raise StepError(f'tag {p["tag"]} of {p["url"]} is at {actual or "?"}, not the pinned '
+                        f'{commit}: the tag moved, so the source is not the one this table was '
+                        'checked against; do not build it, '
+                        f'or pass --genai-commit {actual} if you trust it')
 
 
 def action_gather_ort(step: Step, ctx: Context, state: State) -> None:
@@ -188,13 +204,15 @@ def action_gather_ort(step: Step, ctx: Context, state: State) -> None:
         if p['kind'] == 'python':
             source = inspect('python', p['origin'], Path(p['lib_dir']), None)
         else:
-            source = from_folder(Path(p['lib_dir']).parent, p['origin']) if not Path(p['lib_dir']).is_dir() \
+            source = from_folder(Path(p['lib_dir']).parent, p['origin']) \
+                if not Path(p['lib_dir']).is_dir() \
                 else inspect(p['kind'], p['origin'], Path(p['lib_dir']),
                              Path(p['header_dir']) if p.get('header_dir') else None)
         if source.version and ort_api_version(source.version) < p['min_api']:
-            raise StepError(f'ONNX Runtime {source.version} from {source.origin} is older than the C API '
-                            f'{p["min_api"]} this onnxruntime-genai needs: use onnxruntime-gpu 1.{p["min_api"]} '
-                            f'or newer, or an older --genai-version')
+            raise StepError(f'ONNX Runtime {source.version} from {source.origin} is older than '
+                            f'the C API {p["min_api"]} this onnxruntime-genai needs: use '
+                            f'onnxruntime-gpu 1.{p["min_api"]} or newer, '
+                            'or an older --genai-version')
         for line in gather(source, Path(p['dest'])):
             ctx.out(f'      {line}')
     except OrtError as exc:
@@ -205,8 +223,9 @@ def action_copy_headers(step: Step, ctx: Context, state: State) -> None:
     src, dest = Path(step.params['src']), Path(step.params['dest'])
     headers = list(src.glob('*.h')) or list((src / 'onnxruntime' / 'core' / 'session').glob('*.h'))
     if not any(h.name == 'onnxruntime_c_api.h' for h in headers):
-        raise StepError(f'{src} has no onnxruntime_c_api.h: give --ort-headers the include folder of an ONNX '
-                        f'Runtime release (or include/onnxruntime/core/session of its source)')
+        raise StepError(f'{src} has no onnxruntime_c_api.h: give --ort-headers the include folder '
+                        'of an ONNX Runtime release '
+                        '(or include/onnxruntime/core/session of its source)')
     dest.mkdir(parents=True, exist_ok=True)
     for header in headers:
         shutil.copy2(header, dest / header.name)
@@ -225,7 +244,8 @@ def action_fetch_headers(step: Step, ctx: Context, state: State) -> None:
 
 def action_check_ort_home(step: Step, ctx: Context, state: State) -> None:
     try:
-        api = verify_ort_home(Path(step.params['dest']), need_headers=True, min_api=step.params['min_api'])
+        api = verify_ort_home(Path(step.params['dest']), need_headers=True,
+                              min_api=step.params['min_api'])
     except OrtError as exc:
         raise StepError(str(exc)) from exc
     ctx.out(f'      ok: C API {api}')
@@ -235,7 +255,8 @@ def action_collect_wheel(step: Step, ctx: Context, state: State) -> None:
     folder, dest = Path(step.params['dir']), Path(step.params['dest'])
     wheels = sorted(folder.glob('onnxruntime_genai*.whl'), key=lambda w: w.stat().st_mtime)
     if not wheels:
-        raise StepError(f'the build finished but left no onnxruntime_genai*.whl in {folder}: see the build log')
+        raise StepError(f'the build finished but left no onnxruntime_genai*.whl in {folder}: '
+                        'see the build log')
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / wheels[-1].name
     shutil.copy2(wheels[-1], target)
@@ -271,7 +292,7 @@ ACTIONS = {
 }
 
 
-# ------------------------------------------------------------------------------------------------ execution
+# --------------------------------------------------------------------------------------- execution
 
 def _tail(path: Optional[str], lines: int = 25) -> str:
     if not path:
@@ -302,19 +323,25 @@ def run_step(step: Step, ctx: Context, state: State) -> None:
 
 
 def execute(plan: Plan, ctx: Context) -> int:
-    """Run the plan's steps in order, skipping those a previous run completed. Returns an exit status."""
+    """
+    Run the plan's steps in order, skipping those a previous run completed.
+
+    Returns an exit status.
+    """
     state = State(plan.work_dir / 'state.json', plan.key)
     if ctx.restart:
         state.reset()
     elif state.resumed:
-        ctx.out(f'resuming: {len(state.done)} steps were done by a previous run ({plan.work_dir / "state.json"})')
+        ctx.out(f'resuming: {len(state.done)} steps were done by a previous run '
+                f'({plan.work_dir / "state.json"})')
     total = len(plan.steps)
     prebuilt_failed = False
     for number, step in enumerate(plan.steps, 1):
         head = f'[{number}/{total}] {step.title}'
         if step.phase == 'prebuilt' and prebuilt_failed:
             continue
-        if state.data.get('prebuilt') and step.phase in ('tools', 'source', 'ort', 'build') and step.id != 'workdir':
+        if state.data.get('prebuilt') and step.phase in ('tools', 'source', 'ort', 'build') \
+                and step.id != 'workdir':
             ctx.out(f'{head}: not needed (the prebuilt wheel is used)')
             continue
         if step.id in state.done and not step.always:
@@ -326,7 +353,8 @@ def execute(plan: Plan, ctx: Context) -> int:
             run_step(step, ctx, state)
         except KeyboardInterrupt:
             state.save()
-            ctx.out(f'interrupted during "{step.id}": run the same command again to resume from this step')
+            ctx.out(f'interrupted during "{step.id}": '
+                    'run the same command again to resume from this step')
             return 130
         except StepError as exc:
             if step.fallback:

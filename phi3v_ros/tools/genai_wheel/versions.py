@@ -1,24 +1,29 @@
-"""Version tables: onnxruntime-genai releases, the ONNX Runtime each needs, JetPack releases.
+"""
+Version tables: onnxruntime-genai releases, the ONNX Runtime each needs, JetPack releases.
 
 Sources (checked when the tables were written; see docs/jetson.md):
 
-- ``min_ort``: the ``onnxruntime-gpu>=`` requirement in the metadata of each ``onnxruntime-genai-cuda``
-  release on PyPI (the ONNX Runtime the release was built and tested against).
-- ``commit``: the commit of the release tag ``v<version>`` in github.com/microsoft/onnxruntime-genai; the
-  builder clones that tag and refuses any other commit.
-- ``cmake_min``: ``cmake_minimum_required`` of the release's CMakeLists.txt (3.26 in 0.4, 3.28 since 0.5).
-- ``phi3v_export``: 0.5 re-designed Phi-3-vision support (onnxruntime-genai PR #882); releases before it
-  read the May-2024 exports, later ones the Nov-2024 re-exports.
-- ``ORT_SOURCE_ARCHIVES``: sha256 of github.com/microsoft/onnxruntime/archive/refs/tags/v<version>.tar.gz,
-  as pinned by the conda-forge onnxruntime feedstock (recipe/meta.yaml).
-- JetPack table: NVIDIA's JetPack / Jetson Linux release notes (L4T R35 = JetPack 5.x with CUDA 11.4,
-  R36.2/36.3 = JetPack 6.0 with CUDA 12.2, R36.4 = JetPack 6.1/6.2 with CUDA 12.6, R38 = JetPack 7 with
-  CUDA 13).
+- ``min_ort``: the ``onnxruntime-gpu>=`` requirement in the metadata of each
+  ``onnxruntime-genai-cuda`` release on PyPI (the ONNX Runtime the release was built and tested
+  against).
+- ``commit``: the commit of the release tag ``v<version>`` in
+  github.com/microsoft/onnxruntime-genai; the builder clones that tag and refuses any other commit.
+- ``cmake_min``: ``cmake_minimum_required`` of the release's CMakeLists.txt (3.26 in 0.4, 3.28
+  since 0.5).
+- ``phi3v_export``: 0.5 re-designed Phi-3-vision support (onnxruntime-genai PR #882); releases
+  before it read the May-2024 exports, later ones the Nov-2024 re-exports.
+- ``ORT_SOURCE_ARCHIVES``: sha256 of
+  github.com/microsoft/onnxruntime/archive/refs/tags/v<version>.tar.gz, as pinned by the
+  conda-forge onnxruntime feedstock (recipe/meta.yaml).
+- JetPack table: NVIDIA's JetPack / Jetson Linux release notes (L4T R35 = JetPack 5.x with CUDA
+  11.4, R36.2/36.3 = JetPack 6.0 with CUDA 12.2, R36.4 = JetPack 6.1/6.2 with CUDA 12.6, R38 =
+  JetPack 7 with CUDA 13).
 
-onnxruntime-genai loads ``libonnxruntime.so`` at run time and asks it for the C API version it was compiled
-against (ORT_API_VERSION, the minor number of the ONNX Runtime release whose headers it used), falling
-back to older ones down to 18. So the ONNX Runtime library used at run time must be at least as new as the
-headers used at build time, and those must be at least the release's ``min_ort``.
+onnxruntime-genai loads ``libonnxruntime.so`` at run time and asks it for the C API version it was
+compiled against (ORT_API_VERSION, the minor number of the ONNX Runtime release whose headers it
+used), falling back to older ones down to 18. So the ONNX Runtime library used at run time must be
+at least as new as the headers used at build time, and those must be at least the release's
+``min_ort``.
 """
 from __future__ import annotations
 
@@ -30,7 +35,11 @@ ORT_ARCHIVE_URL = 'https://github.com/microsoft/onnxruntime/archive/refs/tags/v{
 
 
 def parse_version(text: str) -> Tuple[int, ...]:
-    """'1.22.0' -> (1, 22, 0); '12.6' -> (12, 6); non-numeric suffixes ('0.16.0-dev') are dropped."""
+    """
+    Parse a version: '1.22.0' -> (1, 22, 0); '12.6' -> (12, 6).
+
+    Non-numeric suffixes ('0.16.0-dev') are dropped.
+    """
     parts = []
     for piece in str(text).strip().split('.'):
         digits = ''
@@ -51,7 +60,7 @@ def version_at_least(version: str, minimum: str) -> bool:
 
 
 def ort_api_version(ort_version: str) -> int:
-    """The C API version an ONNX Runtime release provides: its minor number (1.22.x -> 22)."""
+    """Return the C API version an ONNX Runtime release provides: its minor (1.22.x -> 22)."""
     parts = parse_version(ort_version)
     if len(parts) < 2 or parts[0] != 1:
         raise ValueError(f'not an ONNX Runtime 1.x version: {ort_version!r}')
@@ -61,11 +70,13 @@ def ort_api_version(ort_version: str) -> int:
 @dataclass(frozen=True)
 class GenaiRelease:
     version: str
-    commit: Optional[str]          # commit of tag v<version>; None: not pinned here (give --genai-commit)
+    # commit of tag v<version>; None: not pinned here (give --genai-commit)
+    commit: Optional[str]
     min_ort: str                   # onnxruntime-gpu>= of the PyPI release
     cmake_min: str = '3.28'
     phi3v_export: str = 'nov2024'  # which published Phi-3-vision ONNX export this release reads
-    skip_csharp_flag: bool = False  # 0.4 builds C# unless --skip_csharp; later releases need --build_csharp
+    # 0.4 builds C# unless --skip_csharp; later releases need --build_csharp
+    skip_csharp_flag: bool = False
     skip_examples_flag: bool = True  # --skip_examples exists since 0.9
 
     @property
@@ -76,10 +87,14 @@ class GenaiRelease:
 GENAI_RELEASES: Tuple[GenaiRelease, ...] = (
     GenaiRelease('0.4.0', 'b77e76855c735b95a5a9f6f45dbdc54b16003db0', '1.19.0', cmake_min='3.26',
                  phi3v_export='may2024', skip_csharp_flag=True, skip_examples_flag=False),
-    GenaiRelease('0.5.2', '27bcf6c5e94bff5d6b44e7feb8090b55521d7808', '1.20.1', skip_examples_flag=False),
-    GenaiRelease('0.6.0', '97d44f6cc438e41c8876ff92716c628519d62ba6', '1.20.1', skip_examples_flag=False),
-    GenaiRelease('0.7.1', 'efab0818081be3ea9c95af3267e5f5cf94a8fd7f', '1.21.0', skip_examples_flag=False),
-    GenaiRelease('0.8.3', 'dc2d850790a61efcf7b5098144df90344ad19d6e', '1.22.0', skip_examples_flag=False),
+    GenaiRelease('0.5.2', '27bcf6c5e94bff5d6b44e7feb8090b55521d7808', '1.20.1',
+                 skip_examples_flag=False),
+    GenaiRelease('0.6.0', '97d44f6cc438e41c8876ff92716c628519d62ba6', '1.20.1',
+                 skip_examples_flag=False),
+    GenaiRelease('0.7.1', 'efab0818081be3ea9c95af3267e5f5cf94a8fd7f', '1.21.0',
+                 skip_examples_flag=False),
+    GenaiRelease('0.8.3', 'dc2d850790a61efcf7b5098144df90344ad19d6e', '1.22.0',
+                 skip_examples_flag=False),
     GenaiRelease('0.9.2', 'fc6f8d7e7079c6a749a7a46910502fae57afa12c', '1.22.0'),
     GenaiRelease('0.10.0', '6deb570f75adb833780dfd3a1882446a0cd4a93f', '1.23.0'),
     GenaiRelease('0.11.4', 'a8a6136854e9de6128ae99d930258b586555ed23', '1.23.2'),
@@ -92,13 +107,13 @@ GENAI_RELEASES: Tuple[GenaiRelease, ...] = (
     GenaiRelease('0.18.0', None, '1.31.0'),
 )
 
-# The default pair: onnxruntime-genai 0.9.2 reads the re-exported Phi-3-vision folders, has every API the
-# engine uses (Config.overlay, Images.open_bytes, Generator.set_inputs), and needs ONNX Runtime 1.22, for
-# which onnxruntime-gpu builds exist for JetPack 6 (CUDA 12.6).
+# The default pair: onnxruntime-genai 0.9.2 reads the re-exported Phi-3-vision folders, has every
+# API the engine uses (Config.overlay, Images.open_bytes, Generator.set_inputs), and needs ONNX
+# Runtime 1.22, for which onnxruntime-gpu builds exist for JetPack 6 (CUDA 12.6).
 DEFAULT_GENAI = '0.9.2'
 DEFAULT_ORT = '1.22.0'
-# The oldest release the package supports: 0.5 re-designed Phi-3-vision support and reads the Nov-2024
-# re-exported models; the engine handles the API differences from 0.5 on.
+# The oldest release the package supports: 0.5 re-designed Phi-3-vision support and reads the
+# Nov-2024 re-exported models; the engine handles the API differences from 0.5 on.
 OLDEST_SUPPORTED_GENAI = '0.5.0'
 
 # GitHub source archives of ONNX Runtime releases (headers only are used): version -> sha256.
@@ -119,14 +134,16 @@ ORT_SOURCE_ARCHIVES = {
 }
 
 # Prebuilt aarch64 CUDA wheels of onnxruntime-genai that this project has verified, keyed by
-# (JetPack major, CUDA major.minor, Python tag, genai version) -> (index URL, sha256). None has been
-# verified yet, so the builder builds from source unless --prebuilt-index and --prebuilt-sha256 name one.
+# (JetPack major, CUDA major.minor, Python tag, genai version) -> (index URL, sha256). None has
+# been verified yet, so the builder builds from source unless --prebuilt-index and
+# --prebuilt-sha256 name one.
 PREBUILT_WHEELS: dict = {}
 
 
 @dataclass(frozen=True)
 class JetPackRelease:
-    l4t: str            # Jetson Linux release, e.g. '36.4.3' (a prefix matches: '36.4' covers 36.4.x)
+    # Jetson Linux release, e.g. '36.4.3' (a prefix matches: '36.4' covers 36.4.x)
+    l4t: str
     jetpack: str
     cuda: str           # the CUDA toolkit JetPack installs
     ubuntu: str
@@ -155,32 +172,39 @@ JETPACK_RELEASES: Tuple[JetPackRelease, ...] = (
     JetPackRelease('38', '7.x', '13.0', '24.04', '3.12', 'jazzy'),
 )
 
-# Where onnxruntime-gpu for each JetPack comes from (a hint in error messages; not downloaded by the tool).
+# Where onnxruntime-gpu for each JetPack comes from (a hint in error messages; not downloaded by
+# the tool).
 ORT_GPU_HINTS = {
-    5: 'JetPack 5 has CUDA 11.4, and its onnxruntime-gpu builds (1.16 and older) are older than any '
-       'onnxruntime-genai release needs: upgrade the Jetson to JetPack 6',
-    6: 'python3 -m pip install onnxruntime-gpu=={ort} --index-url https://pypi.jetson-ai-lab.io/jp6/cu126 '
-       '(JetPack 6.1/6.2, CUDA 12.6), or install the onnxruntime_gpu wheel of your own ONNX Runtime build',
-    7: 'install an onnxruntime-gpu {ort} (or newer) build for CUDA 13 (for example from jetson-containers), '
-       'or the onnxruntime_gpu wheel of your own ONNX Runtime build',
+    5: 'JetPack 5 has CUDA 11.4, and its onnxruntime-gpu builds (1.16 and older) are older than '
+       'any onnxruntime-genai release needs: upgrade the Jetson to JetPack 6',
+    6: 'python3 -m pip install onnxruntime-gpu=={ort} --index-url '
+       'https://pypi.jetson-ai-lab.io/jp6/cu126 (JetPack 6.1/6.2, CUDA 12.6), or install the '
+       'onnxruntime_gpu wheel of your own ONNX Runtime build',
+    7: 'install an onnxruntime-gpu {ort} (or newer) build for CUDA 13 (for example from '
+       'jetson-containers), or the onnxruntime_gpu wheel of your own ONNX Runtime build',
 }
 
 
 def jetpack_for_l4t(l4t: Optional[str]) -> Optional[JetPackRelease]:
-    """The JetPack release of a Jetson Linux version ('36.4.3'); the longest matching prefix wins."""
+    """
+    Return the JetPack release of a Jetson Linux version ('36.4.3').
+
+    The longest matching prefix wins.
+    """
     if not l4t:
         return None
     have = parse_version(l4t)
     best = None
     for release in JETPACK_RELEASES:
         prefix = parse_version(release.l4t)
-        if have[:len(prefix)] == prefix and (best is None or len(prefix) > len(parse_version(best.l4t))):
+        if have[:len(prefix)] == prefix and \
+                (best is None or len(prefix) > len(parse_version(best.l4t))):
             best = release
     return best
 
 
 def find_release(version: str) -> Optional[GenaiRelease]:
-    """The table row for '0.9.2', or the newest patch of a minor given as '0.9'."""
+    """Return the table row for '0.9.2', or the newest patch of a minor given as '0.9'."""
     wanted = parse_version(version)
     matches = [r for r in GENAI_RELEASES if parse_version(r.version)[:len(wanted)] == wanted]
     return matches[-1] if matches else None
@@ -193,7 +217,11 @@ def default_release() -> GenaiRelease:
 
 
 def ort_archive_for(api_version: int, at_most: Optional[str] = None) -> Optional[str]:
-    """A pinned ONNX Runtime source archive with the given C API version (minor), newest patch first."""
+    """
+    Return a pinned ONNX Runtime source archive with the given C API version (minor).
+
+    The newest patch comes first.
+    """
     candidates = [v for v in ORT_SOURCE_ARCHIVES if ort_api_version(v) == api_version
                   and (at_most is None or version_at_least(at_most, v))]
     candidates.sort(key=parse_version)
@@ -207,24 +235,28 @@ class VersionError(ValueError):
 @dataclass(frozen=True)
 class VersionChoice:
     genai: GenaiRelease
-    ort: str                 # the ONNX Runtime the build targets (headers and, at run time, the library)
+    # the ONNX Runtime the build targets (headers and, at run time, the library)
+    ort: str
     reason: str
 
 
-def newest_compatible(ort_version: str, releases: Sequence[GenaiRelease] = GENAI_RELEASES) -> Optional[
-        GenaiRelease]:
-    """The newest supported release whose ONNX Runtime requirement ``ort_version`` meets."""
+def newest_compatible(
+        ort_version: str,
+        releases: Sequence[GenaiRelease] = GENAI_RELEASES) -> Optional[GenaiRelease]:
+    """Return the newest supported release whose ONNX Runtime requirement ``ort_version`` meets."""
     usable = [r for r in releases if version_at_least(ort_version, r.min_ort)
               and version_at_least(r.version, OLDEST_SUPPORTED_GENAI) and r.commit]
     return usable[-1] if usable else None
 
 
-def choose_versions(found_ort: Optional[str] = None, genai: Optional[str] = None, ort: Optional[str] = None,
+def choose_versions(found_ort: Optional[str] = None, genai: Optional[str] = None,
+                    ort: Optional[str] = None,
                     genai_commit: Optional[str] = None) -> VersionChoice:
-    """Pick the onnxruntime-genai release and the ONNX Runtime to build against.
+    """
+    Pick the onnxruntime-genai release and the ONNX Runtime to build against.
 
-    ``found_ort``: the version of the ONNX Runtime libraries that were found (None: none found yet);
-    ``genai`` / ``ort``: the --genai-version / --ort-version overrides.
+    ``found_ort``: the version of the ONNX Runtime libraries that were found (None: none found
+    yet); ``genai`` / ``ort``: the --genai-version / --ort-version overrides.
     Raises VersionError for a combination that cannot work.
     """
     target_ort = ort or found_ort
@@ -233,41 +265,44 @@ def choose_versions(found_ort: Optional[str] = None, genai: Optional[str] = None
         if release is None:
             if not (genai_commit and ort):
                 raise VersionError(
-                    f'onnxruntime-genai {genai} is not in the version table; give its tag commit with '
-                    f'--genai-commit SHA and the ONNX Runtime it needs with --ort-version X.Y.Z')
+                    f'onnxruntime-genai {genai} is not in the version table; give its tag commit '
+                    'with --genai-commit SHA and the ONNX Runtime it needs with '
+                    '--ort-version X.Y.Z')
             release = GenaiRelease(genai, genai_commit, ort)
         elif genai_commit:
-            release = GenaiRelease(release.version, genai_commit, release.min_ort, release.cmake_min,
-                                   release.phi3v_export, release.skip_csharp_flag, release.skip_examples_flag)
+            release = GenaiRelease(release.version, genai_commit, release.min_ort,
+                                   release.cmake_min, release.phi3v_export,
+                                   release.skip_csharp_flag, release.skip_examples_flag)
         elif release.commit is None:
             raise VersionError(
                 f'onnxruntime-genai {release.version} has no pinned tag commit here; give it with '
-                f'--genai-commit SHA (the commit of tag v{release.version}), or use --genai-version '
-                f'{DEFAULT_GENAI}')
+                f'--genai-commit SHA (the commit of tag v{release.version}), or use '
+                f'--genai-version {DEFAULT_GENAI}')
         reason = f'--genai-version {genai}'
     elif target_ort and not version_at_least(target_ort, default_release().min_ort):
         release = newest_compatible(target_ort)
         if release is None:
             raise VersionError(
-                f'ONNX Runtime {target_ort} is older than every supported onnxruntime-genai release needs '
-                f'(0.5 needs 1.20.1; the default {DEFAULT_GENAI} needs {DEFAULT_ORT}): install onnxruntime-gpu '
-                f'{DEFAULT_ORT} or newer')
-        reason = (f'ONNX Runtime {target_ort} is older than the default pair needs, so the newest release '
-                  f'that works with it')
+                f'ONNX Runtime {target_ort} is older than every supported onnxruntime-genai '
+                f'release needs (0.5 needs 1.20.1; the default {DEFAULT_GENAI} needs '
+                f'{DEFAULT_ORT}): install onnxruntime-gpu {DEFAULT_ORT} or newer')
+        reason = (f'ONNX Runtime {target_ort} is older than the default pair needs, so the newest '
+                  f'release that works with it')
     else:
         release = default_release()
         reason = f'default pair (onnxruntime-genai {DEFAULT_GENAI} + ONNX Runtime {DEFAULT_ORT})'
     if not version_at_least(release.version, OLDEST_SUPPORTED_GENAI):
         raise VersionError(
-            f'onnxruntime-genai {release.version} reads only the May-2024 Phi-3-vision exports and predates '
-            f'the API this package uses; choose {OLDEST_SUPPORTED_GENAI} or newer (default {DEFAULT_GENAI})')
+            f'onnxruntime-genai {release.version} reads only the May-2024 Phi-3-vision exports '
+            f'and predates the API this package uses; choose {OLDEST_SUPPORTED_GENAI} or newer '
+            f'(default {DEFAULT_GENAI})')
     chosen_ort = target_ort or release.min_ort
     if not version_at_least(chosen_ort, release.min_ort):
         raise VersionError(
-            f'onnxruntime-genai {release.version} needs the C API of ONNX Runtime {release.min_ort} or newer, '
-            f'but ONNX Runtime {chosen_ort} was given: install onnxruntime-gpu {release.min_ort} or newer, or '
-            f'choose an older --genai-version (the newest for {chosen_ort} is '
-            f'{_newest_label(chosen_ort)})')
+            f'onnxruntime-genai {release.version} needs the C API of ONNX Runtime '
+            f'{release.min_ort} or newer, but ONNX Runtime {chosen_ort} was given: install '
+            f'onnxruntime-gpu {release.min_ort} or newer, or choose an older --genai-version (the '
+            f'newest for {chosen_ort} is {_newest_label(chosen_ort)})')
     return VersionChoice(release, chosen_ort, reason)
 
 
