@@ -1,5 +1,28 @@
 """Helpers shared by the tests (imported as a plain module: pytest puts test/ on sys.path)."""
+import dataclasses
+from typing import Any
+
 import numpy as np
+
+
+@dataclasses.dataclass
+class ImageMsg:
+    """Stand-in for sensor_msgs/Image: the fields the converters read, of any type."""
+
+    encoding: Any
+    height: Any
+    width: Any
+    step: Any
+    data: Any
+    is_bigendian: Any = 0
+
+
+@dataclasses.dataclass
+class CompressedMsg:
+    """Stand-in for sensor_msgs/CompressedImage."""
+
+    format: Any  # noqa: A003 - mirrors sensor_msgs/CompressedImage.format
+    data: Any
 
 
 def gradient_image(height, width, seed=0):

@@ -1,6 +1,4 @@
 """Frames converted straight into the shared block the worker reads (a 6 MB copy less at 1080p)."""
-import dataclasses
-from typing import Any
 
 import numpy as np
 from phi3v_ros.errors import ImageConversionError
@@ -8,28 +6,13 @@ from phi3v_ros.frame_cache import Frame
 from phi3v_ros.frame_conversion import FrameConverter
 from phi3v_ros.frame_transport import FrameReceiver, FrameSender
 from phi3v_ros.image_conversion import image_to_rgb, SUPPORTED_ENCODINGS
+from phi3v_test_utils import ImageMsg
 import pytest
 
 BYTES_PER_PIXEL = {'mono8': 1, '8UC1': 1, 'rgb8': 3, 'bgr8': 3, '8UC3': 3, 'rgba8': 4, 'bgra8': 4,
                    '8UC4': 4, 'mono16': 2, '16UC1': 2, 'rgb16': 6, 'bgr16': 6, '16UC3': 6,
                    'rgba16': 8, 'bgra16': 8, '16UC4': 8, 'yuv422': 2, 'uyvy': 2, 'yuv422_yuy2': 2,
                    'yuyv': 2}
-
-
-@dataclasses.dataclass
-class ImageMsg:
-    encoding: Any
-    height: Any
-    width: Any
-    step: Any
-    data: Any
-    is_bigendian: Any = 0
-
-
-@dataclasses.dataclass
-class CompressedMsg:
-    format: Any  # noqa: A003 - mirrors sensor_msgs/CompressedImage.format
-    data: Any
 
 
 def message(encoding, height=6, width=8, padding=2, seed=0):

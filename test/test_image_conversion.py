@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import array
-import dataclasses
 import os
 import struct
 import subprocess
@@ -20,6 +19,7 @@ from phi3v_ros.image_conversion import (
     is_supported,
     SUPPORTED_ENCODINGS,
 )
+from phi3v_test_utils import CompressedMsg, ImageMsg
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,22 +28,6 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # --------------------------------------------------------------------------------------------
 # message stand-ins and helpers
 # --------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class ImageMsg:
-    encoding: Any
-    height: Any
-    width: Any
-    step: Any
-    data: Any
-    is_bigendian: Any = 0
-
-
-@dataclasses.dataclass
-class CompressedMsg:
-    format: Any  # noqa: A003 - mirrors sensor_msgs/CompressedImage.format
-    data: Any
-
 
 DATA_TYPES: dict = {
     'bytes': bytes,

@@ -7,9 +7,7 @@ other exception, never a wrongly shaped array.
 from __future__ import annotations
 
 import array
-import dataclasses
 import struct
-from typing import Any
 import zlib
 
 import cv2
@@ -19,25 +17,10 @@ import numpy as np
 from phi3v_ros import image_conversion as ic
 from phi3v_ros.errors import ImageConversionError
 from phi3v_ros.image_conversion import compressed_to_rgb, image_to_rgb, SUPPORTED_ENCODINGS
+from phi3v_test_utils import CompressedMsg, ImageMsg
 
 SETTINGS = {'deadline': None, 'derandomize': False,
             'suppress_health_check': [HealthCheck.too_slow, HealthCheck.data_too_large]}
-
-
-@dataclasses.dataclass
-class ImageMsg:
-    encoding: Any
-    height: Any
-    width: Any
-    step: Any
-    data: Any
-    is_bigendian: Any = 0
-
-
-@dataclasses.dataclass
-class CompressedMsg:
-    format: Any  # noqa: A003 - mirrors sensor_msgs/CompressedImage.format
-    data: Any
 
 
 WRAPPERS = [bytes, bytearray, lambda b: array.array('B', b), lambda b: memoryview(bytes(b))]
