@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-import shutil
 import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from phi3v_ros.model_paths import (default_model_path, MAY2024_CPU, MAY2024_FP16, MAY2024_INT4,
                                    MODEL_DIR_ENV, model_root, ModelFolder, NOV2024_CPU,
                                    NOV2024_INT4)
+from phi3v_ros.tools.genai_wheel.platform import free_disk_bytes
 
 GENAI_DISTRIBUTIONS = ('onnxruntime-genai-cuda', 'onnxruntime-genai', 'onnxruntime-genai-directml')
 VARIANTS = ('int4', 'fp16', 'cpu')
@@ -194,7 +194,7 @@ def main(argv: Optional[Sequence[str]] = None, download: Callable[..., str] = hf
         out('already downloaded and complete.')
         _print_result(target, out)
         return 0
-    free = (disk_free or _disk_free)(root)
+    free = (disk_free or free_disk_bytes)(root)
     if free is not None and free < folder.size_gb * 1.05 * 1e9 - _present_bytes(target):
         out(f'error: only {free / GIB:.1f} GiB free under {root}; the model needs about '
             f'{folder.size_gb:g} GB: free some space or pass --dest on a disk with room')
@@ -231,16 +231,6 @@ def _print_result(target: Path, out: Callable[[str], None]) -> None:
     else:
         out(f'pass it as the node parameter model_path, e.g. '
             f'ros2 run phi3v_ros vision_qa_node --ros-args -p model_path:={target}')
-
-
-def _disk_free(path: Path) -> Optional[int]:
-    path = Path(path)
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    try:
-        return shutil.disk_usage(path).free
-    except OSError:
-        return None
 
 
 def _present_bytes(folder: Path) -> int:

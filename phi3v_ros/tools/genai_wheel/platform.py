@@ -41,6 +41,17 @@ def run_command(argv: Sequence[str], timeout: float = 60.0) -> CommandResult:
     return CommandResult(done.returncode, done.stdout, done.stderr)
 
 
+def free_disk_bytes(path: Path) -> Optional[int]:
+    """Free bytes on the file system that holds path, or its nearest existing parent folder."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
 class Probe:
     """
     Reads the machine.
@@ -91,13 +102,7 @@ class Probe:
         return None
 
     def disk_free(self, absolute: str) -> Optional[int]:
-        path = self.path(absolute)
-        while not path.exists() and path != path.parent:
-            path = path.parent
-        try:
-            return shutil.disk_usage(path).free
-        except OSError:
-            return None
+        return free_disk_bytes(self.path(absolute))
 
 
 @dataclass
