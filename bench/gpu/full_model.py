@@ -229,7 +229,6 @@ def build(out: str, small: bool, precision: str, execution_provider: str,
         with open(os.path.join(tiny, 'genai_config.json')) as f:
             tiny_config = json.load(f)
         start = time.perf_counter()
-        build_vision(sizes).SerializeToString()   # fail early if the graph is malformed
         with open(os.path.join(out, 'vision.onnx'), 'wb') as f:
             f.write(build_vision(sizes).SerializeToString())
         dims = Dims(vocab_size=sizes.vocab, hidden_size=sizes.hidden)
