@@ -13,13 +13,28 @@ _LEVELS = {
 }
 
 
-def engine_status(engine, qa, frames, model_path: str) -> Tuple[int, str, List[Tuple[str, str]]]:
-    """Describe the engine, the frames and the prompt counts: (level, message, key/value pairs)."""
+def engine_status(engine, qa, frames, model_path: str,
+                  health=None) -> Tuple[int, str, List[Tuple[str, str]]]:
+    """
+    Describe the engine, the frames and the prompt counts: (level, message, key/value pairs).
+
+    health (a ThreadHealth) raises the level to ERROR while a thread is dead or an internal error
+    is recent (guarded_thread.py).
+    """
     state = engine.state
     latest = frames.latest()
     counters = qa.counters
     last = qa.last_result
+    level = _LEVELS[state]
     message = state.value + (f': {engine.detail}' if engine.detail else '')
+    dead = health.dead_threads if health is not None else []
+    recent = health.recent_error() if health is not None else None
+    if dead:
+        level, message = ERROR, f'thread {", ".join(dead)} ended; the node exits to be restarted'
+    elif recent is not None:
+        level = ERROR
+        message += f' (internal error in {recent.thread}, recovered: {recent.text})'
+    last_error = health.last_error if health is not None else None
     values = [
         ('engine_state', state.value),
         ('engine_detail', engine.detail),
@@ -38,5 +53,9 @@ def engine_status(engine, qa, frames, model_path: str) -> Tuple[int, str, List[T
         ('last_time_to_first_token_s',
          '' if last is None else f'{last.time_to_first_token_s:.3f}'),
         ('last_tokens_per_s', '' if last is None else f'{last.decode_tokens_per_s:.1f}'),
+        ('frame_transport', getattr(engine, 'frame_transport', '')),
+        ('internal_errors', str(health.error_count if health is not None else 0)),
+        ('last_internal_error', '' if last_error is None
+         else f'{last_error.thread}: {last_error.text}'),
     ]
-    return _LEVELS[state], message, values
+    return level, message, values

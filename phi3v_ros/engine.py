@@ -16,6 +16,7 @@ from typing import Callable, Optional
 from phi3v_ros.errors import EngineError, ModelLoadError
 from phi3v_ros.generation import Request, Result, StopReason
 from phi3v_ros.image_preparation import bound_longest_side, encode_image
+from phi3v_ros.memory_guard import MemoryGuard
 from phi3v_ros.prompt import build_chat_prompt
 
 PROVIDERS = ('auto', 'cuda', 'cpu')
@@ -131,6 +132,8 @@ class Engine:
         # 0.9 moved set_inputs from GeneratorParams to Generator; 0.6-0.8 only have the former.
         self._generator_takes_inputs = hasattr(self._og.Generator, 'set_inputs')
         self._open_bytes = getattr(self._og.Images, 'open_bytes', None)
+        self.memory_guard = MemoryGuard.for_model(model_section.get('decoder', {}),
+                                                  self.provider, config.device_id)
 
     def generate(self, request: Request, on_piece: Optional[Callable[[str], None]] = None,
                  should_stop: Callable[[], bool] = lambda: False) -> Result:
@@ -186,6 +189,8 @@ class Engine:
         # The KV cache is allocated for max_length up front: size it for this request only.
         result.max_length = min(result.prompt_tokens + settings.max_new_tokens,
                                 self.context_length)
+        # An answer whose cache does not fit gets a sentence, not the OOM killer.
+        self.memory_guard.check(result.max_length)
         params = og.GeneratorParams(self._model)
         search = {'max_length': result.max_length, 'do_sample': settings.do_sample}
         if settings.repetition_penalty != 1.0:
@@ -199,6 +204,7 @@ class Engine:
         if not self._generator_takes_inputs:
             params.set_inputs(inputs)
         generator = og.Generator(self._model, params)
+        self.memory_guard.allocated(result.max_length)
         try:
             if self._generator_takes_inputs:
                 generator.set_inputs(inputs)   # vision encoder + embedding + prefill happen here

@@ -1,9 +1,30 @@
 """
 Parent side of the worker process: start it, submit requests, stream results, survive its death.
 
-The client runs one request at a time. Callbacks (on_piece, on_result, on_state) run on the
-client's monitor thread. If the worker dies or stalls, the request in flight gets an ERROR result
-at once and the worker is restarted with a bounded exponential backoff.
+The client runs one request at a time. If the worker dies or stalls, the request in flight gets an
+ERROR result at once and the worker is restarted with a bounded exponential backoff.
+
+Threads, and what each owns (the concurrency model):
+- Callers (the dispatcher, ROS callbacks): submit(), cancel(), frame_buffer(), close(). They take
+  self._lock only to read or change the fields below, never block on the worker, and never do
+  I/O under the lock: a message for the worker is put on the worker's outbox (a queue).
+- The writer thread of each worker ('phi3v-engine-writer') owns the sending end of its pipe. It may
+  block in send while the worker reads nothing (stopped, wedged in a driver, inside a long
+  prefill); nobody waits for it. The stall watchdog kills such a worker, which ends the send.
+- The monitor thread ('phi3v-engine-monitor') owns the receiving end and the processes: it reads
+  the worker's messages, spawns, kills and reaps workers, enforces the load and stall timeouts,
+  and runs every callback (on_piece, on_result, on_state, log). Callbacks are queued under the
+  lock and run after it is released, so a callback may call back into the client. The monitor's
+  loop is guarded (guarded_thread.py): a bug in one pass, or in a callback, is logged and
+  counted, not fatal.
+- self._lock guards: _worker, _in_flight, state/detail, _crashes, _restart_at, _ever_ready,
+  _events, info, restarts, and the shared-memory fallback flag.
+
+Restarts: the first load's failure is final (a configuration error: the model folder, the
+install); every later failure (a crash, a stall, a load that fails after a restart, a worker that
+cannot be started) is retried after 0.5, 1, 2 ... 30 s. Crashes are counted until a request
+completes, so a worker that loads but dies on every request backs off and is reported as failed
+after failed_after_crashes crashes in a row, while it is still retried.
 """
 from __future__ import annotations
 
@@ -11,16 +32,20 @@ import enum
 import itertools
 import multiprocessing
 from multiprocessing.connection import wait
+import queue
 import signal
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 from phi3v_ros.engine import EngineConfig
 from phi3v_ros.errors import EngineError
-from phi3v_ros.frame_transport import FrameSender
+from phi3v_ros.frame_transport import FrameSender, SharedMemoryUnavailable
 from phi3v_ros.generation import Request, Result, StopReason
+from phi3v_ros.guarded_thread import start_guarded, ThreadHealth
 from phi3v_ros.worker import worker_main, WorkItem
+
+_POLL_S = 0.1   # the monitor's longest sleep: how soon it sees close() and timeouts
 
 
 class EngineState(str, enum.Enum):
@@ -49,37 +74,101 @@ class _InFlight:
         self.request_id = request_id
         self.on_piece = on_piece
         self.on_result = on_result
+        self.cancel_sent = False
+
+
+class _Worker:
+    """One worker process, its pipe, and the thread that writes to the pipe."""
+
+    def __init__(self, context, config: EngineConfig, warmup: bool) -> None:
+        parent_conn, child_conn = context.Pipe(duplex=True)
+        self.process = context.Process(target=worker_main, name='phi3v-worker',
+                                       args=(child_conn, config, warmup), daemon=True)
+        try:
+            self.process.start()
+        except BaseException:
+            parent_conn.close()
+            child_conn.close()
+            raise
+        child_conn.close()
+        self.conn = parent_conn
+        self.started_at = time.monotonic()
+        self._outbox: 'queue.SimpleQueue' = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write, name='phi3v-engine-writer',
+                                        daemon=True)
+        self._writer.start()
+
+    def send(self, message: tuple) -> None:
+        """Queue a message for the worker; never blocks."""
+        self._outbox.put(message)
+
+    def _write(self) -> None:
+        while True:
+            message = self._outbox.get()
+            if message is None:
+                return
+            try:
+                self.conn.send(message)
+            except (OSError, ValueError):
+                return    # the worker is gone: the monitor sees it and handles the death
+            except Exception:  # noqa: BLE001 - e.g. a message that cannot be pickled: a bug
+                # The monitor's stall watchdog fails the request; the worker is replaced.
+                self.kill()
+                return
+
+    def kill(self) -> None:
+        try:
+            self.process.kill()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def stop(self, timeout_s: float) -> None:
+        """Ask the worker to stop, kill it if it does not within timeout_s, then close the pipe."""
+        self.send(('shutdown',))
+        self.process.join(timeout_s)
+        if self.process.is_alive():
+            self.kill()
+            self.process.join(timeout_s)
+        self.close()
+
+    def close(self) -> None:
+        """Free the pipe and the writer once the process has ended."""
+        self._outbox.put(None)
+        self._writer.join(1.0)
+        self.conn.close()
 
 
 class EngineClient:
-    """Owns the worker process. Thread-safe; callbacks come from one internal thread."""
+    """Owns the worker process. Thread-safe; callbacks come from its monitor thread."""
 
     def __init__(self, config: EngineConfig, *, warmup: bool = True,
                  stall_timeout_s: float = 60.0, load_timeout_s: float = 600.0,
                  restart_backoff_s: tuple = (0.5, 30.0), failed_after_crashes: int = 3,
                  on_state: Optional[Callable[['EngineState', str], None]] = None,
-                 log: Callable[[str], None] = lambda text: None) -> None:
+                 log: Callable[[str], None] = lambda text: None,
+                 health: Optional[ThreadHealth] = None) -> None:
         self.config = config
+        self.stall_timeout_s = stall_timeout_s
         self._warmup = warmup
-        self._stall_timeout_s = stall_timeout_s
         self._load_timeout_s = load_timeout_s
         self._backoff_min, self._backoff_max = restart_backoff_s
         self._failed_after_crashes = failed_after_crashes
         self._on_state = on_state or (lambda state, detail: None)
         self._log = log
+        self.health = health or ThreadHealth()
         self._context = multiprocessing.get_context('spawn')   # fork would break CUDA and rclpy
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._frames = FrameSender()
-        self._process = None
-        self._conn = None
+        self._worker: Optional[_Worker] = None
         self._in_flight: Optional[_InFlight] = None
+        self._events: List[Callable[[], None]] = []
         self._last_activity = 0.0
-        self._started_at = 0.0
         self._crashes = 0
-        self._restart_at: Optional[float] = None
+        self._ever_ready = False
+        self._restart_at: Optional[float] = 0.0     # None: no worker wanted (failed, closed)
+        self._shm_problem = ''      # why frames go through the pipe ('' while shared memory works)
         self._closing = threading.Event()
-        self._wake = threading.Event()
         self._ready = threading.Event()
         self._monitor: Optional[threading.Thread] = None
         self.state = EngineState.STOPPED
@@ -90,10 +179,9 @@ class EngineClient:
     # -- public API ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        with self._lock:
-            self._spawn()
-        self._monitor = threading.Thread(target=self._run, name='phi3v-engine-client', daemon=True)
-        self._monitor.start()
+        """Start the monitor thread, which starts the worker."""
+        self._monitor = start_guarded('phi3v-engine-monitor', self._step, self._closing,
+                                      self.health, self._log)
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
         """
@@ -116,223 +204,299 @@ class EngineClient:
 
     @property
     def pid(self) -> Optional[int]:
-        process = self._process
-        return None if process is None else process.pid
+        worker = self._worker
+        return None if worker is None else worker.process.pid
+
+    @property
+    def frame_transport(self) -> str:
+        problem = self._shm_problem
+        return 'shared memory' if not problem else f'pipe ({problem})'
 
     def submit(self, request: Request, on_result: Callable[[Result], None],
                on_piece: Callable[[str], None] = lambda piece: None) -> int:
         """Start a request; returns its id. Raises EngineError when not ready or already busy."""
+        self._check_can_submit()
+        # The frame is copied into shared memory outside the lock: only the one thread that
+        # submits (the dispatcher) touches the block while no request is in flight.
+        frame, pixels = self._place_frame(request.image)
+        item = WorkItem(prompt=request.prompt, settings=request.settings,
+                        system_prompt=request.system_prompt, history=tuple(request.history),
+                        frame=frame, pixels=pixels)
         with self._lock:
-            if self._in_flight is not None:
-                raise EngineError('the engine is busy with another request')
-            if self.state != EngineState.READY:
-                raise EngineError(f'the engine is {self.state.value}'
-                                  + (f': {self.detail}' if self.detail else ''))
+            self._check_can_submit_locked()
             request_id = next(self._ids)
-            frame = None if request.image is None else self._frames.put(request.image)
-            item = WorkItem(prompt=request.prompt, settings=request.settings,
-                            system_prompt=request.system_prompt, history=tuple(request.history),
-                            frame=frame)
             self._in_flight = _InFlight(request_id, on_piece, on_result)
             self._last_activity = time.monotonic()
             self._set_state(EngineState.GENERATING)
-            try:
-                self._conn.send(('generate', request_id, item))
-            except (OSError, ValueError):
-                pass   # the worker is dying; the monitor thread fails the request at once
-            return request_id
+            worker = self._worker
+        worker.send(('generate', request_id, item))
+        return request_id
 
     def frame_buffer(self, shape: tuple):
         """
-        Return an array in the shared block frames travel in, or None while a request is in flight.
+        Return an array in the shared block frames travel in, or None.
 
-        The next request's frame can be converted straight into it (submit() then copies nothing);
-        while a request is in flight, its frame is there.
+        The next request's frame can be converted straight into it (submit() then copies nothing).
+        None while a request is in flight (its frame is in the block) and where shared memory
+        cannot be had (the frame then goes through the pipe).
         """
         with self._lock:
-            if self._in_flight is not None or self._closing.is_set():
+            if self._in_flight is not None or self._closing.is_set() or self._shm_problem:
                 return None
+        try:
             return self._frames.buffer(shape)
+        except SharedMemoryUnavailable as exc:
+            self._shared_memory_failed(exc)
+            return None
 
     def cancel(self, request_id: Optional[int] = None) -> bool:
-        """Ask the worker to stop the request in flight (or request_id) between tokens."""
+        """
+        Ask the worker to stop the request in flight (or request_id only) between tokens.
+
+        Never blocks; repeated calls send one message per request.
+        """
         with self._lock:
             in_flight = self._in_flight
             if in_flight is None or (request_id is not None
                                      and request_id != in_flight.request_id):
                 return False
-            try:
-                self._conn.send(('cancel', in_flight.request_id))
-            except (OSError, ValueError):
-                pass
-            return True
+            if in_flight.cancel_sent:
+                return True
+            in_flight.cancel_sent = True
+            worker = self._worker
+        if worker is not None:
+            worker.send(('cancel', in_flight.request_id))
+        return True
+
+    def is_in_flight(self, request_id: int) -> bool:
+        in_flight = self._in_flight
+        return in_flight is not None and in_flight.request_id == request_id
+
+    def abandon(self, request_id: int, reason: str) -> None:
+        """Fail request_id now (its waiter gave up on it); a late result for it is dropped."""
+        with self._lock:
+            if self._in_flight is not None and self._in_flight.request_id == request_id:
+                self._fail_in_flight(reason)
+                if self.state == EngineState.GENERATING:
+                    self._set_state(EngineState.READY)
 
     def close(self, timeout_s: float = 2.0) -> None:
-        """Stop the worker (asking first, then killing) and free the shared memory."""
+        """Stop the worker (asking first, then killing) and free the shared memory; bounded."""
         self._closing.set()
-        self._wake.set()
         with self._lock:
-            self._stop_process(timeout_s)
-            self._fail_in_flight('the node is shutting down')
-            self._frames.close()
-            self._set_state(EngineState.STOPPED)
+            worker, self._worker = self._worker, None
+            self._restart_at = None
+        if worker is not None:
+            worker.stop(timeout_s)
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join(timeout_s)
+        with self._lock:
+            self._fail_in_flight('the node is shutting down')
+            self._ready.clear()
+            self._set_state(EngineState.STOPPED)
+        self._deliver()
+        self._frames.close()
 
-    # -- worker lifecycle (under self._lock) --------------------------------------------------
+    # -- under self._lock ---------------------------------------------------------------------
 
-    def _spawn(self) -> None:
-        parent_conn, child_conn = self._context.Pipe(duplex=True)
-        process = self._context.Process(target=worker_main, name='phi3v-worker',
-                                        args=(child_conn, self.config, self._warmup), daemon=True)
-        process.start()
-        child_conn.close()
-        self._process, self._conn = process, parent_conn
-        self._started_at = self._last_activity = time.monotonic()
-        self._ready.clear()
-        # a failed engine stays 'failed' until it is ready again
-        if self.state != EngineState.FAILED:
-            self._set_state(EngineState.LOADING, f'loading {self.config.model_path}')
+    def _check_can_submit(self) -> None:
+        with self._lock:
+            self._check_can_submit_locked()
 
-    def _stop_process(self, timeout_s: float) -> None:
-        process, conn = self._process, self._conn
-        self._process = self._conn = None
-        if process is None:
-            return
-        try:
-            conn.send(('shutdown',))
-        except (OSError, ValueError):
-            pass
-        process.join(timeout_s)
-        if process.is_alive():
-            process.kill()
-            process.join(timeout_s)
-        conn.close()
+    def _check_can_submit_locked(self) -> None:
+        if self._in_flight is not None:
+            raise EngineError('the engine is busy with another request')
+        if self.state != EngineState.READY or self._worker is None:
+            raise EngineError(f'the engine is {self.state.value}'
+                              + (f': {self.detail}' if self.detail else ''))
 
     def _set_state(self, state: EngineState, detail: str = '') -> None:
-        changed = (state, detail) != (self.state, self.detail)
-        self.state, self.detail = state, detail
-        if changed:
-            self._on_state(state, detail)
+        if (state, detail) != (self.state, self.detail):
+            self.state, self.detail = state, detail
+            self._events.append(lambda: self._on_state(state, detail))
 
     def _fail_in_flight(self, reason: str) -> None:
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is not None:
-            in_flight.on_result(Result(stop_reason=StopReason.ERROR, error=reason))
+            result = Result(stop_reason=StopReason.ERROR, error=reason)
+            self._events.append(lambda: in_flight.on_result(result))
+
+    def _say(self, text: str) -> None:
+        self._events.append(lambda: self._log(text))
+
+    def _count_crash(self, reason: str) -> None:
+        """Schedule the next try with backoff: a worker ended, or could not be (re)started."""
+        self._ready.clear()
+        self._crashes += 1
+        self.restarts += 1
+        delay = min(self._backoff_max, self._backoff_min * 2 ** (self._crashes - 1))
+        self._restart_at = time.monotonic() + delay
+        if self._crashes >= self._failed_after_crashes:
+            self._set_state(EngineState.FAILED,
+                            f'the inference worker {reason} ({self._crashes} times in a row); '
+                            f'retrying every {delay:g} s')
+        else:
+            self._set_state(EngineState.RESTARTING,
+                            f'the inference worker {reason}; restarting it in {delay:g} s')
+        self._say(f'the inference worker {reason}; restarting it in {delay:g} s')
+        self._fail_in_flight(f'the inference worker {reason} while answering; it is being '
+                             'restarted')
+
+    # -- frames -------------------------------------------------------------------------------
+
+    def _place_frame(self, image):
+        """Return (FrameRef, None) with the frame in shared memory, or (None, pixels)."""
+        if image is None:
+            return None, None
+        if not self._shm_problem:
+            try:
+                return self._frames.put(image), None
+            except SharedMemoryUnavailable as exc:
+                self._shared_memory_failed(exc)
+        return None, image
+
+    def _shared_memory_failed(self, exc: Exception) -> None:
+        with self._lock:
+            first = not self._shm_problem
+            self._shm_problem = str(exc)
+        if first:
+            self._frames.close()
+            self._log(f'{exc}: frames go to the worker through the pipe from now on (slower; '
+                      'give the container more /dev/shm, e.g. docker run --shm-size=1g)')
 
     # -- monitor thread -----------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._closing.is_set():
+    def _step(self) -> None:
+        """Start, read, reap or time out the worker (one pass of the monitor); run callbacks."""
+        try:
             with self._lock:
-                process, conn = self._process, self._conn
-            if process is None:
-                self._wait_and_restart()
-                continue
+                worker, restart_at = self._worker, self._restart_at
+            if worker is None:
+                if restart_at is not None and time.monotonic() >= restart_at:
+                    self._start_worker()
+                else:
+                    wait_s = _POLL_S if restart_at is None else restart_at - time.monotonic()
+                    self._closing.wait(min(_POLL_S, max(0.0, wait_s)))
+                return
             try:
-                ready = wait([conn, process.sentinel], timeout=0.1)
+                ready = wait([worker.conn, worker.process.sentinel], timeout=_POLL_S)
             except (OSError, ValueError):
-                ready = [process.sentinel]
+                ready = [worker.process.sentinel]
             if self._closing.is_set():
                 return
-            if conn in ready:
+            if worker.conn in ready:
                 try:
-                    message = conn.recv()
+                    message = worker.conn.recv()
                 except (EOFError, OSError):
-                    self._on_worker_death(process)
-                    continue
-                self._handle(message)
-            elif process.sentinel in ready:
-                self._on_worker_death(process)
+                    self._on_worker_death(worker)
+                    return
+                self._handle(worker, message)
+            elif worker.process.sentinel in ready:
+                self._on_worker_death(worker)
             else:
-                self._check_timeouts(process)
+                self._check_timeouts(worker)
+        finally:
+            self._deliver()
 
-    def _handle(self, message: tuple) -> None:
+    def _deliver(self) -> None:
+        """Run the queued callbacks, outside the lock; a failing callback is logged, not fatal."""
+        with self._lock:
+            events, self._events = self._events, []
+        for event in events:
+            try:
+                event()
+            except Exception as exc:  # noqa: BLE001 - a callback's bug must not stop the others
+                self.health.record_error('phi3v-engine-monitor', exc)
+                try:
+                    self._log(f'internal error in an engine callback: {type(exc).__name__}: '
+                              f'{exc}')
+                except Exception:  # noqa: BLE001 - the logger itself failed
+                    pass
+
+    def _start_worker(self) -> None:
+        try:
+            worker = _Worker(self._context, self.config, self._warmup)
+        except Exception as exc:  # noqa: BLE001 - ENOMEM, EAGAIN, a full /tmp: retried
+            with self._lock:
+                self._count_crash(f'could not be started ({type(exc).__name__}: {exc})')
+            return
+        with self._lock:
+            if self._closing.is_set():
+                stale, worker = worker, None
+            else:
+                stale = None
+                self._worker, self._restart_at = worker, None
+                self._last_activity = time.monotonic()
+                if self.state != EngineState.FAILED:   # failed stays failed until ready again
+                    self._set_state(EngineState.LOADING, f'loading {self.config.model_path}')
+        if stale is not None:
+            stale.stop(0.5)
+
+    def _handle(self, worker: _Worker, message: tuple) -> None:
         kind = message[0]
         with self._lock:
             self._last_activity = time.monotonic()
             in_flight = self._in_flight
-        if kind == 'piece':
-            if in_flight is not None and in_flight.request_id == message[1]:
-                in_flight.on_piece(message[2])
-        elif kind == 'result':
-            with self._lock:
-                if in_flight is None or in_flight.request_id != message[1]:
-                    return
-                self._in_flight = None
-                self._set_state(EngineState.READY)
-            in_flight.on_result(message[2])
-        elif kind == 'ready':
-            with self._lock:
+            if kind == 'piece':
+                if in_flight is not None and in_flight.request_id == message[1]:
+                    piece = message[2]
+                    self._events.append(lambda: in_flight.on_piece(piece))
+            elif kind == 'result':
+                if in_flight is not None and in_flight.request_id == message[1]:
+                    result = message[2]
+                    self._in_flight = None
+                    self._crashes = 0        # a request completed: the worker is sound
+                    self._set_state(EngineState.READY)
+                    self._events.append(lambda: in_flight.on_result(result))
+            elif kind == 'ready':
                 self.info = message[1]
-                self._crashes = 0
+                self._ever_ready = True
                 self._set_state(EngineState.READY, f'{self.info.get("provider")} provider')
                 self._ready.set()
-        elif kind == 'load_failed':
-            with self._lock:
-                # A load failure is about the model folder or the install: retrying cannot fix it.
-                self._stop_process(1.0)
-                self._set_state(EngineState.FAILED, message[1])
-        elif kind == 'log':
-            self._log(message[1])
+            elif kind == 'log':
+                self._say(message[1])
+        if kind == 'load_failed':
+            self._on_load_failed(worker, message[1])
 
-    def _check_timeouts(self, process) -> None:
+    def _on_load_failed(self, worker: _Worker, reason: str) -> None:
         with self._lock:
-            if self._process is not process:
+            if self._worker is not worker:
+                return
+            self._worker = None
+            if self._ever_ready:
+                # It loaded before: the folder may be back in a moment, the GPU memory of the
+                # killed worker freed. Retry with the crash backoff.
+                self._count_crash(f'could not load the model again ({reason})')
+            else:
+                # The first load: the model folder or the install is wrong; retrying cannot help.
+                self._restart_at = None
+                self._fail_in_flight(f'the model could not be loaded: {reason}')
+                self._set_state(EngineState.FAILED, reason)
+        worker.stop(1.0)
+
+    def _check_timeouts(self, worker: _Worker) -> None:
+        with self._lock:
+            if self._worker is not worker:
                 return
             now = time.monotonic()
-            loading = not self._ready.is_set()
-            if loading and now - self._started_at > self._load_timeout_s:
+            if not self._ready.is_set() and now - worker.started_at > self._load_timeout_s:
                 reason = f'did not finish loading within load_timeout ({self._load_timeout_s:g} s)'
-            elif self._in_flight is not None and now - self._last_activity > self._stall_timeout_s:
-                reason = f'was silent for stall_timeout ({self._stall_timeout_s:g} s)'
+            elif self._in_flight is not None and now - self._last_activity > self.stall_timeout_s:
+                reason = f'was silent for stall_timeout ({self.stall_timeout_s:g} s)'
             else:
                 return
-            self._log(f'the inference worker {reason}: killing it')
-            process.kill()
-        process.join(1.0)
-        self._on_worker_death(process, reason)
+            self._say(f'the inference worker {reason}: killing it')
+        worker.kill()
+        self._on_worker_death(worker, reason)
 
-    def _on_worker_death(self, process, reason: Optional[str] = None) -> None:
+    def _on_worker_death(self, worker: _Worker, reason: Optional[str] = None) -> None:
+        worker.process.join(1.0)      # reap it (outside the lock: it can take a moment)
         with self._lock:
-            if self._process is not process:
-                return
-            process.join(1.0)
-            reason = reason or describe_exit(process.exitcode)
-            self._process = None
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-            self._ready.clear()
-            self._crashes += 1
-            self.restarts += 1
-            delay = min(self._backoff_max, self._backoff_min * 2 ** (self._crashes - 1))
-            self._restart_at = time.monotonic() + delay
-            message = f'the inference worker {reason}; restarting it in {delay:g} s'
-            if self._crashes >= self._failed_after_crashes:
-                self._set_state(EngineState.FAILED,
-                                f'the inference worker {reason} ({self._crashes} times in a row); '
-                                f'retrying every {delay:g} s')
-            else:
-                self._set_state(EngineState.RESTARTING, message)
-            self._log(message)
-            self._fail_in_flight(
-                f'the inference worker {reason} while answering; it is being restarted')
-
-    def _wait_and_restart(self) -> None:
-        with self._lock:
-            restart_at = self._restart_at
-        if restart_at is None:     # failed at load: nothing to restart, wait for close()
-            self._wake.wait(0.5)
-            self._wake.clear()
-            return
-        delay = restart_at - time.monotonic()
-        if delay > 0:
-            self._wake.wait(delay)
-            self._wake.clear()
-            return
-        with self._lock:
+            if self._worker is not worker:
+                return                # close() took it, or it was already handled
+            self._worker = None
             if self._closing.is_set():
-                return
-            self._restart_at = None
-            self._spawn()
+                self._fail_in_flight('the node is shutting down')
+            else:
+                self._count_crash(reason or describe_exit(worker.process.exitcode))
+        worker.close()

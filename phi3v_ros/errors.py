@@ -19,3 +19,7 @@ class ModelLoadError(Phi3vRosError, RuntimeError):
 
 class EngineError(Phi3vRosError, RuntimeError):
     """Inference failed, or the worker process running it died."""
+
+
+class ConfigurationError(Phi3vRosError, ValueError):
+    """A parameter the node cannot start with; the message names it and says why."""

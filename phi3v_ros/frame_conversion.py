@@ -7,22 +7,32 @@ encoding.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
 from phi3v_ros.errors import ImageConversionError
 from phi3v_ros.frame_cache import Frame
-from phi3v_ros.image_conversion import compressed_to_rgb, image_to_rgb, is_supported
+from phi3v_ros.image_conversion import (compressed_to_rgb, image_to_rgb, is_supported,
+                                        raw_image_size)
 
 
-def load_cv_bridge_converter() -> Optional[Callable[[object], np.ndarray]]:
-    """Return a message -> RGB function backed by cv_bridge (None where it is not installed)."""
+def load_cv_bridge_converter() -> Tuple[Optional[Callable[[object], np.ndarray]], str]:
+    """
+    Return (a message -> RGB function backed by cv_bridge, '') or (None, why it is not there).
+
+    Any failure disables the fallback: cv_bridge missing (ImportError), or built for numpy 1 and
+    imported beside numpy 2 (Humble: AttributeError: _ARRAY_API not found), or broken otherwise.
+    """
     try:
         from cv_bridge import CvBridge
+        bridge = CvBridge()
     except ImportError:
-        return None
-    bridge = CvBridge()
+        return None, ''
+    except Exception as exc:  # noqa: BLE001 - an optional fallback must never stop the node
+        return None, (f'cv_bridge cannot be used ({type(exc).__name__}: {exc}); encodings the '
+                      'node does not convert itself are refused (with numpy 2 on Humble: '
+                      'pip install "numpy<2")')
 
     def convert(message) -> np.ndarray:
         try:
@@ -53,7 +63,10 @@ class FrameConverter:
         message = frame.message
         if hasattr(message, 'format'):     # sensor_msgs/CompressedImage
             return compressed_to_rgb(message, max_pixels=self.max_pixels)
-        if self.fallback is not None and not is_supported(message.encoding):
+        encoding = message.encoding
+        # An empty or non-string encoding is refused by image_to_rgb itself, never guessed at.
+        if (self.fallback is not None and isinstance(encoding, str) and encoding
+                and not is_supported(encoding)):
             if message.width * message.height > self.max_pixels:
                 raise ImageConversionError(
                     f'the frame has {message.width}x{message.height} pixels, more than '
@@ -64,9 +77,10 @@ class FrameConverter:
     def _destination(self, message) -> Optional[np.ndarray]:
         if self.allocate is None:
             return None
-        height, width = message.height, message.width
-        # Only sizes image_to_rgb will accept: a bad header must not size the shared block.
-        if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0
-                and height * width <= self.max_pixels and is_supported(message.encoding)):
-            return None
+        # Only frames image_to_rgb will accept, their data length included: a header that
+        # claims 6000x6000 over 1 byte of data must not size the shared block.
+        try:
+            height, width = raw_image_size(message, max_pixels=self.max_pixels)
+        except ImageConversionError:
+            return None     # image_to_rgb refuses it with the reason
         return self.allocate((height, width, 3))

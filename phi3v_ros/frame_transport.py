@@ -5,15 +5,49 @@ Measured on the 2-core CI machine: a 1920x1080 RGB frame costs 16.7 ms through a
 pipe and 1.4 ms through shared memory (copy in + notify + copy out). The parent owns the block and
 unlinks it on close; the worker only attaches. Only one request is in flight at a time, so the
 parent never rewrites the block while the worker reads it.
+
+The block's pages are reserved when it is created (posix_fallocate): a block created sparse, as
+multiprocessing does it, gets its pages only when they are first written, and the first page past
+the free space of /dev/shm (64 MB in a default Docker container) kills the writer with SIGBUS.
+Reserved up front, a full /dev/shm is a SharedMemoryUnavailable error instead, and the engine
+client sends that frame through the pipe.
 """
 from __future__ import annotations
 
 from multiprocessing import shared_memory
+import os
 from typing import Optional, Tuple
 
 import numpy as np
 
 FrameRef = Tuple[str, Tuple[int, ...]]   # (shared-memory name, array shape); dtype is always uint8
+
+
+class SharedMemoryUnavailable(OSError):
+    """No shared-memory block of the size needed can be had (a full or missing /dev/shm)."""
+
+
+def _reserved_block(size: int) -> shared_memory.SharedMemory:
+    """Create a shared block of size bytes whose pages are all reserved, or raise."""
+    try:
+        block = shared_memory.SharedMemory(create=True, size=size)
+    except OSError as exc:
+        raise SharedMemoryUnavailable(
+            f'cannot create a {size / 2**20:.1f} MiB shared-memory block: {exc}') from exc
+    try:
+        fd = getattr(block, '_fd', -1)   # CPython's SharedMemory keeps the shm_open descriptor
+        if fd >= 0:
+            os.posix_fallocate(fd, 0, size)
+        else:
+            with open(f'/dev/shm/{block.name.lstrip("/")}', 'r+b') as f:
+                os.posix_fallocate(f.fileno(), 0, size)
+    except OSError as exc:
+        block.close()
+        block.unlink()
+        raise SharedMemoryUnavailable(
+            f'/dev/shm has no room for a {size / 2**20:.1f} MiB frame block '
+            f'({exc.strerror or exc})') from exc
+    return block
 
 
 class FrameSender:
@@ -32,18 +66,19 @@ class FrameSender:
             self.close()
             # Round up so that a stream of slightly different sizes does not reallocate every time.
             size = max(nbytes, 1) + (1 << 20)
-            self._block = shared_memory.SharedMemory(create=True, size=size)
+            self._block = _reserved_block(size)
 
     def buffer(self, shape: Tuple[int, ...]) -> np.ndarray:
         """
         Return a writable uint8 array of this shape in the shared block.
 
-        It is valid until the next buffer/put.
+        It is valid until the next buffer/put. Raises SharedMemoryUnavailable.
         """
         self._reserve(int(np.prod(shape)))
         return np.ndarray(shape, np.uint8, self._block.buf)
 
     def put(self, frame: np.ndarray) -> FrameRef:
+        """Copy frame into the block (unless it is in it); raises SharedMemoryUnavailable."""
         if frame.dtype != np.uint8:
             raise ValueError(f'frames must be uint8, not {frame.dtype}')
         if not self._holds(frame):

@@ -9,9 +9,18 @@ from phi3v_ros.generation import Turn
 
 
 class ConversationHistory:
+    """
+    The last max_turns question/answer pairs; thread-safe.
+
+    clear() starts a new conversation: an answer to a question asked before it (still being
+    generated while ~/reset was called) is not added afterwards. turns() returns the epoch that
+    add() must be given back for that.
+    """
+
     def __init__(self, max_turns: int = 0) -> None:
         self._turns: 'collections.deque[Turn]' = collections.deque()
         self._lock = threading.Lock()
+        self._epoch = 0
         self.max_turns = max_turns
 
     @property
@@ -27,18 +36,21 @@ class ConversationHistory:
             while len(self._turns) > value:
                 self._turns.popleft()
 
-    def add(self, question: str, answer: str) -> None:
+    def add(self, question: str, answer: str, epoch: int) -> None:
+        """Append a turn, unless the history was cleared since turns() returned epoch."""
         with self._lock:
-            if self._max_turns == 0:
+            if self._max_turns == 0 or epoch != self._epoch:
                 return
             self._turns.append(Turn(question, answer))
             while len(self._turns) > self._max_turns:
                 self._turns.popleft()
 
-    def turns(self) -> Tuple[Turn, ...]:
+    def turns(self) -> Tuple[Tuple[Turn, ...], int]:
+        """Return the turns and the epoch they belong to."""
         with self._lock:
-            return tuple(self._turns)
+            return tuple(self._turns), self._epoch
 
     def clear(self) -> None:
         with self._lock:
             self._turns.clear()
+            self._epoch += 1

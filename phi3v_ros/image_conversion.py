@@ -36,6 +36,7 @@ __all__ = [
     'compressed_to_rgb',
     'image_to_rgb',
     'is_supported',
+    'raw_image_size',
 ]
 
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -314,6 +315,18 @@ def _convert_raw(spec: _Spec, height: int, width: int, step: int, big_endian: bo
             gray = cv2.convertScaleAbs(depth, alpha=scale, beta=-low * scale)
         return cv2.cvtColor(gray, spec.code)
     raise ImageConversionError('internal error: unknown conversion kind %r' % kind)
+
+
+@_guarded
+def raw_image_size(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[int, int]:
+    """
+    Return (height, width) of a raw frame that image_to_rgb will accept; touches no pixel.
+
+    :raises ImageConversionError: for every frame image_to_rgb refuses before converting (the
+        data length checked against the declared size included).
+    """
+    _, _, height, width, _, _ = _validate_raw(msg, _check_max_pixels(max_pixels))
+    return height, width
 
 
 @_guarded

@@ -88,6 +88,9 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec('image_wait_timeout', _QA.image_wait_timeout_s,
                   'seconds a prompt waits for a (fresh) frame before the ERROR reply',
                   value_range=(0.0, 600.0)),
+    ParameterSpec('engine_wait_timeout', _QA.engine_wait_timeout_s,
+                  'seconds a prompt waits for the model to be loaded (or restarted) before the'
+                  ' ERROR reply', value_range=(0.0, 7200.0)),
     ParameterSpec('allow_text_only', _QA.allow_text_only,
                   'answer from the text alone when no (fresh) frame is available'),
     ParameterSpec('max_queue', _QA.max_queue, 'prompts that may wait while the engine is busy',
@@ -138,6 +141,7 @@ def qa_options(values: dict) -> QAOptions:
         repetition_penalty=values['repetition_penalty'], seed=values['seed'])
     return QAOptions(
         max_image_age_s=values['max_image_age'], image_wait_timeout_s=values['image_wait_timeout'],
+        engine_wait_timeout_s=values['engine_wait_timeout'],
         allow_text_only=values['allow_text_only'], max_queue=values['max_queue'],
         busy_policy=values['busy_policy'], max_prompt_chars=values['max_prompt_chars'],
         history_turns=values['history_turns'], system_prompt=values['system_prompt'],

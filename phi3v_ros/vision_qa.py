@@ -5,6 +5,17 @@ A prompt is validated on arrival, waits in a bounded queue while the engine is b
 gets the latest fresh frame bound to it when its turn comes, and is answered by the engine in the
 worker process. Every prompt gets exactly one reply: the answer, or a sentence starting with
 ERROR_PREFIX.
+
+Threads (the concurrency model):
+- ROS callbacks call ask(), cancel(), reset_history(), configure(): they never block on the
+  engine; ask() replies at once to a prompt it refuses (from the caller's thread).
+- The dispatcher thread ('phi3v-dispatcher', guarded: see guarded_thread.py) takes one prompt at
+  a time, binds a frame to it, submits it to the engine and waits for the result. Every wait it
+  does is bounded (engine_wait_timeout, image_wait_timeout, and for the result: no progress for
+  the engine's stall_timeout plus RESULT_GRACE_S) and ends in an ERROR reply; an unexpected
+  exception while serving a prompt is that prompt's ERROR reply ('internal error').
+- self._lock guards counters and _current (the prompt being served: its engine request id and
+  whether it was cancelled), so that ~/cancel stops that very request and never the next one.
 """
 from __future__ import annotations
 
@@ -18,11 +29,15 @@ from phi3v_ros.engine_client import EngineState
 from phi3v_ros.errors import EngineError, ImageConversionError, PromptError
 from phi3v_ros.frame_cache import Frame, FrameCache
 from phi3v_ros.generation import GenerationSettings, Request, Result, StopReason
+from phi3v_ros.guarded_thread import start_guarded, ThreadHealth
 from phi3v_ros.history import ConversationHistory
 from phi3v_ros.prompt import validate_question
 from phi3v_ros.prompt_queue import PromptQueue
 
 ERROR_PREFIX = 'ERROR: '
+# How long past the engine's own stall timeout the dispatcher waits for a sign of progress before
+# it gives up on a request (only reached when the engine client's monitor is not doing its job).
+RESULT_GRACE_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +46,7 @@ class QAOptions:
 
     max_image_age_s: float = 0.0        # 0 = any age
     image_wait_timeout_s: float = 2.0
+    engine_wait_timeout_s: float = 60.0     # for the model to be loaded (or restarted)
     allow_text_only: bool = False
     max_queue: int = 4
     busy_policy: str = 'reject'
@@ -81,6 +97,16 @@ class _Cancelled(Exception):
     pass
 
 
+class _Current:
+    """The prompt the dispatcher serves; fields guarded by VisionQA._lock."""
+
+    def __init__(self, ticket: Ticket) -> None:
+        self.ticket = ticket
+        self.request_id: Optional[int] = None   # the engine's, once submitted
+        self.cancelled = False
+        self.replied = False
+
+
 class _Failed(Exception):
     """A taken prompt cannot be answered; the message is the reply's sentence (without prefix)."""
 
@@ -92,7 +118,8 @@ class VisionQA:
                  on_reply: Callable[[Reply], None],
                  on_piece: Callable[[Ticket, str], None] = lambda ticket, piece: None,
                  options: QAOptions = QAOptions(),
-                 log: Callable[[str], None] = lambda text: None) -> None:
+                 log: Callable[[str], None] = lambda text: None,
+                 health: Optional[ThreadHealth] = None) -> None:
         self._engine = engine
         self._frames = frames
         self._convert_frame = convert_frame
@@ -103,19 +130,19 @@ class VisionQA:
         self._queue: PromptQueue[Ticket] = PromptQueue(options.max_queue, options.busy_policy)
         self._history = ConversationHistory(options.history_turns)
         self._options = options
+        self._health = health or ThreadHealth()
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        self._cancel = threading.Event()
-        self._current: Optional[Ticket] = None
+        self._current: Optional[_Current] = None
         self.counters = Counters()
         self.last_result: Optional[Result] = None
-        self._thread = threading.Thread(target=self._dispatch, name='phi3v-dispatcher',
-                                        daemon=True)
+        self._thread: Optional[threading.Thread] = None
 
     # -- called from ROS callbacks --------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread.start()
+        self._thread = start_guarded('phi3v-dispatcher', self._dispatch_one, self._closing,
+                                     self._health, self._log)
 
     def ask(self, text: str) -> Ticket:
         """
@@ -151,10 +178,13 @@ class VisionQA:
         False if there is none.
         """
         with self._lock:
-            if self._current is None:
+            current = self._current
+            if current is None:
                 return False
-            self._cancel.set()
-        self._engine.cancel()
+            current.cancelled = True
+            request_id = current.request_id
+        if request_id is not None:     # else _run sees the flag before or right after submitting
+            self._engine.cancel(request_id)
         return True
 
     def reset_history(self) -> None:
@@ -178,37 +208,47 @@ class VisionQA:
     def busy(self) -> bool:
         return self._current is not None
 
-    def close(self, timeout_s: float = 2.0) -> None:
+    def close(self) -> None:
         """
-        Stop taking prompts; the ones still waiting get an ERROR reply.
+        Stop taking prompts: the waiting ones get an ERROR reply, the current one is cancelled.
 
-        Close the engine after this.
+        Never blocks. Then close the engine (which ends the request in flight) and join().
         """
         self._closing.set()
         for ticket in self._queue.close():
             self._reply(ticket, 'the node is shutting down.', 'rejected')
-        self._cancel.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._engine.cancel()
-            self._thread.join(timeout_s)
+        self.cancel()
+
+    def join(self, timeout_s: float = 2.0) -> bool:
+        """Wait for the dispatcher to finish its prompt; False if it is still busy."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+            return not thread.is_alive()
+        return True
 
     # -- dispatcher thread ----------------------------------------------------------------------
 
-    def _dispatch(self) -> None:
-        while not self._closing.is_set():
-            ticket = self._queue.get()
-            if ticket is None:
-                continue
+    def _dispatch_one(self) -> None:
+        ticket = self._queue.get()
+        if ticket is None:
+            return
+        current = _Current(ticket)
+        with self._lock:
+            self._current = current
+        try:
+            self._serve(current)
+        except Exception as exc:  # noqa: BLE001 - a bug costs this prompt, not the node
+            self._health.record_error('phi3v-dispatcher', exc)
+            self._log(f'internal error while answering prompt #{ticket.id}: '
+                      f'{type(exc).__name__}: {exc}')
+            if not current.replied:
+                self._reply(ticket, f'internal error: {type(exc).__name__}: {exc}', 'failed')
+        finally:
             with self._lock:
-                self._current = ticket
-                self._cancel.clear()
-            try:
-                self._serve(ticket)
-            finally:
-                with self._lock:
-                    self._current = None
+                self._current = None
 
-    def _serve(self, ticket: Ticket) -> None:
+    def _serve(self, current: _Current) -> None:
         """
         Answer one taken prompt.
 
@@ -216,17 +256,19 @@ class VisionQA:
         convert = the frame to RGB; to_worker = into shared memory + the request down the pipe;
         handoff = worker round trip outside Engine.generate; reply = result to reply.
         """
+        ticket = current.ticket
         options = self._options
         frame = None
         timings = {'queue': time.monotonic() - ticket.received}
         try:
             start = time.monotonic()
-            self._wait_for_engine()
-            frame = self._bind_frame(options)
+            self._wait_for_engine(current, options)
+            frame = self._bind_frame(current, options)
             bound = time.monotonic()
             image = None if frame is None else self._convert(frame)
             timings.update(wait=bound - start, convert=time.monotonic() - bound)
-            result = self._run(ticket, image, options, timings)
+            history, epoch = self._history.turns()
+            result = self._run(current, image, history, options, timings)
         except _Cancelled:
             self._reply(ticket, self._cancel_reason(), 'failed', frame=frame, timings=timings)
             return
@@ -234,7 +276,8 @@ class VisionQA:
             self._reply(ticket, str(exc), 'failed', frame=frame, timings=timings)
             return
         self.last_result = result
-        if result.stop_reason == StopReason.CANCELLED:
+        if result.stop_reason == StopReason.CANCELLED or (self._closing.is_set()
+                                                          and not result.ok):
             self._reply(ticket, self._cancel_reason(), 'failed', result, frame, timings)
         elif result.stop_reason == StopReason.ERROR:
             self._reply(ticket, f'the model failed: {result.error}', 'failed', result, frame,
@@ -243,28 +286,35 @@ class VisionQA:
             self._reply(ticket, 'the model ended its answer without any text.', 'failed', result,
                         frame, timings)
         else:
-            self._history.add(ticket.question, result.text.strip())
+            self._history.add(ticket.question, result.text.strip(), epoch)
             self._reply(ticket, result.text, 'answered', result, frame, timings)
 
-    def _wait_for_engine(self) -> None:
+    def _wait_for_engine(self, current: _Current, options: QAOptions) -> None:
+        deadline = time.monotonic() + options.engine_wait_timeout_s
         while True:
-            self._check_cancel()
+            self._check_cancel(current)
             state = self._engine.state
             if state in (EngineState.READY, EngineState.GENERATING):
                 return
             if state == EngineState.FAILED:   # STOPPED: not started yet, wait like for LOADING
                 raise _Failed(f'the model is not available: {self._engine.detail}.')
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                detail = self._engine.detail
+                raise _Failed(f'the model is still {state.value} after '
+                              f'{options.engine_wait_timeout_s:g} s (engine_wait_timeout)'
+                              + (f': {detail}' if detail else '') + '; ask again later.')
             try:
-                if self._engine.wait_ready(0.1):
+                if self._engine.wait_ready(min(0.1, remaining)):
                     return
             except EngineError as exc:
                 raise _Failed(f'the model is not available: {exc}.') from None
 
-    def _bind_frame(self, options: QAOptions) -> Optional[Frame]:
+    def _bind_frame(self, current: _Current, options: QAOptions) -> Optional[Frame]:
         frame = self._frames.wait_for_fresh(options.max_image_age_s, 0.0)
         deadline = time.monotonic() + options.image_wait_timeout_s
         while frame is None and time.monotonic() < deadline:
-            self._check_cancel()
+            self._check_cancel(current)
             frame = self._frames.wait_for_fresh(options.max_image_age_s,
                                                 min(0.1, deadline - time.monotonic()))
         if frame is not None or options.allow_text_only:
@@ -282,11 +332,14 @@ class VisionQA:
         except ImageConversionError as exc:
             raise _Failed(f'the camera image could not be used: {exc}') from None
 
-    def _run(self, ticket: Ticket, image, options: QAOptions, timings: Dict[str, float]) -> Result:
+    def _run(self, current: _Current, image, history, options: QAOptions,
+             timings: Dict[str, float]) -> Result:
+        ticket = current.ticket
         done = threading.Event()
         outcome = []
         arrived = []
         stream_messages = [0]
+        progress = [time.monotonic()]
 
         def on_result(result: Result) -> None:
             arrived.append(time.monotonic())
@@ -294,21 +347,31 @@ class VisionQA:
             done.set()
 
         def on_piece(piece: str) -> None:
+            progress[0] = time.monotonic()
             stream_messages[0] += 1
             self._on_piece(ticket, piece)
 
         request = Request(prompt=ticket.question, image=image, settings=options.settings,
-                          system_prompt=options.system_prompt, history=self._history.turns())
-        self._check_cancel()
+                          system_prompt=options.system_prompt, history=history)
+        self._check_cancel(current)
         start = time.monotonic()
         try:
-            self._engine.submit(request, on_result=on_result, on_piece=on_piece)
+            request_id = self._engine.submit(request, on_result=on_result, on_piece=on_piece)
         except EngineError as exc:
             raise _Failed(f'the model is not available: {exc}.') from None
-        submitted = time.monotonic()
-        if self._cancel.is_set():   # cancel() may have come between _check_cancel and submit
-            self._engine.cancel()
-        done.wait()
+        submitted = progress[0] = time.monotonic()
+        with self._lock:
+            current.request_id = request_id
+            cancelled = current.cancelled
+        if cancelled:   # cancel() came before the request had its id
+            self._engine.cancel(request_id)
+        # Bounded: the engine client fails a silent worker after its stall_timeout; if even
+        # that does not happen, give up on the request here.
+        silence_limit_s = self._engine.stall_timeout_s + RESULT_GRACE_S
+        while not done.wait(0.25):
+            if time.monotonic() - progress[0] > silence_limit_s:
+                self._engine.abandon(request_id, 'abandoned without a result')
+                raise _Failed(f'the engine gave no sign of progress for {silence_limit_s:g} s.')
         result = outcome[0]
         timings.update(to_worker=submitted - start,
                        handoff=max(0.0, arrived[0] - submitted - result.total_s),
@@ -320,8 +383,10 @@ class VisionQA:
             return 'the node is shutting down.'
         return 'cancelled (~/cancel was called) before the answer was complete.'
 
-    def _check_cancel(self) -> None:
-        if self._cancel.is_set():
+    def _check_cancel(self, current: _Current) -> None:
+        with self._lock:
+            cancelled = current.cancelled
+        if cancelled or self._closing.is_set():
             raise _Cancelled()
 
     def _reply(self, ticket: Ticket, text: str, outcome: str, result: Optional[Result] = None,
@@ -330,4 +395,6 @@ class VisionQA:
             text = ERROR_PREFIX + text
         with self._lock:
             setattr(self.counters, outcome, getattr(self.counters, outcome) + 1)
+            if self._current is not None and self._current.ticket is ticket:
+                self._current.replied = True
         self._on_reply(Reply(ticket, text, outcome, result, frame, dict(timings or {})))

@@ -2,30 +2,41 @@
 vision_qa_node: the ROS 2 shell around VisionQA.
 
 It wires topics, services, parameters and diagnostics to the core and does nothing else (see
-vision_qa.py for the request logic).
+vision_qa.py for the request logic, engine_client.py for the worker process).
+
+Threads: the executor (main thread) runs every ROS callback; none of them blocks on the engine,
+and each is guarded, so that a message that breaks one costs that callback and not the node.
+The dispatcher publishes replies and stream pieces from its own thread (rclpy publishers are
+thread-safe). SIGINT and SIGTERM only set a flag (rclpy's own handlers are not installed): main()
+then stops taking prompts, replies to every prompt still waiting or in flight while the ROS
+context is still valid, stops the worker (bounded: asked, then killed), and exits 0.
 """
 from __future__ import annotations
 
 import signal
 import sys
 import time
+import traceback
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from phi3v_ros.diagnostics import engine_status
 from phi3v_ros.engine import EngineConfig
 from phi3v_ros.engine_client import EngineClient, EngineState
+from phi3v_ros.errors import ConfigurationError
 from phi3v_ros.frame_cache import FrameCache
 from phi3v_ros.frame_conversion import FrameConverter, load_cv_bridge_converter
+from phi3v_ros.guarded_thread import ThreadHealth
 from phi3v_ros.parameters import check_value, PARAMETERS, qa_options
 from phi3v_ros.vision_qa import Reply, Ticket, VisionQA
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 import rclpy
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import LoggingSeverity
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -37,6 +48,10 @@ STREAM_DEPTH = 100
 # executor took them, and those prompts were lost in the middleware without any reply; a burst of
 # replies (busy rejections) likewise overwrote answers not yet acknowledged by a subscriber.
 PROMPT_DEPTH = ANSWER_DEPTH = 1000
+TOPIC_PARAMETERS = ('image_topic', 'prompt_topic', 'answer_topic')
+# How long main() waits in the executor before it looks at the stop flag (Python runs signal
+# handlers only between the executor's waits).
+SPIN_PERIOD_S = 0.1
 
 
 def _descriptor(spec) -> ParameterDescriptor:
@@ -55,16 +70,30 @@ def _descriptor(spec) -> ParameterDescriptor:
 
 
 class VisionQANode(Node):
+    """Raises ConfigurationError, naming the parameter, for a parameter it cannot start with."""
+
     def __init__(self, **kwargs) -> None:
         super().__init__('vision_qa', **kwargs)
+        self._qa = self._engine = None
+        self._shut_down = False
+        self.health = ThreadHealth()
         self._values = {}
         for spec in PARAMETERS:
-            value = self.declare_parameter(spec.name, spec.default, _descriptor(spec)).value
+            try:
+                value = self.declare_parameter(spec.name, spec.default, _descriptor(spec)).value
+            except (ParameterException, ValueError, TypeError) as exc:
+                raise ConfigurationError(f'parameter {spec.name}: {exc}') from None
             problem = check_value(spec.name, value)
             if problem:
-                raise ValueError(problem)
+                raise ConfigurationError(problem)
             self._values[spec.name] = value
         v = self._values
+        for name in TOPIC_PARAMETERS:
+            try:
+                self.resolve_topic_name(v[name])
+            except (RuntimeError, ValueError) as exc:
+                raise ConfigurationError(f'{name} {v[name]!r} is not a valid topic name: '
+                                         f'{str(exc).split(", at ")[0]}') from None
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._frames = FrameCache()
@@ -73,7 +102,9 @@ class VisionQANode(Node):
         # that the callback costs one attribute read otherwise. Meaningful only when the camera
         # stamps with this clock.
         self._trace_frames = self.get_logger().is_enabled_for(LoggingSeverity.DEBUG)
-        fallback = load_cv_bridge_converter()
+        fallback, why_not = load_cv_bridge_converter()
+        if why_not:
+            self.get_logger().warning(why_not)
         self._engine = EngineClient(
             EngineConfig(model_path=v['model_path'], provider=v['provider'],
                          device_id=v['device_id'],
@@ -81,12 +112,13 @@ class VisionQANode(Node):
                          cuda_graph=v['cuda_graph'], stream_interval_s=v['stream_interval']),
             warmup=v['warmup'], stall_timeout_s=v['stall_timeout'],
             load_timeout_s=v['load_timeout'],
-            on_state=self._on_engine_state, log=self.get_logger().info)
+            on_state=self._on_engine_state, log=self.get_logger().info, health=self.health)
         converter = FrameConverter(v['max_image_pixels'], fallback,
                                    allocate=self._engine.frame_buffer)
         self._qa = VisionQA(self._engine, self._frames, converter,
                             on_reply=self._publish_reply, on_piece=self._publish_piece,
-                            options=qa_options(v), log=self.get_logger().info)
+                            options=qa_options(v), log=self.get_logger().info,
+                            health=self.health)
 
         self._answer_pub = self.create_publisher(String, v['answer_topic'], ANSWER_DEPTH)
         self._stream_pub = self.create_publisher(String, v['answer_topic'] + '/stream',
@@ -97,15 +129,17 @@ class VisionQANode(Node):
             history=HistoryPolicy.KEEP_LAST, depth=v['image_qos_depth'],
             reliability=(ReliabilityPolicy.RELIABLE if v['image_reliability'] == 'reliable'
                          else ReliabilityPolicy.BEST_EFFORT))
+        on_image = self._guarded(self._on_image)
         if v['use_compressed']:
             self.create_subscription(CompressedImage, v['image_topic'] + '/compressed',
-                                     self._on_image, image_qos)
+                                     on_image, image_qos)
         else:
-            self.create_subscription(Image, v['image_topic'], self._on_image, image_qos)
-        self.create_subscription(String, v['prompt_topic'], self._on_prompt, PROMPT_DEPTH)
-        self.create_service(Trigger, '~/cancel', self._on_cancel)
-        self.create_service(Trigger, '~/reset', self._on_reset)
-        self.create_timer(v['diagnostics_period'], self._publish_diagnostics)
+            self.create_subscription(Image, v['image_topic'], on_image, image_qos)
+        self.create_subscription(String, v['prompt_topic'], self._guarded(self._on_prompt),
+                                 PROMPT_DEPTH)
+        self.create_service(Trigger, '~/cancel', self._guarded_service(self._on_cancel))
+        self.create_service(Trigger, '~/reset', self._guarded_service(self._on_reset))
+        self.create_timer(v['diagnostics_period'], self._guarded(self._publish_diagnostics))
 
         self._engine.start()
         self._qa.start()
@@ -118,6 +152,36 @@ class VisionQANode(Node):
 
     def _resolved(self, topic: str) -> str:
         return self.resolve_topic_name(topic)
+
+    @property
+    def dead_threads(self):
+        return self.health.dead_threads
+
+    def _internal_error(self, where: str, exc: Exception) -> None:
+        self.health.record_error(where, exc)
+        self.get_logger().error(f'internal error in {where} (the node goes on): '
+                                f'{traceback.format_exc()}')
+
+    def _guarded(self, callback):
+        """Wrap a subscription or timer callback: its exception is logged, never raised."""
+        def guarded(*args):
+            try:
+                callback(*args)
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the node
+                self._internal_error(callback.__name__, exc)
+        return guarded
+
+    def _guarded_service(self, callback):
+        """Wrap a service callback: on an exception it answers success=False with the reason."""
+        def guarded(request, response):
+            try:
+                return callback(request, response)
+            except Exception as exc:  # noqa: BLE001 - the caller gets an answer in any case
+                self._internal_error(callback.__name__, exc)
+                response.success = False
+                response.message = f'internal error: {type(exc).__name__}: {exc}'
+                return response
+        return guarded
 
     # -- callbacks ----------------------------------------------------------------------------
 
@@ -146,6 +210,14 @@ class VisionQANode(Node):
         return response
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
+        try:
+            return self._apply_parameters(parameters)
+        except Exception as exc:  # noqa: BLE001 - refuse the change, keep the node
+            self._internal_error('_on_set_parameters', exc)
+            return SetParametersResult(successful=False,
+                                       reason=f'internal error: {type(exc).__name__}: {exc}')
+
+    def _apply_parameters(self, parameters) -> SetParametersResult:
         values = dict(self._values)
         for parameter in parameters:
             if parameter.name not in values:
@@ -211,7 +283,7 @@ class VisionQANode(Node):
 
     def _publish_diagnostics(self) -> None:
         level, message, values = engine_status(self._engine, self._qa, self._frames,
-                                               self._values['model_path'])
+                                               self._values['model_path'], self.health)
         status = DiagnosticStatus(level=bytes([level]),
                                   name=f'{self.get_fully_qualified_name()}: engine',
                                   message=message, hardware_id=self._values['model_path'],
@@ -220,13 +292,28 @@ class VisionQANode(Node):
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(array)
 
+    def shutdown(self) -> None:
+        """
+        Stop in order, bounded (about 4 s at most, with a wedged worker): see the module's text.
+
+        Prompts still waiting and the one in flight get their 'shutting down' reply; the worker
+        is asked to stop and killed when it does not within 2 s.
+        """
+        if self._shut_down:
+            return
+        self._shut_down = True
+        if self._qa is not None:
+            self._qa.close()
+        if self._engine is not None:
+            self._engine.close()
+        if self._qa is not None:
+            self._qa.join(2.0)
+
     def destroy_node(self) -> None:
         # Also called (by main, and on newer rclpy by the context's shutdown) on a node whose
         # constructor failed half-way, e.g. on a parameter refused by its descriptor.
-        if getattr(self, '_qa', None) is not None:
-            self._qa.close()
-        if getattr(self, '_engine', None) is not None:
-            self._engine.close()
+        if hasattr(self, '_shut_down'):
+            self.shutdown()
         super().destroy_node()
 
 
@@ -245,29 +332,58 @@ def _node_timings(timings: dict, publish_s: float, node_s: float) -> str:
             f'{int(timings.get("stream_messages", 0))} stream messages')
 
 
+class _StopSignals:
+    """SIGINT and SIGTERM set a flag; main() stops in order when it sees it (see module text)."""
+
+    def __init__(self) -> None:
+        self.received: str = ''
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        # A second signal (launch forwards Ctrl-C after the terminal has sent it) changes nothing:
+        # the shutdown under way is bounded.
+        if not self.received:
+            self.received = signal.Signals(signum).name
+
+
 def main(args=None) -> int:
-    # rclpy (Humble and later) turns SIGINT and SIGTERM into a context shutdown: spin() then ends
-    # with KeyboardInterrupt or ExternalShutdownException and the finally block stops the worker.
-    rclpy.init(args=args)
+    """Run the node; exit code 0 on SIGINT/SIGTERM, 2 on a bad parameter, 1 on a dead thread."""
+    stop = _StopSignals()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
+    code = 0
     try:
         node = VisionQANode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, ParameterException) as exc:
-        # a parameter out of its descriptor's range or of the wrong type (`-p max_queue:=0`,
-        # `-p stall_timeout:=5`): one line saying which, not a traceback
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.received:
+            try:
+                executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+            except ExternalShutdownException:
+                break
+            except Exception as exc:  # noqa: BLE001 - rclpy itself failed in a take or a wait
+                node._internal_error('the executor', exc)
+                time.sleep(SPIN_PERIOD_S)
+            if node.dead_threads:
+                node.get_logger().fatal(f'thread {", ".join(node.dead_threads)} ended: exiting '
+                                        'with code 1 (launch respawn=True restarts the node)')
+                code = 1
+                break
+    except ConfigurationError as exc:
+        # a parameter out of its range or of the wrong type (`-p max_queue:=0`), a bad topic name:
+        # one line saying which, not a traceback
         print(f'vision_qa_node: {exc}', file=sys.stderr)
-        return 2
+        code = 2
+    except KeyboardInterrupt:     # SIGINT before our handler was in place
+        pass
     finally:
-        # `ros2 launch` forwards Ctrl-C after the terminal already sent it: a second SIGINT must
-        # not interrupt the worker's orderly stop.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
+            if stop.received:
+                node.get_logger().info(f'{stop.received}: stopping')
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return code
 
 
 if __name__ == '__main__':

@@ -32,13 +32,19 @@ WARMUP_IMAGE_SIDE = 336
 
 @dataclasses.dataclass
 class WorkItem:
-    """A Request without its pixels: the frame waits in shared memory (see frame_transport.py)."""
+    """
+    A Request as it crosses the pipe.
+
+    The frame waits in shared memory (frame, see frame_transport.py), or, where no shared memory
+    can be had, travels in the message itself (pixels, an RGB uint8 array).
+    """
 
     prompt: str
     settings: GenerationSettings
     system_prompt: str = ''
     history: Tuple[Turn, ...] = ()
     frame: Optional[FrameRef] = None
+    pixels: Optional[object] = None
 
 
 def _die_with_parent() -> None:
@@ -108,8 +114,11 @@ class _Inbox:
 def worker_main(conn, config: EngineConfig, warmup: bool) -> None:
     """Entry point of the spawned process."""
     _die_with_parent()
-    # Ctrl-C reaches the whole process group; the parent decides when the worker stops.
+    # Ctrl-C, systemd, `docker stop` and launch signal the whole process group: the parent decides
+    # when the worker stops (it asks, then kills), so that the prompt in flight is answered as
+    # "shutting down" and no restart is scheduled. The worker dies with the parent in any case.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         engine = Engine(config, log=lambda text: conn.send(('log', text)))
         if warmup:
@@ -140,7 +149,7 @@ def _answer(engine: Engine, frames: FrameReceiver, inbox: _Inbox, request_id: in
             item: WorkItem, conn) -> Result:
     if inbox.is_cancelled(request_id):
         return Result(stop_reason=StopReason.CANCELLED, error='cancelled')
-    image = None if item.frame is None else frames.view(item.frame)
+    image = item.pixels if item.frame is None else frames.view(item.frame)
     request = Request(prompt=item.prompt, image=image, settings=item.settings,
                       system_prompt=item.system_prompt, history=item.history)
     # Pieces that come faster than stream_interval_s are sent together (see piece_coalescer.py): at

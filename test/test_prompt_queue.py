@@ -60,17 +60,28 @@ def test_close_wakes_the_consumer_and_returns_waiting_items():
 def test_history_keeps_the_last_turns_and_clears():
     history = ConversationHistory(2)
     for i in range(3):
-        history.add(f'q{i}', f'a{i}')
-    assert [t.question for t in history.turns()] == ['q1', 'q2']
+        history.add(f'q{i}', f'a{i}', history.turns()[1])
+    assert [t.question for t in history.turns()[0]] == ['q1', 'q2']
     history.max_turns = 1
-    assert [t.question for t in history.turns()] == ['q2']
+    assert [t.question for t in history.turns()[0]] == ['q2']
     history.clear()
-    assert history.turns() == ()
+    assert history.turns()[0] == ()
+
+
+def test_an_answer_to_a_question_asked_before_clear_is_not_added_after_it():
+    history = ConversationHistory(4)
+    history.add('before', 'kept until clear', history.turns()[1])
+    _, epoch = history.turns()       # a question is asked with this history...
+    history.clear()                  # ...~/reset comes while it is being answered...
+    history.add('asked before reset', 'answered after', epoch)
+    assert history.turns()[0] == ()  # ...and its answer does not bring the old conversation back
+    history.add('asked after reset', 'kept', history.turns()[1])
+    assert [t.question for t in history.turns()[0]] == ['asked after reset']
 
 
 def test_history_of_zero_turns_keeps_nothing():
     history = ConversationHistory(0)
-    history.add('q', 'a')
-    assert history.turns() == ()
+    history.add('q', 'a', history.turns()[1])
+    assert history.turns()[0] == ()
     with pytest.raises(ValueError):
         history.max_turns = -1

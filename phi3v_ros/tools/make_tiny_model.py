@@ -334,11 +334,13 @@ def _json_text(obj: dict) -> str:
 
 
 def make_tiny_model(out_dir, *, seed: int = 0, end_immediately: bool = False,
-                    context_length: int = CONTEXT_LENGTH) -> pathlib.Path:
+                    context_length: int = CONTEXT_LENGTH,
+                    num_layers: int = Dims.num_layers) -> pathlib.Path:
     """
     Write the tiny model into ``out_dir`` (created if needed) and return its absolute path.
 
-    A longer ``context_length`` lets tests keep a generation running for seconds (cancel, floods).
+    A longer ``context_length`` lets tests keep a generation running for seconds (cancel, floods);
+    more ``num_layers`` make its KV cache larger per token (the memory guard's tests).
 
     Same arguments -> byte-identical files. Files already in ``out_dir`` with the same names are
     overwritten; other files are left alone.
@@ -347,7 +349,7 @@ def make_tiny_model(out_dir, *, seed: int = 0, end_immediately: bool = False,
 
     out = pathlib.Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    dims = Dims(vocab_size=MODEL_VOCAB, context_length=context_length)
+    dims = Dims(vocab_size=MODEL_VOCAB, context_length=context_length, num_layers=num_layers)
 
     tokenizer_json = build_tokenizer_json()
     tok_data = json.loads(tokenizer_json)
@@ -396,9 +398,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='make the model emit <|end|> as its first token')
     parser.add_argument('--context-length', type=int, default=CONTEXT_LENGTH,
                         help=f'longest prompt + answer in tokens (default {CONTEXT_LENGTH})')
+    parser.add_argument('--num-layers', type=int, default=Dims.num_layers,
+                        help=f'decoder layers (default {Dims.num_layers})')
     args = parser.parse_args(argv)
     path = make_tiny_model(args.out_dir, seed=args.seed, end_immediately=args.end_immediately,
-                           context_length=args.context_length)
+                           context_length=args.context_length, num_layers=args.num_layers)
     print(path)
     return 0
 
