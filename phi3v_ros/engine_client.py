@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import enum
 import itertools
-import multiprocessing
 from multiprocessing.connection import wait
 import queue
 import signal
@@ -38,12 +37,13 @@ import threading
 import time
 from typing import Callable, List, Optional
 
+from phi3v_ros import worker_launch
 from phi3v_ros.engine import EngineConfig
 from phi3v_ros.errors import EngineError
 from phi3v_ros.frame_transport import FrameSender, SharedMemoryUnavailable
 from phi3v_ros.generation import Request, Result, StopReason
 from phi3v_ros.guarded_thread import start_guarded, ThreadHealth
-from phi3v_ros.worker import worker_main, WorkItem
+from phi3v_ros.worker import WorkItem
 
 _POLL_S = 0.1   # the monitor's longest sleep: how soon it sees close() and timeouts
 
@@ -80,23 +80,20 @@ class _InFlight:
 class _Worker:
     """One worker process, its pipe, and the thread that writes to the pipe."""
 
-    def __init__(self, context, config: EngineConfig, warmup: bool) -> None:
-        parent_conn, child_conn = context.Pipe(duplex=True)
-        self.process = context.Process(target=worker_main, name='phi3v-worker',
-                                       args=(child_conn, config, warmup), daemon=True)
-        try:
-            self.process.start()
-        except BaseException:
-            parent_conn.close()
-            child_conn.close()
-            raise
-        child_conn.close()
-        self.conn = parent_conn
+    def __init__(self, config: EngineConfig, warmup: bool) -> None:
+        self.process, self.conn = worker_launch.spawn()
         self.started_at = time.monotonic()
         self._outbox: 'queue.SimpleQueue' = queue.SimpleQueue()
+        self._outbox.put(('start', config, warmup))
         self._writer = threading.Thread(target=self._write, name='phi3v-engine-writer',
                                         daemon=True)
         self._writer.start()
+
+    @property
+    def waitables(self) -> list:
+        """Return what the monitor waits on: the pipe, and the process's end (Linux >= 5.3)."""
+        sentinel = self.process.sentinel
+        return [self.conn] if sentinel is None else [self.conn, sentinel]
 
     def send(self, message: tuple) -> None:
         """Queue a message for the worker; never blocks."""
@@ -136,6 +133,7 @@ class _Worker:
         self._outbox.put(None)
         self._writer.join(1.0)
         self.conn.close()
+        self.process.poll()       # reaped: its pidfd is closed
 
 
 class EngineClient:
@@ -156,7 +154,6 @@ class EngineClient:
         self._on_state = on_state or (lambda state, detail: None)
         self._log = log
         self.health = health or ThreadHealth()
-        self._context = multiprocessing.get_context('spawn')   # fork would break CUDA and rclpy
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._frames = FrameSender()
@@ -379,9 +376,9 @@ class EngineClient:
                     self._closing.wait(min(_POLL_S, max(0.0, wait_s)))
                 return
             try:
-                ready = wait([worker.conn, worker.process.sentinel], timeout=_POLL_S)
+                ready = wait(worker.waitables, timeout=_POLL_S)
             except (OSError, ValueError):
-                ready = [worker.process.sentinel]
+                ready = [None]        # the pipe is broken: the worker is gone
             if self._closing.is_set():
                 return
             if worker.conn in ready:
@@ -391,7 +388,9 @@ class EngineClient:
                     self._on_worker_death(worker)
                     return
                 self._handle(worker, message)
-            elif worker.process.sentinel in ready:
+            elif ready:
+                self._on_worker_death(worker)
+            elif not worker.process.is_alive():   # where there is no pidfd to tell
                 self._on_worker_death(worker)
             else:
                 self._check_timeouts(worker)
@@ -415,7 +414,7 @@ class EngineClient:
 
     def _start_worker(self) -> None:
         try:
-            worker = _Worker(self._context, self.config, self._warmup)
+            worker = _Worker(self.config, self._warmup)
         except Exception as exc:  # noqa: BLE001 - ENOMEM, EAGAIN, a full /tmp: retried
             with self._lock:
                 self._count_crash(f'could not be started ({type(exc).__name__}: {exc})')
@@ -491,6 +490,9 @@ class EngineClient:
 
     def _on_worker_death(self, worker: _Worker, reason: Optional[str] = None) -> None:
         worker.process.join(1.0)      # reap it (outside the lock: it can take a moment)
+        if worker.process.is_alive():  # a broken pipe from a live worker: end it
+            worker.kill()
+            worker.process.join(1.0)
         with self._lock:
             if self._worker is not worker:
                 return                # close() took it, or it was already handled

@@ -14,6 +14,7 @@ client sends that frame through the pipe.
 """
 from __future__ import annotations
 
+import mmap
 from multiprocessing import shared_memory
 import os
 from typing import Optional, Tuple
@@ -112,19 +113,34 @@ class FrameSender:
 
 
 class FrameReceiver:
-    """Worker side: attaches to the parent's block (open across requests) and views the frame."""
+    """
+    Worker side: maps the parent's block (kept across requests) read-only and views the frame.
+
+    It maps /dev/shm/<name> itself rather than through SharedMemory: on Python < 3.13 attaching
+    registers the block with a resource tracker of the worker's own (the worker is not a
+    multiprocessing child), which would unlink the parent's block when the worker exits.
+    """
 
     def __init__(self) -> None:
-        self._block: Optional[shared_memory.SharedMemory] = None
+        self._name: Optional[str] = None
+        self._map: Optional[mmap.mmap] = None
 
     def view(self, ref: FrameRef) -> np.ndarray:
         name, shape = ref
-        if self._block is None or self._block.name != name:
+        if self._map is None or self._name != name:
             self.close()
-            self._block = shared_memory.SharedMemory(name=name)
-        return np.ndarray(shape, np.uint8, self._block.buf)
+            fd = os.open(f'/dev/shm/{name.lstrip("/")}', os.O_RDONLY)
+            try:
+                self._map = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+            self._name = name
+        return np.ndarray(shape, np.uint8, self._map)
 
     def close(self) -> None:
-        if self._block is not None:
-            block, self._block = self._block, None
-            block.close()
+        if self._map is not None:
+            mapped, self._map = self._map, None
+            try:
+                mapped.close()
+            except BufferError:
+                pass    # a view is still alive: unmapped when it goes

@@ -119,7 +119,8 @@ class VisionQA:
                  on_piece: Callable[[Ticket, str], None] = lambda ticket, piece: None,
                  options: QAOptions = QAOptions(),
                  log: Callable[[str], None] = lambda text: None,
-                 health: Optional[ThreadHealth] = None) -> None:
+                 health: Optional[ThreadHealth] = None,
+                 result_grace_s: float = RESULT_GRACE_S) -> None:
         self._engine = engine
         self._frames = frames
         self._convert_frame = convert_frame
@@ -131,6 +132,7 @@ class VisionQA:
         self._history = ConversationHistory(options.history_turns)
         self._options = options
         self._health = health or ThreadHealth()
+        self._result_grace_s = result_grace_s
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._current: Optional[_Current] = None
@@ -367,7 +369,7 @@ class VisionQA:
             self._engine.cancel(request_id)
         # Bounded: the engine client fails a silent worker after its stall_timeout; if even
         # that does not happen, give up on the request here.
-        silence_limit_s = self._engine.stall_timeout_s + RESULT_GRACE_S
+        silence_limit_s = self._engine.stall_timeout_s + self._result_grace_s
         while not done.wait(0.25):
             if time.monotonic() - progress[0] > silence_limit_s:
                 self._engine.abandon(request_id, 'abandoned without a result')

@@ -31,11 +31,12 @@ from phi3v_ros.vision_qa import Reply, Ticket, VisionQA
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 import rclpy
+from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import LoggingSeverity
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
@@ -48,6 +49,9 @@ STREAM_DEPTH = 100
 # executor took them, and those prompts were lost in the middleware without any reply; a burst of
 # replies (busy rejections) likewise overwrote answers not yet acknowledged by a subscriber.
 PROMPT_DEPTH = ANSWER_DEPTH = 1000
+# ~/cancel and ~/reset: with the default depth of 10, a burst of calls (a client retrying in a
+# loop) lost all but about 10 requests in the middleware, and their callers waited forever.
+SERVICE_DEPTH = 1000
 TOPIC_PARAMETERS = ('image_topic', 'prompt_topic', 'answer_topic')
 # How long main() waits in the executor before it looks at the stop flag (Python runs signal
 # handlers only between the executor's waits).
@@ -137,8 +141,13 @@ class VisionQANode(Node):
             self.create_subscription(Image, v['image_topic'], on_image, image_qos)
         self.create_subscription(String, v['prompt_topic'], self._guarded(self._on_prompt),
                                  PROMPT_DEPTH)
-        self.create_service(Trigger, '~/cancel', self._guarded_service(self._on_cancel))
-        self.create_service(Trigger, '~/reset', self._guarded_service(self._on_reset))
+        service_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=SERVICE_DEPTH,
+                                 reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.VOLATILE)
+        self.create_service(Trigger, '~/cancel', self._guarded_service(self._on_cancel),
+                            qos_profile=service_qos)
+        self.create_service(Trigger, '~/reset', self._guarded_service(self._on_reset),
+                            qos_profile=service_qos)
         self.create_timer(v['diagnostics_period'], self._guarded(self._publish_diagnostics))
 
         self._engine.start()
@@ -294,7 +303,7 @@ class VisionQANode(Node):
 
     def shutdown(self) -> None:
         """
-        Stop in order, bounded (about 4 s at most, with a wedged worker): see the module's text.
+        Stop in order, bounded (about 5 s at most, with a wedged worker): see the module's text.
 
         Prompts still waiting and the one in flight get their 'shutting down' reply; the worker
         is asked to stop and killed when it does not within 2 s.
@@ -308,6 +317,11 @@ class VisionQANode(Node):
             self._engine.close()
         if self._qa is not None:
             self._qa.join(2.0)
+        # The last replies were just published: give subscribers a moment to take them before
+        # the publisher goes away with the node.
+        answers = getattr(self, '_answer_pub', None)
+        if answers is not None:
+            answers.wait_for_all_acked(Duration(seconds=1.0))
 
     def destroy_node(self) -> None:
         # Also called (by main, and on newer rclpy by the context's shutdown) on a node whose

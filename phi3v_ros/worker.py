@@ -1,11 +1,14 @@
 """
 The worker process: owns the Engine, answers one request at a time, streams pieces back.
 
+worker_launch.py starts it (`python -m phi3v_ros.worker_launch FD`) and hands it to worker_main.
+
 It runs apart from the ROS node because onnxruntime-genai holds the GIL through the whole prefill
 (seconds on a Jetson) and because some of its failures (libjpeg's exit(1), an out-of-memory abort)
 end the process they happen in. Messages on the pipe are tuples whose first item names them:
 
-parent -> worker: ('generate', id, WorkItem) | ('cancel', id) | ('shutdown',)
+parent -> worker: ('start', EngineConfig, warmup) first, then
+                  ('generate', id, WorkItem) | ('cancel', id) | ('shutdown',)
 worker -> parent: ('log', text) | ('ready', info) | ('load_failed', reason)
                   | ('piece', id, text) | ('result', id, Result)
 """
@@ -114,9 +117,9 @@ class _Inbox:
 def worker_main(conn, config: EngineConfig, warmup: bool) -> None:
     """Entry point of the spawned process."""
     _die_with_parent()
-    # Ctrl-C, systemd, `docker stop` and launch signal the whole process group: the parent decides
-    # when the worker stops (it asks, then kills), so that the prompt in flight is answered as
-    # "shutting down" and no restart is scheduled. The worker dies with the parent in any case.
+    # The parent decides when the worker stops (it asks, then kills), so that the prompt in flight
+    # is answered as "shutting down" and no restart is scheduled; the worker dies with the parent
+    # in any case. worker_launch ignores these before anything else; here for other callers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:

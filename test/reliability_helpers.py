@@ -129,14 +129,14 @@ def worker_of(node):
     """
     Return the node's worker process, or None.
 
-    That is the one spawned by multiprocessing, not its resource tracker.
+    That is `python -m phi3v_ros.worker_launch`, not multiprocessing's resource tracker.
     """
     for child in node.descendants():
         try:
             command = ' '.join(child.cmdline())
         except psutil.Error:
             continue
-        if 'spawn_main' in command and 'resource_tracker' not in command:
+        if 'phi3v_ros.worker_launch' in command:
             return child
     return None
 

@@ -49,13 +49,14 @@ def _kill_leftovers():
 class NodeProcess:
     """vision_qa_node in a subprocess; its output is kept for assertions and failure messages."""
 
-    def __init__(self, parameters, extra_args=()):
-        args = entry_point('vision_qa_node') + ['--ros-args']
+    def __init__(self, parameters, extra_args=(), prefix=(), env=None):
+        """Start the node; prefix is put before the command (unshare, ...), env replaces os's."""
+        args = list(prefix) + entry_point('vision_qa_node') + ['--ros-args']
         for name, value in parameters.items():
             args += ['-p', f'{name}:={value}']
         args += list(extra_args)
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, start_new_session=True)
+                                        text=True, start_new_session=True, env=env)
         _STARTED.append(self)
         self.lines = []
         self._line_added = threading.Condition()

@@ -127,3 +127,62 @@ def test_the_engine_client_hands_out_its_block_only_while_idle(tiny_model):
         assert answers[0].ok and answers[0].text == answers[1].text  # same pixels, same answer
     finally:
         client.close()
+
+
+def test_a_header_that_lies_about_its_size_never_sizes_the_shared_block():
+    """A 1-byte Image claiming 6000x6000 used to grow the block to 109 MB before being refused."""
+    asked = []
+
+    def allocate(shape):
+        asked.append(shape)
+        return np.zeros(shape, np.uint8)
+    converter = FrameConverter(max_pixels=40_000_000, allocate=allocate)
+    liar = ImageMsg('rgb8', 6000, 6000, 18000, b'\x00')
+    with pytest.raises(ImageConversionError, match='image data is 1 bytes but'):
+        converter(Frame(liar, 0.0, 0.0, 1))
+    assert asked == []
+
+
+def test_an_empty_encoding_is_refused_before_the_cv_bridge_fallback():
+    def fallback(msg):
+        raise AssertionError('an empty encoding must not reach cv_bridge')
+    converter = FrameConverter(max_pixels=1000, fallback=fallback)
+    for encoding in ('', None):
+        with pytest.raises(ImageConversionError, match='image encoding'):
+            converter(Frame(ImageMsg(encoding, 2, 2, 6, b'\x00' * 12), 0.0, 0.0, 1))
+
+
+FULL_SHM_PROBE = r"""
+mount -t tmpfs -o size=16m tmpfs /dev/shm || exit 90
+exec "$PYTHON" -c '
+import numpy as np
+from phi3v_ros.frame_transport import FrameSender, SharedMemoryUnavailable
+sender = FrameSender()
+sender.put(np.zeros((480, 640, 3), np.uint8))          # 0.9 MB: fits
+try:
+    sender.put(np.full((2160, 3840, 3), 7, np.uint8))   # 24.9 MB: does not
+except SharedMemoryUnavailable as exc:
+    print("refused:", exc)
+sender.close()
+'
+"""
+
+
+def test_a_full_dev_shm_is_an_error_not_sigbus():
+    """The block is reserved when created; sparse, its first page past the room killed us."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which('unshare') is None:
+        pytest.skip('needs unshare')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run(['unshare', '--mount', '--propagation', 'private', 'sh', '-c',
+                          FULL_SHM_PROBE],
+                         env=dict(os.environ, PYTHON=sys.executable, PYTHONPATH=root),
+                         capture_output=True, text=True, timeout=60)
+    if run.returncode == 90 or 'Operation not permitted' in run.stderr:
+        pytest.skip('needs root to mount a small /dev/shm')
+    assert run.returncode == 0, (run.returncode, run.stderr)   # -7 would be SIGBUS
+    assert run.stdout.startswith('refused: /dev/shm has no room for a 24.7 MiB frame block'), (
+        run.stdout)

@@ -28,14 +28,15 @@ def engine(tiny_model):
 
 
 class Harness:
-    def __init__(self, engine, options, convert=None):
+    def __init__(self, engine, options, convert=None, **qa_arguments):
         self.frames = FrameCache()
         self.replies = []
         self.pieces = {}
         self.reply_arrived = threading.Condition()
         self.first_piece = threading.Event()
         self.qa = VisionQA(engine, self.frames, convert or (lambda frame: frame.message),
-                           on_reply=self._on_reply, on_piece=self._on_piece, options=options)
+                           on_reply=self._on_reply, on_piece=self._on_piece, options=options,
+                           **qa_arguments)
         self.qa.start()
 
     def _on_reply(self, reply):
@@ -44,8 +45,15 @@ class Harness:
             self.reply_arrived.notify_all()
 
     def _on_piece(self, ticket, piece):
-        self.pieces.setdefault(ticket.id, []).append(piece)
+        with self.reply_arrived:
+            self.pieces.setdefault(ticket.id, []).append(piece)
+            self.reply_arrived.notify_all()
         self.first_piece.set()
+
+    def wait_for_pieces(self, ticket, count, timeout=30):
+        with self.reply_arrived:
+            return self.reply_arrived.wait_for(
+                lambda: len(self.pieces.get(ticket.id, ())) >= count, timeout)
 
     def wait_replies(self, count, timeout=60):
         with self.reply_arrived:

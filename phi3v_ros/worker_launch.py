@@ -1,0 +1,134 @@
+"""
+Start the worker process, and reap it: `python -m phi3v_ros.worker_launch FD`.
+
+Why not multiprocessing's spawn: its child runs the parent's main script again (the node's console
+script, and with it rclpy) before the worker's code, and it stays in the node's process group, so
+that a Ctrl-C, `kill -- -PGID`, `docker stop` or launch's SIGTERM reaches it during those seconds
+of imports, before it can ignore them: a KeyboardInterrupt traceback, or a worker killed under the
+prompt in flight. Here the worker is spawned with posix_spawn into its own process group (same
+session), with only its socket passed, and the parent alone decides when it stops: it asks over the
+socket, then kills. The worker also asks Linux to kill it when the parent dies (worker.py).
+"""
+from __future__ import annotations
+
+import fcntl
+from multiprocessing.connection import Connection
+import os
+import signal
+import socket
+import sys
+import time
+from typing import List, Optional, Tuple
+
+import phi3v_ros
+
+
+class WorkerProcess:
+    """A child process started by spawn(); the parts of multiprocessing.Process the client uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.exitcode: Optional[int] = None
+        # Readable when the process has ended (Linux >= 5.3); None: the socket's EOF tells.
+        try:
+            self.sentinel: Optional[int] = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self.sentinel = None
+
+    def poll(self) -> Optional[int]:
+        """Reap the process if it has ended; return its exit code (-N: killed by signal N)."""
+        if self.exitcode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 255 << 8     # reaped elsewhere: unknown status
+            if pid == self.pid:
+                self.exitcode = os.waitstatus_to_exitcode(status)
+                self._close_sentinel()
+        return self.exitcode
+
+    def is_alive(self) -> bool:
+        return self.poll() is None
+
+    def join(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pause = 0.001
+        while self.is_alive() and time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(0.05, pause * 2)
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def _close_sentinel(self) -> None:
+        if self.sentinel is not None:
+            os.close(self.sentinel)
+            self.sentinel = None
+
+
+def _close_inherited(keep: int) -> List[tuple]:
+    """
+    Return posix_spawn file actions that close every inheritable descriptor but 0-2 and keep.
+
+    Python opens its descriptors close-on-exec; libraries in C (DDS sockets, shared memory) may
+    not, and the worker must not hold them.
+    """
+    actions = []
+    for name in os.listdir('/proc/self/fd'):
+        fd = int(name)
+        if fd <= 2 or fd == keep:
+            continue
+        try:
+            if not fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
+                actions.append((os.POSIX_SPAWN_CLOSE, fd))
+        except OSError:
+            continue      # closed meanwhile (the listing's own descriptor, another thread's)
+    return actions
+
+
+def spawn() -> Tuple[WorkerProcess, Connection]:
+    """Start `python -m phi3v_ros.worker_launch FD`; return the process and the parent's end."""
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        child_fd = child_sock.detach()
+        os.set_inheritable(child_fd, True)
+        env = dict(os.environ)
+        # The worker imports this very package, wherever the parent found it (a source tree, a
+        # colcon install, a venv).
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(phi3v_ros.__file__)))
+        env['PYTHONPATH'] = os.pathsep.join(
+            [package_root] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
+        try:
+            pid = os.posix_spawn(sys.executable,
+                                 [sys.executable, '-m', 'phi3v_ros.worker_launch', str(child_fd)],
+                                 env, setpgroup=0, file_actions=_close_inherited(child_fd))
+        finally:
+            os.close(child_fd)
+    except BaseException:
+        parent_sock.close()
+        raise
+    return WorkerProcess(pid), Connection(parent_sock.detach())
+
+
+def main(argv=None) -> int:
+    """Worker side: read the configuration from the socket, then serve (worker.worker_main)."""
+    # Nothing that signals the node's process group is meant for the worker (module text).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    args = sys.argv[1:] if argv is None else argv
+    conn = Connection(int(args[0]))
+    from phi3v_ros.worker import worker_main
+    _, config, warmup = conn.recv()
+    worker_main(conn, config, warmup)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
