@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= .cache/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench soak lint clean
+.PHONY: venv demo test bench soak soak-faults lint clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,15 @@ SOAK_DURATION ?= 1800
 soak: $(STAMP)
 	mkdir -p .cache
 	$(BIN)/python -m bench.soak --duration $(SOAK_DURATION) --out .cache/soak_results.json
+
+# The same with faults (bench/soak_faults.py): worker SIGKILLs and SIGSTOPs, ~/cancel floods, ~/reset,
+# runtime parameter changes, bad frames and prompt bursts while prompts flow; fails unless every prompt
+# got one reply, the node's counters add up, the node lived and stopped cleanly and memory stayed flat.
+# `make soak-faults SOAK_DURATION=120 SOAK_FAULTS_ARGS='--seed 2'`
+SOAK_FAULTS_ARGS ?=
+soak-faults: $(STAMP)
+	mkdir -p .cache
+	$(BIN)/python -m bench.soak --faults --duration $(SOAK_DURATION) --out .cache/soak_faults.json $(SOAK_FAULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build install log .pytest_cache .hypothesis *.egg-info

@@ -15,6 +15,11 @@ Without --model it generates the tiny random-weight model (make_tiny_model) in a
 The memory verdict compares the median RSS of the first and last fifth of the run (after --warmup
 seconds) and fits a line through all samples after warm-up: `flat` when neither grows by more than
 --max-growth-mb (default 20 MB over the run).
+
+With --faults the same node runs while a fault driver kills and stalls its worker, floods ~/cancel,
+calls ~/reset, changes parameters, publishes bad frames and bursts of prompts (bench/soak_faults.py):
+
+    python -m bench.soak --faults --duration 120 --seed 1 --out /tmp/soak_faults.json
 """
 from __future__ import annotations
 
@@ -234,10 +239,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--frame-rate', type=float, default=15.0, help='camera frames per second')
     parser.add_argument('--size', type=parse_size, default=(640, 480), help='camera WIDTHxHEIGHT')
     parser.add_argument('--max-new-tokens', type=int, default=64)
-    parser.add_argument('--sample-interval', type=float, default=10.0, help='seconds between samples')
-    parser.add_argument('--window', type=float, default=300.0, help='seconds per row of the table')
-    parser.add_argument('--warmup', type=float, default=60.0,
-                        help='seconds left out of the memory verdict (allocators settle)')
+    parser.add_argument('--sample-interval', type=float,
+                        help='seconds between samples (default 10; 2 with --faults)')
+    parser.add_argument('--window', type=float,
+                        help='seconds per row of the table (default 300; 30 with --faults)')
+    parser.add_argument('--warmup', type=float,
+                        help='seconds left out of the memory verdict (allocators settle; '
+                             'default 60; 30 with --faults)')
     parser.add_argument('--max-growth-mb', type=float, default=20.0)
     parser.add_argument('--model', help='model folder (default: a freshly generated tiny model)')
     parser.add_argument('--provider', default='cpu')
@@ -247,7 +255,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='ROS_DOMAIN_ID for the node, the camera and the client (localhost only)')
     parser.add_argument('--out', default='soak_results.json', help='JSON file to write')
     parser.add_argument('--log', help='node log file (default: next to --out)')
+    from bench import soak_faults
+    soak_faults.add_arguments(parser)
     args = parser.parse_args(argv)
+    for name, plain, faults in (('sample_interval', 10.0, 2.0), ('window', 300.0, 30.0),
+                                ('warmup', 60.0, 30.0)):
+        if getattr(args, name) is None:
+            setattr(args, name, faults if args.faults else plain)
+    if args.faults:
+        return soak_faults.run(args)
 
     os.environ['ROS_DOMAIN_ID'] = str(args.domain_id)
     if os.environ.get('ROS_DISTRO') == 'humble':
