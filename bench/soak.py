@@ -146,7 +146,7 @@ def rss_mb(process: Optional[psutil.Process]) -> Optional[float]:
 
 
 def worker_of(node: psutil.Process) -> Optional[psutil.Process]:
-    """The node's worker process (a spawned Python child; the resource tracker is the other one)."""
+    """Return the node's live worker process (`python -m phi3v_ros.worker_launch`), or None."""
     try:
         children = node.children()
     except psutil.Error:
@@ -154,10 +154,10 @@ def worker_of(node: psutil.Process) -> Optional[psutil.Process]:
     for child in children:
         try:
             command = ' '.join(child.cmdline())
+            if 'phi3v_ros.worker_launch' in command and child.status() != psutil.STATUS_ZOMBIE:
+                return child
         except psutil.Error:
             continue
-        if 'spawn_main' in command and 'resource_tracker' not in command:
-            return child
     return None
 
 

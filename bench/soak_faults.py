@@ -52,7 +52,7 @@ import time
 import traceback
 from typing import Callable, Dict, List, Optional, Tuple
 
-from bench.soak import memory_verdict, python_module, rss_mb, shm_blocks
+from bench.soak import memory_verdict, python_module, rss_mb, shm_blocks, worker_of
 import psutil
 
 ERROR_PREFIX = 'ERROR: '
@@ -140,23 +140,6 @@ def _round(value: Optional[float], digits: int = 3) -> Optional[float]:
 def category(text: str) -> str:
     """Return an ERROR reply without prefix, numbers as '#', cut: replies of one kind group."""
     return re.sub(r'\d+(\.\d+)?', '#', text[len(ERROR_PREFIX):])[:90]
-
-
-def worker_of(node: psutil.Process) -> Optional[psutil.Process]:
-    """Return the node's worker (the spawned child that is not the resource tracker), or None."""
-    try:
-        children = node.children(recursive=True)
-    except psutil.Error:
-        return None
-    for child in children:
-        try:
-            command = ' '.join(child.cmdline())
-            if ('spawn_main' in command and 'resource_tracker' not in command
-                    and child.status() != psutil.STATUS_ZOMBIE):
-                return child
-        except psutil.Error:
-            continue
-    return None
 
 
 def peak_rss_mb(pid: int) -> Optional[float]:
