@@ -30,9 +30,7 @@ def _node(context):
     for name, _ in PARAMETER_ARGUMENTS:
         value = LaunchConfiguration(name).perform(context)
         if value != '' and name == 'use_compressed':
-            if value.lower() not in BOOLEANS:
-                raise ValueError(f'use_compressed must be true or false, not {value!r}')
-            overrides[name] = BOOLEANS[value.lower()]
+            overrides[name] = _boolean(name, value)
         elif value != '':
             overrides[name] = value
     return [Node(
@@ -44,7 +42,17 @@ def _node(context):
         emulate_tty=True,
         parameters=[LaunchConfiguration('params_file'), overrides],   # later entries win
         arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
+        # The node exits with code 1 only when one of its threads died (it recovers from
+        # everything else in place); a bad parameter exits 2 and would respawn in a loop.
+        respawn=_boolean('respawn', LaunchConfiguration('respawn').perform(context)),
+        respawn_delay=float(LaunchConfiguration('respawn_delay').perform(context)),
     )]
+
+
+def _boolean(name, value):
+    if value.lower() not in BOOLEANS:
+        raise ValueError(f'{name} must be true or false, not {value!r}')
+    return BOOLEANS[value.lower()]
 
 
 def generate_launch_description():
@@ -58,5 +66,10 @@ def generate_launch_description():
                               description='parameter file'),
         DeclareLaunchArgument('log_level', default_value='info',
                               description='debug, info, warn or error'),
+        DeclareLaunchArgument('respawn', default_value='false',
+                              description='true: start the node again when it exits (it exits '
+                                          'with code 1 only when one of its threads died)'),
+        DeclareLaunchArgument('respawn_delay', default_value='2.0',
+                              description='seconds before a respawn'),
     ]
     return LaunchDescription(declared + [OpaqueFunction(function=_node)])

@@ -361,6 +361,23 @@ class _StopSignals:
             self.received = signal.Signals(signum).name
 
 
+def spin_until_stopped(executor, node: VisionQANode, stop) -> int:
+    """Spin until stop.received is set (0), or until a thread of the node has died (1)."""
+    while not stop.received:
+        try:
+            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+        except ExternalShutdownException:
+            return 0
+        except Exception as exc:  # noqa: BLE001 - rclpy itself failed in a take or a wait
+            node._internal_error('the executor', exc)
+            time.sleep(SPIN_PERIOD_S)
+        if node.dead_threads:
+            node.get_logger().fatal(f'thread {", ".join(node.dead_threads)} ended: exiting with '
+                                    'code 1 (launch with respawn:=true restarts the node)')
+            return 1
+    return 0
+
+
 def main(args=None) -> int:
     """Run the node; exit code 0 on SIGINT/SIGTERM, 2 on a bad parameter, 1 on a dead thread."""
     stop = _StopSignals()
@@ -371,19 +388,7 @@ def main(args=None) -> int:
         node = VisionQANode()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        while not stop.received:
-            try:
-                executor.spin_once(timeout_sec=SPIN_PERIOD_S)
-            except ExternalShutdownException:
-                break
-            except Exception as exc:  # noqa: BLE001 - rclpy itself failed in a take or a wait
-                node._internal_error('the executor', exc)
-                time.sleep(SPIN_PERIOD_S)
-            if node.dead_threads:
-                node.get_logger().fatal(f'thread {", ".join(node.dead_threads)} ended: exiting '
-                                        'with code 1 (launch respawn=True restarts the node)')
-                code = 1
-                break
+        code = spin_until_stopped(executor, node, stop)
     except ConfigurationError as exc:
         # a parameter out of its range or of the wrong type (`-p max_queue:=0`), a bad topic name:
         # one line saying which, not a traceback
