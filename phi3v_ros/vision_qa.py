@@ -165,7 +165,9 @@ class VisionQA:
             self._reply(ticket, 'the node is shutting down.', 'rejected')
             return ticket
         loser = self._queue.put(ticket)
-        if loser is ticket:
+        if loser is ticket and self._closing.is_set():    # closed since the check above
+            self._reply(ticket, 'the node is shutting down.', 'rejected')
+        elif loser is ticket:
             self._reply(ticket, f'busy: {self._queue.max_size} prompts are already waiting '
                                 '(busy_policy reject); ask again later.', 'rejected')
         elif loser is not None:

@@ -31,3 +31,15 @@ def tiny_model_that_ends(tmp_path_factory):
     from phi3v_ros.tools.make_tiny_model import make_tiny_model
     return str(make_tiny_model(tmp_path_factory.mktemp('tiny_end') / 'model', seed=0,
                                end_immediately=True))
+
+
+@pytest.fixture(scope='module')
+def cpu_engine_client(tiny_model):
+    """Start the engine client (and its worker) on the tiny model, CPU, no warm-up; per module."""
+    from phi3v_ros.engine import EngineConfig
+    from phi3v_ros.engine_client import EngineClient
+    client = EngineClient(EngineConfig(model_path=tiny_model, provider='cpu'), warmup=False)
+    client.start()
+    assert client.wait_ready(60)
+    yield client
+    client.close()

@@ -104,6 +104,23 @@ def test_sigterm_to_the_process_group_mid_answer_replies_shutting_down(tiny_mode
     assert 'SIGTERM: stopping' in output
 
 
+def test_shutdown_is_bounded_with_a_wedged_worker(tiny_model, peer):
+    node = NodeProcess({'model_path': tiny_model, **BASE, **TEXT_ONLY, 'stall_timeout': 600.0})
+    peer.wait_connected()
+    peer.wait_ready()
+    count = start_long_answer(peer)
+    worker = worker_of(node)
+    worker.send_signal(signal.SIGSTOP)          # wedged: it will never answer "shutdown"
+    try:
+        took = stop_within(node, 8)             # asked, then killed after 2 s
+    finally:
+        if alive(worker):
+            worker.send_signal(signal.SIGCONT)
+    assert took >= 2.0, took                    # it did wait for an orderly stop first
+    assert wait_until(lambda: not alive(worker), 5)
+    assert peer.wait_answers(count + 1, timeout=5)[count] == ERROR + 'the node is shutting down.'
+
+
 @pytest.mark.parametrize('moment', ['constructed', 'worker started', 'loading'])
 def test_ctrl_c_at_any_moment_of_the_start_exits_0_without_a_traceback(tiny_model, moment):
     node = NodeProcess({'model_path': tiny_model, **BASE, 'warmup': True})

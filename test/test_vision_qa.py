@@ -18,15 +18,6 @@ SHORT = GenerationSettings(max_new_tokens=8)
 LONG = GenerationSettings(max_new_tokens=20000)   # seconds on the tiny model: always cancelled
 
 
-@pytest.fixture(scope='module')
-def engine(tiny_model):
-    client = EngineClient(EngineConfig(model_path=tiny_model, provider='cpu'), warmup=False)
-    client.start()
-    assert client.wait_ready(60)
-    yield client
-    client.close()
-
-
 class Harness:
     def __init__(self, engine, options, convert=None, **qa_arguments):
         self.frames = FrameCache()
@@ -66,7 +57,8 @@ class Harness:
 
 
 @pytest.fixture
-def make(engine):
+def make(cpu_engine_client):
+    engine = cpu_engine_client
     made = []
 
     def factory(convert=None, **options):

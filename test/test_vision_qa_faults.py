@@ -75,16 +75,8 @@ def test_a_late_cancel_does_not_cancel_the_next_prompt(tiny_model, started):
         h.qa.close()
 
 
-@pytest.fixture(scope='module')
-def engine(tiny_model):
-    client = EngineClient(EngineConfig(model_path=tiny_model, provider='cpu'), warmup=False)
-    client.start()
-    assert client.wait_ready(60)
-    yield client
-    client.close()
-
-
-def test_reset_during_an_answer_is_not_undone_by_that_answer(engine):
+def test_reset_during_an_answer_is_not_undone_by_that_answer(cpu_engine_client):
+    engine = cpu_engine_client
     h = Harness(engine, QAOptions(settings=GenerationSettings(max_new_tokens=300),
                                   history_turns=4, **TEXT))
     try:
@@ -136,7 +128,9 @@ def test_the_wait_for_a_result_ends_even_when_the_engine_goes_silent(tiny_model,
         h.qa.close()
 
 
-def test_a_bug_while_serving_a_prompt_is_its_error_reply_and_the_next_is_answered(engine):
+def test_a_bug_while_serving_a_prompt_is_its_error_reply_and_the_next_is_answered(
+        cpu_engine_client):
+    engine = cpu_engine_client
     health = ThreadHealth()
     calls = []
 
