@@ -16,7 +16,9 @@ Threads, and what each owns (the concurrency model):
   and runs every callback (on_piece, on_result, on_state, log). Callbacks are queued under the
   lock and run after it is released, so a callback may call back into the client. The monitor's
   loop is guarded (guarded_thread.py): a bug in one pass, or in a callback, is logged and
-  counted, not fatal.
+  counted, not fatal. It spawns every worker and must outlive them: Linux sends the parent-death
+  signal (worker.py) when the thread that spawned the worker ends, not only its process. So
+  close() stops the worker first and only then ends the monitor.
 - self._lock guards: _worker, _in_flight, state/detail, _crashes, _restart_at, _ever_ready,
   _events, info, restarts, and the shared-memory fallback flag.
 
@@ -165,7 +167,8 @@ class EngineClient:
         self._ever_ready = False
         self._restart_at: Optional[float] = 0.0     # None: no worker wanted (failed, closed)
         self._shm_problem = ''      # why frames go through the pipe ('' while shared memory works)
-        self._closing = threading.Event()
+        self._closing = threading.Event()          # no new worker, no new request
+        self._monitor_done = threading.Event()     # the monitor ends (after the worker)
         self._ready = threading.Event()
         self._monitor: Optional[threading.Thread] = None
         self.state = EngineState.STOPPED
@@ -177,7 +180,7 @@ class EngineClient:
 
     def start(self) -> None:
         """Start the monitor thread, which starts the worker."""
-        self._monitor = start_guarded('phi3v-engine-monitor', self._step, self._closing,
+        self._monitor = start_guarded('phi3v-engine-monitor', self._step, self._monitor_done,
                                       self.health, self._log)
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
@@ -285,6 +288,7 @@ class EngineClient:
             self._restart_at = None
         if worker is not None:
             worker.stop(timeout_s)
+        self._monitor_done.set()
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join(timeout_s)
         with self._lock:
@@ -366,6 +370,9 @@ class EngineClient:
     def _step(self) -> None:
         """Start, read, reap or time out the worker (one pass of the monitor); run callbacks."""
         try:
+            if self._closing.is_set():       # close() stops the worker; wait to be ended
+                self._monitor_done.wait(_POLL_S)
+                return
             with self._lock:
                 worker, restart_at = self._worker, self._restart_at
             if worker is None:

@@ -231,6 +231,7 @@ def test_close_is_bounded_with_a_stopped_worker(make_client, tiny_model):
     closer = threading.Thread(target=client.close, args=(1.0,))
     closer.start()
     closer.join(10)
-    assert not closer.is_alive() and time.monotonic() - started < 4.0
+    took = time.monotonic() - started
+    assert not closer.is_alive() and 1.0 <= took < 4.0, took   # asked for 1 s, then killed
     assert reply.wait(1).error == 'the node is shutting down'
     assert client.state == EngineState.STOPPED and client.pid is None
