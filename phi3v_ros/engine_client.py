@@ -10,23 +10,32 @@ Threads, and what each owns (the concurrency model):
   I/O under the lock: a message for the worker is put on the worker's outbox (a queue).
 - The writer thread of each worker ('phi3v-engine-writer') owns the sending end of its pipe. It may
   block in send while the worker reads nothing (stopped, wedged in a driver, inside a long
-  prefill); nobody waits for it. The stall watchdog kills such a worker, which ends the send.
+  prefill); nobody waits for it. The watchdog kills such a worker, which ends the send.
 - The monitor thread ('phi3v-engine-monitor') owns the receiving end and the processes: it reads
-  the worker's messages, spawns, kills and reaps workers, enforces the load and stall timeouts,
-  and runs every callback (on_piece, on_result, on_state, log). Callbacks are queued under the
-  lock and run after it is released, so a callback may call back into the client. The monitor's
-  loop is guarded (guarded_thread.py): a bug in one pass, or in a callback, is logged and
-  counted, not fatal. It spawns every worker and must outlive them: Linux sends the parent-death
-  signal (worker.py) when the thread that spawned the worker ends, not only its process. So
-  close() stops the worker first and only then ends the monitor.
-- self._lock guards: _worker, _in_flight, state/detail, _crashes, _restart_at, _ever_ready,
-  _events, info, restarts, and the shared-memory fallback flag.
+  the worker's messages, spawns and reaps workers (a killed one that takes long to end is reaped
+  later, in a later pass), and runs the callbacks (on_piece, on_result, on_state, log); close()
+  runs the last ones itself, once the monitor has ended. Callbacks are queued under the lock and
+  run after it is released, so a callback may call back into the client. The monitor spawns
+  every worker and must outlive them: Linux sends the parent-death signal (worker_launch.py)
+  when the thread that spawned the worker ends, not only its process. So close() stops the
+  worker first and only then ends the monitor.
+- The watchdog thread ('phi3v-engine-watchdog') kills a worker that takes longer than
+  load_timeout to load or is silent for stall_timeout during a request. It is apart from the
+  monitor because the monitor can be blocked in recv() on a message the worker stopped sending
+  half-way; the kill ends that recv.
+- Both loops are guarded (guarded_thread.py): a bug in one pass, or in a callback, is logged and
+  counted, not fatal.
+- self._lock guards: _worker, _unreaped, _in_flight, state/detail, _crashes, _restart_at,
+  _ever_ready, _events, info, restarts, the shared-memory fallback flag, and a worker's
+  kill_reason.
 
 Restarts: the first load's failure is final (a configuration error: the model folder, the
 install); every later failure (a crash, a stall, a load that fails after a restart, a worker that
-cannot be started) is retried after 0.5, 1, 2 ... 30 s. Crashes are counted until a request
-completes, so a worker that loads but dies on every request backs off and is reported as failed
-after failed_after_crashes crashes in a row, while it is still retried.
+cannot be started) is retried after 0.5, 1, 2 ... 30 s. A worker that crashes while loading the
+first time (no load error, e.g. killed for memory) is retried too: it may fit once memory is
+free. Crashes are counted until a request completes, so a worker that loads but dies on every
+request backs off and is reported as failed after failed_after_crashes crashes in a row, while it
+is still retried.
 """
 from __future__ import annotations
 
@@ -85,11 +94,18 @@ class _Worker:
     def __init__(self, config: EngineConfig, warmup: bool) -> None:
         self.process, self.conn = worker_launch.spawn()
         self.started_at = time.monotonic()
+        self.kill_reason = ''       # set by the watchdog before it kills
         self._outbox: 'queue.SimpleQueue' = queue.SimpleQueue()
         self._outbox.put(('start', config, warmup))
         self._writer = threading.Thread(target=self._write, name='phi3v-engine-writer',
                                         daemon=True)
-        self._writer.start()
+        try:
+            self._writer.start()
+        except BaseException:
+            self.kill()
+            self.process.join(1.0)
+            self.conn.close()
+            raise
 
     @property
     def waitables(self) -> list:
@@ -121,21 +137,28 @@ class _Worker:
         except (OSError, ValueError, AttributeError):
             pass
 
-    def stop(self, timeout_s: float) -> None:
-        """Ask the worker to stop, kill it if it does not within timeout_s, then close the pipe."""
+    def stop(self, timeout_s: float) -> bool:
+        """Ask the worker to stop, kill it if it does not within timeout_s, then close()."""
         self.send(('shutdown',))
         self.process.join(timeout_s)
         if self.process.is_alive():
             self.kill()
             self.process.join(timeout_s)
-        self.close()
+        return self.close()
 
-    def close(self) -> None:
-        """Free the pipe and the writer once the process has ended."""
+    def close(self) -> bool:
+        """
+        Free the pipe and the writer; True when the process is reaped too (its pidfd closed).
+
+        A killed CUDA process can take seconds to end: the client reaps it later then.
+        """
         self._outbox.put(None)
         self._writer.join(1.0)
         self.conn.close()
-        self.process.poll()       # reaped: its pidfd is closed
+        if self.process.poll() is None:
+            return False
+        self.process.release()
+        return True
 
 
 class EngineClient:
@@ -160,6 +183,7 @@ class EngineClient:
         self._ids = itertools.count(1)
         self._frames = FrameSender()
         self._worker: Optional[_Worker] = None
+        self._unreaped: List[worker_launch.WorkerProcess] = []   # killed, not yet ended
         self._in_flight: Optional[_InFlight] = None
         self._events: List[Callable[[], None]] = []
         self._last_activity = 0.0
@@ -171,6 +195,7 @@ class EngineClient:
         self._monitor_done = threading.Event()     # the monitor ends (after the worker)
         self._ready = threading.Event()
         self._monitor: Optional[threading.Thread] = None
+        self._watchdog: Optional[threading.Thread] = None
         self.state = EngineState.STOPPED
         self.detail = ''
         self.info: dict = {}
@@ -179,9 +204,13 @@ class EngineClient:
     # -- public API ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the monitor thread, which starts the worker."""
+        """Start the monitor thread, which starts the worker, and the watchdog."""
+        if self._monitor is not None:
+            return
         self._monitor = start_guarded('phi3v-engine-monitor', self._step, self._monitor_done,
                                       self.health, self._log)
+        self._watchdog = start_guarded('phi3v-engine-watchdog', self._watch, self._monitor_done,
+                                       self.health, self._log)
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
         """
@@ -274,6 +303,7 @@ class EngineClient:
 
     def abandon(self, request_id: int, reason: str) -> None:
         """Fail request_id now (its waiter gave up on it); a late result for it is dropped."""
+        self.cancel(request_id)          # and the worker stops working on it
         with self._lock:
             if self._in_flight is not None and self._in_flight.request_id == request_id:
                 self._fail_in_flight(reason)
@@ -286,11 +316,13 @@ class EngineClient:
         with self._lock:
             worker, self._worker = self._worker, None
             self._restart_at = None
-        if worker is not None:
-            worker.stop(timeout_s)
+        if worker is not None and not worker.stop(timeout_s):
+            with self._lock:
+                self._unreaped.append(worker.process)
         self._monitor_done.set()
-        if self._monitor is not None and self._monitor is not threading.current_thread():
-            self._monitor.join(timeout_s)
+        for thread in (self._monitor, self._watchdog):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout_s)
         with self._lock:
             self._fail_in_flight('the node is shutting down')
             self._ready.clear()
@@ -305,6 +337,8 @@ class EngineClient:
             self._check_can_submit_locked()
 
     def _check_can_submit_locked(self) -> None:
+        if self._closing.is_set():
+            raise EngineError('the node is shutting down')
         if self._in_flight is not None:
             raise EngineError('the engine is busy with another request')
         if self.state != EngineState.READY or self._worker is None:
@@ -330,7 +364,8 @@ class EngineClient:
         self._ready.clear()
         self._crashes += 1
         self.restarts += 1
-        delay = min(self._backoff_max, self._backoff_min * 2 ** (self._crashes - 1))
+        # (the exponent is capped: 2.0 ** 1024 overflows after some hours of failed restarts)
+        delay = min(self._backoff_max, self._backoff_min * 2.0 ** min(self._crashes - 1, 32))
         self._restart_at = time.monotonic() + delay
         if self._crashes >= self._failed_after_crashes:
             self._set_state(EngineState.FAILED,
@@ -370,6 +405,7 @@ class EngineClient:
     def _step(self) -> None:
         """Start, read, reap or time out the worker (one pass of the monitor); run callbacks."""
         try:
+            self._reap_unreaped()
             if self._closing.is_set():       # close() stops the worker; wait to be ended
                 self._monitor_done.wait(_POLL_S)
                 return
@@ -395,14 +431,23 @@ class EngineClient:
                     self._on_worker_death(worker)
                     return
                 self._handle(worker, message)
-            elif ready:
+            elif ready or not worker.process.is_alive():   # (is_alive: where there is no pidfd)
                 self._on_worker_death(worker)
-            elif not worker.process.is_alive():   # where there is no pidfd to tell
-                self._on_worker_death(worker)
-            else:
-                self._check_timeouts(worker)
         finally:
             self._deliver()
+
+    def _reap_unreaped(self) -> None:
+        with self._lock:
+            processes, self._unreaped = self._unreaped, []
+        still = []
+        for process in processes:
+            if process.poll() is None:
+                still.append(process)
+            else:
+                process.release()
+        if still:
+            with self._lock:
+                self._unreaped.extend(still)
 
     def _deliver(self) -> None:
         """Run the queued callbacks, outside the lock; a failing callback is logged, not fatal."""
@@ -424,7 +469,8 @@ class EngineClient:
             worker = _Worker(self.config, self._warmup)
         except Exception as exc:  # noqa: BLE001 - ENOMEM, EAGAIN, a full /tmp: retried
             with self._lock:
-                self._count_crash(f'could not be started ({type(exc).__name__}: {exc})')
+                if not self._closing.is_set():
+                    self._count_crash(f'could not be started ({type(exc).__name__}: {exc})')
             return
         with self._lock:
             if self._closing.is_set():
@@ -436,7 +482,7 @@ class EngineClient:
                 if self.state != EngineState.FAILED:   # failed stays failed until ready again
                     self._set_state(EngineState.LOADING, f'loading {self.config.model_path}')
         if stale is not None:
-            stale.stop(0.5)
+            self._retire(stale.stop(0.5), stale)
 
     def _handle(self, worker: _Worker, message: tuple) -> None:
         kind = message[0]
@@ -478,11 +524,31 @@ class EngineClient:
                 self._restart_at = None
                 self._fail_in_flight(f'the model could not be loaded: {reason}')
                 self._set_state(EngineState.FAILED, reason)
-        worker.stop(1.0)
+        self._retire(worker.stop(1.0), worker)
+
+    def _retire(self, reaped: bool, worker: _Worker) -> None:
+        if not reaped:
+            with self._lock:
+                self._unreaped.append(worker.process)
+
+    # -- watchdog thread ----------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """
+        Kill a worker that loads too long or stalls mid-request (one pass, every 0.1 s).
+
+        On its own thread: the monitor can be blocked in recv() on a message the worker stopped
+        sending half-way; the kill ends that recv (EOF) and the monitor handles the death.
+        """
+        self._monitor_done.wait(_POLL_S)
+        with self._lock:
+            worker = None if self._closing.is_set() else self._worker
+        if worker is not None:
+            self._check_timeouts(worker)
 
     def _check_timeouts(self, worker: _Worker) -> None:
         with self._lock:
-            if self._worker is not worker:
+            if self._worker is not worker or worker.kill_reason:
                 return
             now = time.monotonic()
             if not self._ready.is_set() and now - worker.started_at > self._load_timeout_s:
@@ -491,11 +557,11 @@ class EngineClient:
                 reason = f'was silent for stall_timeout ({self.stall_timeout_s:g} s)'
             else:
                 return
+            worker.kill_reason = reason
             self._say(f'the inference worker {reason}: killing it')
         worker.kill()
-        self._on_worker_death(worker, reason)
 
-    def _on_worker_death(self, worker: _Worker, reason: Optional[str] = None) -> None:
+    def _on_worker_death(self, worker: _Worker) -> None:
         worker.process.join(1.0)      # reap it (outside the lock: it can take a moment)
         if worker.process.is_alive():  # a broken pipe from a live worker: end it
             worker.kill()
@@ -507,5 +573,5 @@ class EngineClient:
             if self._closing.is_set():
                 self._fail_in_flight('the node is shutting down')
             else:
-                self._count_crash(reason or describe_exit(worker.process.exitcode))
-        worker.close()
+                self._count_crash(worker.kill_reason or describe_exit(worker.process.exitcode))
+        self._retire(worker.close(), worker)

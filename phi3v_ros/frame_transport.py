@@ -17,6 +17,7 @@ from __future__ import annotations
 import mmap
 from multiprocessing import shared_memory
 import os
+import threading
 from typing import Optional, Tuple
 
 import numpy as np
@@ -61,10 +62,16 @@ class FrameSender:
 
     def __init__(self) -> None:
         self._block: Optional[shared_memory.SharedMemory] = None
+        # The dispatcher uses the block while close() may come from the node's shutdown: after
+        # close() no block is created any more (it would never be unlinked).
+        self._lock = threading.Lock()
+        self._closed = False
 
     def _reserve(self, nbytes: int) -> None:
+        if self._closed:
+            raise SharedMemoryUnavailable('the frame sender is closed')
         if self._block is None or self._block.size < nbytes:
-            self.close()
+            self._release()
             # Round up so that a stream of slightly different sizes does not reallocate every time.
             size = max(nbytes, 1) + (1 << 20)
             self._block = _reserved_block(size)
@@ -75,17 +82,19 @@ class FrameSender:
 
         It is valid until the next buffer/put. Raises SharedMemoryUnavailable.
         """
-        self._reserve(int(np.prod(shape)))
-        return np.ndarray(shape, np.uint8, self._block.buf)
+        with self._lock:
+            self._reserve(int(np.prod(shape)))
+            return np.ndarray(shape, np.uint8, self._block.buf)
 
     def put(self, frame: np.ndarray) -> FrameRef:
         """Copy frame into the block (unless it is in it); raises SharedMemoryUnavailable."""
         if frame.dtype != np.uint8:
             raise ValueError(f'frames must be uint8, not {frame.dtype}')
-        if not self._holds(frame):
-            self._reserve(frame.nbytes)
-            np.ndarray(frame.shape, np.uint8, self._block.buf)[...] = frame
-        return self._block.name, tuple(frame.shape)
+        with self._lock:
+            if not self._holds(frame):
+                self._reserve(frame.nbytes)
+                np.ndarray(frame.shape, np.uint8, self._block.buf)[...] = frame
+            return self._block.name, tuple(frame.shape)
 
     def _holds(self, frame: np.ndarray) -> bool:
         """Check that frame is a buffer() of the current block, laid out as put() writes it."""
@@ -99,6 +108,12 @@ class FrameSender:
         return None if self._block is None else self._block.name
 
     def close(self) -> None:
+        """Unlink the block; later buffer()/put() raise SharedMemoryUnavailable."""
+        with self._lock:
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
         if self._block is not None:
             block, self._block = self._block, None
             try:

@@ -362,6 +362,8 @@ class VisionQA:
         try:
             request_id = self._engine.submit(request, on_result=on_result, on_piece=on_piece)
         except EngineError as exc:
+            if self._closing.is_set():
+                raise _Cancelled() from None    # its reply: the node is shutting down
             raise _Failed(f'the model is not available: {exc}.') from None
         submitted = progress[0] = time.monotonic()
         with self._lock:

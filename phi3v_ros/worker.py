@@ -14,12 +14,9 @@ worker -> parent: ('log', text) | ('ready', info) | ('load_failed', reason)
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import queue
-import signal
-import sys
 import threading
 from typing import Optional, Tuple
 
@@ -48,18 +45,6 @@ class WorkItem:
     history: Tuple[Turn, ...] = ()
     frame: Optional[FrameRef] = None
     pixels: Optional[object] = None
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies, however the parent dies."""
-    if not sys.platform.startswith('linux'):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _warm_up(engine: Engine) -> None:
@@ -92,10 +77,17 @@ class _Inbox:
             return self._shutting_down or request_id in self._cancelled
 
     def forget(self, request_id: int) -> None:
+        """Drop the cancels of this request and of earlier ones (a cancel can come late)."""
         with self._lock:
-            self._cancelled.discard(request_id)
+            self._cancelled = {other for other in self._cancelled if other > request_id}
 
     def _read(self) -> None:
+        try:
+            self._serve()
+        except BaseException:  # noqa: BLE001 - a deaf worker would cost every prompt a stall
+            os._exit(70)      # the parent restarts the worker and says so
+
+    def _serve(self) -> None:
         while True:
             try:
                 message = self._conn.recv()
@@ -115,13 +107,13 @@ class _Inbox:
 
 
 def worker_main(conn, config: EngineConfig, warmup: bool) -> None:
-    """Entry point of the spawned process."""
-    _die_with_parent()
-    # The parent decides when the worker stops (it asks, then kills), so that the prompt in flight
-    # is answered as "shutting down" and no restart is scheduled; the worker dies with the parent
-    # in any case. worker_launch ignores these before anything else; here for other callers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """
+    Serve on conn until 'shutdown' (worker_launch.main calls it in the spawned process).
+
+    The parent decides when the worker stops (it asks, then kills), so that the prompt in flight
+    is answered as "shutting down" and no restart is scheduled; worker_launch makes it ignore
+    SIGINT and SIGTERM and die with the parent before anything else.
+    """
     try:
         engine = Engine(config, log=lambda text: conn.send(('log', text)))
         if warmup:
@@ -152,15 +144,16 @@ def _answer(engine: Engine, frames: FrameReceiver, inbox: _Inbox, request_id: in
             item: WorkItem, conn) -> Result:
     if inbox.is_cancelled(request_id):
         return Result(stop_reason=StopReason.CANCELLED, error='cancelled')
-    image = item.pixels if item.frame is None else frames.view(item.frame)
-    request = Request(prompt=item.prompt, image=image, settings=item.settings,
-                      system_prompt=item.system_prompt, history=item.history)
     # Pieces that come faster than stream_interval_s are sent together (see piece_coalescer.py): at
     # thousands of tokens/s, one message per token costs the node more CPU than the model's
     # decoding.
     pieces = PieceCoalescer(lambda text: conn.send(('piece', request_id, text)),
                             engine.config.stream_interval_s)
+    image = request = None
     try:
+        image = item.pixels if item.frame is None else frames.view(item.frame)
+        request = Request(prompt=item.prompt, image=image, settings=item.settings,
+                          system_prompt=item.system_prompt, history=item.history)
         return engine.generate(request, on_piece=pieces.add,
                                should_stop=lambda: inbox.is_cancelled(request_id))
     except Exception as exc:  # noqa: BLE001 - a bug must cost one request, not the worker

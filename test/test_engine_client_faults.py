@@ -235,3 +235,13 @@ def test_close_is_bounded_with_a_stopped_worker(make_client, tiny_model):
     assert not closer.is_alive() and 1.0 <= took < 4.0, took   # asked for 1 s, then killed
     assert reply.wait(1).error == 'the node is shutting down'
     assert client.state == EngineState.STOPPED and client.pid is None
+
+
+def test_the_backoff_stays_capped_after_thousands_of_crashes(tiny_model):
+    """2 ** 1024 overflows a float: after hours of failed restarts, no restart was ever planned."""
+    client = EngineClient(EngineConfig(model_path=tiny_model, provider='cpu'))
+    client._crashes = 5000
+    with client._lock:
+        client._count_crash('exited with code 1')
+    assert client._restart_at is not None
+    assert client.detail.endswith('(5001 times in a row); retrying every 30 s')

@@ -112,18 +112,29 @@ def test_a_prompt_waits_for_the_engine_only_engine_wait_timeout(tiny_model):
         never_started.close()
 
 
+class StuckPublisher(Harness):
+    """Its stream callback never returns (a publish blocked in the middleware), until released."""
+
+    release = threading.Event()
+
+    def _on_piece(self, ticket, piece):
+        self.first_piece.set()
+        self.release.wait(60)
+
+
 def test_the_wait_for_a_result_ends_even_when_the_engine_goes_silent(tiny_model, started):
-    """With the engine client's monitor gone, nothing would ever end the wait but its bound."""
+    """The engine client's monitor is stuck in a callback: nothing but the bound ends the wait."""
     client = started(EngineClient(EngineConfig(model_path=tiny_model, provider='cpu'),
                                   warmup=False, stall_timeout_s=0.5))
-    client._closing.set()                   # the monitor idles: no message is read any more
-    h = Harness(client, QAOptions(settings=SHORT, **TEXT), result_grace_s=0.5)
+    h = StuckPublisher(client, QAOptions(settings=GenerationSettings(max_new_tokens=20000),
+                                         **TEXT), result_grace_s=0.5)
     try:
         h.qa.ask('Hello?')
         reply = h.wait_replies(1, timeout=20)[0]
         assert reply.text == ERROR_PREFIX + 'the engine gave no sign of progress for 1 s.'
         assert not client.busy              # abandoned: the engine takes the next request
     finally:
+        StuckPublisher.release.set()
         h.qa.close()
 
 
