@@ -41,7 +41,7 @@ def load_cv_bridge_converter() -> Tuple[Optional[Callable[[object], np.ndarray]]
             raise ImageConversionError(
                 f'cv_bridge could not convert encoding {message.encoding!r}: {exc}') from None
         return np.ascontiguousarray(rgb)
-    return convert
+    return convert, ''
 
 
 class FrameConverter:

@@ -186,3 +186,26 @@ def test_a_full_dev_shm_is_an_error_not_sigbus():
     assert run.returncode == 0, (run.returncode, run.stderr)   # -7 would be SIGBUS
     assert run.stdout.startswith('refused: /dev/shm has no room for a 24.7 MiB frame block'), (
         run.stdout)
+
+
+def test_cv_bridge_is_an_optional_fallback_whatever_its_import_does(monkeypatch):
+    import sys
+    import types
+    from phi3v_ros.frame_conversion import load_cv_bridge_converter
+
+    class Bridge:
+        def imgmsg_to_cv2(self, message, desired_encoding):
+            return np.zeros((2, 2, 3), np.uint8)
+    monkeypatch.setitem(sys.modules, 'cv_bridge', types.SimpleNamespace(CvBridge=Bridge))
+    convert, why_not = load_cv_bridge_converter()
+    assert why_not == '' and convert(ImageMsg('32FC1', 2, 2, 8, b'')).shape == (2, 2, 3)
+
+    class Numpy2Bridge:      # Humble's cv_bridge, built for numpy 1, beside numpy 2
+        def __init__(self):
+            raise AttributeError('_ARRAY_API not found')
+    monkeypatch.setitem(sys.modules, 'cv_bridge', types.SimpleNamespace(CvBridge=Numpy2Bridge))
+    convert, why_not = load_cv_bridge_converter()
+    assert convert is None
+    assert why_not.startswith('cv_bridge cannot be used (AttributeError: _ARRAY_API not found)')
+    monkeypatch.setitem(sys.modules, 'cv_bridge', None)      # not installed: ImportError
+    assert load_cv_bridge_converter() == (None, '')
