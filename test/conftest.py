@@ -5,6 +5,8 @@ import sys
 import pytest
 
 LONG_CONTEXT = 32768
+# Short enough to decode to the end in a second or two; longer than a text-only prompt.
+SHORT_CONTEXT = 640
 
 # Tests import the package from the source tree (also under colcon, which installs it anyway).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,3 +45,16 @@ def cpu_engine_client(tiny_model):
     assert client.wait_ready(60)
     yield client
     client.close()
+
+
+@pytest.fixture(scope='session')
+def tiny_model_short_context(tmp_path_factory):
+    """
+    Write the same model with a short context (SHORT_CONTEXT tokens).
+
+    For tests that must generate up to the context length: on the 32k model that takes minutes.
+    """
+    pytest.importorskip('onnxruntime_genai')
+    from phi3v_ros.tools.make_tiny_model import make_tiny_model
+    return str(make_tiny_model(tmp_path_factory.mktemp('tiny_short') / 'model', seed=0,
+                               context_length=SHORT_CONTEXT))

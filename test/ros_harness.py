@@ -1,5 +1,6 @@
 """Run vision_qa_node as its own process and talk to it over real DDS (no launch, no ros2 CLI)."""
 import atexit
+import fcntl
 import os
 import random
 import shutil
@@ -12,23 +13,112 @@ import time
 import psutil
 
 
+# ROS domain ids Fast DDS can use on Linux without port clashes (0 is left alone: it is the default
+# domain, where users run their robots).
+SAFE_DOMAIN_IDS = tuple(range(1, 102)) + tuple(range(215, 233))
+DOMAIN_ID_VARIABLE = 'PHI3V_ROS_TEST_DOMAIN_ID'
+DOMAIN_LOCK = '/tmp/phi3v_ros_test_domain_{}.lock'
+_domain_lock = {'id': None, 'fd': None}   # the domain this process holds, and its lock file
+
+
+def _try_lock_domain(domain_id):
+    """Return an open file descriptor holding the domain's lock, or None if another holds it."""
+    try:
+        fd = os.open(DOMAIN_LOCK.format(domain_id), os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:   # e.g. a lock file of another user that we may not read
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _release_domain():
+    if _domain_lock['fd'] is not None:
+        os.close(_domain_lock['fd'])    # closing the descriptor releases the flock
+    _domain_lock['id'], _domain_lock['fd'] = None, None
+
+
 def isolate_ros_domain():
-    """Use a random ROS domain on localhost only, for this test process and the nodes it starts."""
-    os.environ['ROS_DOMAIN_ID'] = str(random.randint(1, 100))
+    """
+    Move this test process, and the nodes it starts from now on, to a ROS domain of their own.
+
+    The domain is one that no other process of this suite holds: each domain id has a lock file
+    (/tmp/phi3v_ros_test_domain_<id>.lock) and the process keeps an exclusive flock on the one it
+    uses until the next call or its exit. Ids are scanned from a random offset over the ids
+    Fast DDS can use on Linux (1-101 and 215-232; 0 is the default domain, left to the user's
+    robots). Every call moves to a new domain (taken before the previous one is released) so
+    that nodes of earlier tests cannot answer.
+
+    Set PHI3V_ROS_TEST_DOMAIN_ID=<id> to force a fixed domain id instead (no lock is taken: you
+    choose it, you keep other runs off it).
+
+    Discovery is limited to this machine: ROS_LOCALHOST_ONLY=1 on Humble; on later distros
+    ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, and ROS_LOCALHOST_ONLY is unset (it is deprecated
+    there and rcl warns about it on stderr, which the nodes' output would then contain).
+    """
+    forced = os.environ.get(DOMAIN_ID_VARIABLE, '').strip()
+    if forced:
+        if not forced.isdigit():
+            raise ValueError(f'{DOMAIN_ID_VARIABLE} must be a ROS domain id, not {forced!r}')
+        _release_domain()
+        domain_id = int(forced)
+    else:
+        start = random.SystemRandom().randrange(len(SAFE_DOMAIN_IDS))   # not the seeded random
+        for step in range(len(SAFE_DOMAIN_IDS)):
+            domain_id = SAFE_DOMAIN_IDS[(start + step) % len(SAFE_DOMAIN_IDS)]
+            fd = _try_lock_domain(domain_id)   # fails for the domain this process holds now
+            if fd is not None:
+                break
+        else:
+            raise RuntimeError(
+                f'no ROS domain id this suite may use is free: processes of it hold them all '
+                f'({DOMAIN_LOCK.format("<id>")}); set {DOMAIN_ID_VARIABLE} to choose one')
+        _release_domain()
+        _domain_lock['id'], _domain_lock['fd'] = domain_id, fd
+    os.environ['ROS_DOMAIN_ID'] = str(domain_id)
     if os.environ.get('ROS_DISTRO') == 'humble':
         os.environ['ROS_LOCALHOST_ONLY'] = '1'
-    else:   # Iron and later (ROS_LOCALHOST_ONLY is deprecated there)
+    else:
+        os.environ.pop('ROS_LOCALHOST_ONLY', None)
         os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    return domain_id
+
+
+CONSOLE_SCRIPT_MODULES = {'vision_qa_node': 'phi3v_ros.vision_qa_node', 'ask': 'phi3v_ros.ask',
+                          'synthetic_camera': 'phi3v_ros.tools.synthetic_camera'}
+
+
+def _installed_by_ament(name):
+    """Return <prefix>/lib/phi3v_ros/<name> of the phi3v_ros in the ament index, or None."""
+    try:
+        from ament_index_python.packages import get_package_prefix
+    except ImportError:
+        return None
+    try:
+        prefix = get_package_prefix('phi3v_ros')
+    except (LookupError, OSError, ValueError):   # not in the index, or no AMENT_PREFIX_PATH
+        return None
+    script = os.path.join(prefix, 'lib', 'phi3v_ros', name)
+    return script if os.path.isfile(script) and os.access(script, os.X_OK) else None
 
 
 def entry_point(name):
-    """Return the installed console script (as users start it), else `python -m` on the module."""
-    script = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
+    """
+    Return the command that starts one of the package's console scripts, as users start it.
+
+    In order: the executable of the phi3v_ros in the ament index (<prefix>/lib/phi3v_ros/<name>,
+    where colcon installs it: what `colcon test` must test), the script next to this Python (the
+    venv of `make test`), the script on PATH, else `python -m` on its module.
+    """
+    script = (_installed_by_ament(name)
+              or shutil.which(name, path=os.path.dirname(sys.executable))
+              or shutil.which(name))
     if script:
         return [script]
-    modules = {'vision_qa_node': 'phi3v_ros.vision_qa_node', 'ask': 'phi3v_ros.ask',
-               'synthetic_camera': 'phi3v_ros.tools.synthetic_camera'}
-    return [sys.executable, '-m', modules[name]]
+    return [sys.executable, '-m', CONSOLE_SCRIPT_MODULES[name]]
 
 
 _STARTED = []
@@ -254,8 +344,17 @@ class RosPeer:
                         for name, value in values.items()])
         return self.call(self.parameter_client, request).results
 
-    def close(self):
+    def close(self, timeout=10.0):
+        """
+        Stop spinning, then destroy the node and shut the context down, in that order.
+
+        Destroying the node while the spinner thread may still be in the executor's wait set
+        segfaulted pytest under colcon test: the thread must have stopped first.
+        """
         import rclpy
-        self.executor.shutdown()
+        self.executor.shutdown(timeout_sec=timeout)
+        self._spinner.join(timeout)
+        if self._spinner.is_alive():
+            raise AssertionError(f"the peer's spinner thread did not stop within {timeout} s")
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
