@@ -5,6 +5,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +36,26 @@ def _try_lock_domain(domain_id):
     return fd
 
 
+def _domain_in_use(domain_id, participants=10):
+    """
+    Tell whether a DDS participant on this machine already uses the domain.
+
+    RTPS participant p of domain d binds the well-known unicast discovery port
+    7410 + 250 * d + 2 * p (Fast DDS does, with or without localhost-only discovery): if one of
+    them cannot be bound, someone is there. That covers ROS processes which take no lock of this
+    suite (a benchmark or soak run with --domain-id, an older copy of the suite).
+    """
+    for participant in range(participants):
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.bind(('', 7410 + 250 * domain_id + 2 * participant))
+        except OSError:
+            return True
+        finally:
+            probe.close()
+    return False
+
+
 def _release_domain():
     if _domain_lock['fd'] is not None:
         os.close(_domain_lock['fd'])    # closing the descriptor releases the flock
@@ -47,10 +68,11 @@ def isolate_ros_domain():
 
     The domain is one that no other process of this suite holds: each domain id has a lock file
     (/tmp/phi3v_ros_test_domain_<id>.lock) and the process keeps an exclusive flock on the one it
-    uses until the next call or its exit. Ids are scanned from a random offset over the ids
-    Fast DDS can use on Linux (1-101 and 215-232; 0 is the default domain, left to the user's
-    robots). Every call moves to a new domain (taken before the previous one is released) so
-    that nodes of earlier tests cannot answer.
+    uses until the next call or its exit. A domain where some other DDS participant on this
+    machine is seen (its discovery port is bound) is skipped too. Ids are scanned from a random
+    offset over the ids Fast DDS can use on Linux (1-101 and 215-232; 0 is the default domain,
+    left to the user's robots). Every call moves to a new domain (taken before the previous one
+    is released) so that nodes of earlier tests cannot answer.
 
     Set PHI3V_ROS_TEST_DOMAIN_ID=<id> to force a fixed domain id instead (no lock is taken: you
     choose it, you keep other runs off it).
@@ -70,12 +92,15 @@ def isolate_ros_domain():
         for step in range(len(SAFE_DOMAIN_IDS)):
             domain_id = SAFE_DOMAIN_IDS[(start + step) % len(SAFE_DOMAIN_IDS)]
             fd = _try_lock_domain(domain_id)   # fails for the domain this process holds now
-            if fd is not None:
+            if fd is not None and not _domain_in_use(domain_id):
                 break
+            if fd is not None:
+                os.close(fd)
         else:
             raise RuntimeError(
-                f'no ROS domain id this suite may use is free: processes of it hold them all '
-                f'({DOMAIN_LOCK.format("<id>")}); set {DOMAIN_ID_VARIABLE} to choose one')
+                f'no ROS domain id this suite may use is free: processes of it hold them '
+                f'({DOMAIN_LOCK.format("<id>")}) or DDS participants use them; set '
+                f'{DOMAIN_ID_VARIABLE} to choose one')
         _release_domain()
         _domain_lock['id'], _domain_lock['fd'] = domain_id, fd
     os.environ['ROS_DOMAIN_ID'] = str(domain_id)
