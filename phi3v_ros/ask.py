@@ -16,12 +16,14 @@ from typing import List, Optional
 
 from phi3v_ros.vision_qa import ERROR_PREFIX
 import rclpy
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.utilities import remove_ros_args
 from std_msgs.msg import String
 
 EXIT_ANSWER, EXIT_ERROR_REPLY, EXIT_TIMEOUT, EXIT_NO_NODE = 0, 1, 2, 3
 PIECES_GRACE_S = 0.5
+DELIVERY_TIMEOUT_S = 2.0
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -61,6 +63,18 @@ class AskClient:
         self._asked = True
         self._publisher.publish(String(data=question))
 
+    def wait_delivered(self, timeout_s: float) -> bool:
+        """
+        Wait until the node has acknowledged the prompt (bounded); call before exiting.
+
+        The node's subscription can match this publisher a moment after this publisher matched
+        it: the prompt is then re-sent only while the publisher exists. With several clients the
+        first answer seen may be another prompt's, and exiting at once lost this one.
+        """
+        if not self._asked:
+            return True
+        return self._publisher.wait_for_all_acked(Duration(nanoseconds=int(timeout_s * 1e9)))
+
     def complete(self) -> bool:
         return self.answer is not None and ''.join(self.pieces) == self.answer
 
@@ -92,6 +106,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(remove_ros_args(argv)[1:])
     rclpy.init(args=argv)
     node = Node(f'ask_{os.getpid()}', namespace=args.namespace)
+    client = None
     try:
         client = AskClient(node, args.prompt_topic, args.answer_topic, stream=not args.no_stream)
         if not spin_until(node, client.connected, args.connect_timeout):
@@ -123,6 +138,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        if client is not None:
+            client.wait_delivered(DELIVERY_TIMEOUT_S)
         node.destroy_node()
         rclpy.try_shutdown()
 
