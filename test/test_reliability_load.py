@@ -285,6 +285,7 @@ for i in range(int(sys.argv[2])):
 print('sent' if pub.wait_for_all_acked(Duration(seconds=30)) else 'not acknowledged', flush=True)
 """
 
+
 class ClientProcess:
     """A client script in its own process; its output (stdout and stderr) is read line by line."""
 
