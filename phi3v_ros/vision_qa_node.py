@@ -56,6 +56,8 @@ TOPIC_PARAMETERS = ('image_topic', 'prompt_topic', 'answer_topic')
 # How long main() waits in the executor before it looks at the stop flag (Python runs signal
 # handlers only between the executor's waits).
 SPIN_PERIOD_S = 0.1
+# How long shutdown waits for subscribers to acknowledge the last replies.
+REPLIES_ACKED_TIMEOUT_S = 3.0
 
 
 def _descriptor(spec) -> ParameterDescriptor:
@@ -303,7 +305,7 @@ class VisionQANode(Node):
 
     def shutdown(self) -> None:
         """
-        Stop in order, bounded (about 5 s at most, with a wedged worker): see the module's text.
+        Stop in order, bounded (about 7 s at most: a wedged worker, slow subscribers).
 
         Prompts still waiting and the one in flight get their 'shutting down' reply; the worker
         is asked to stop and killed when it does not within 2 s.
@@ -318,10 +320,11 @@ class VisionQANode(Node):
         if self._qa is not None:
             self._qa.join(2.0)
         # The last replies were just published: give subscribers a moment to take them before
-        # the publisher goes away with the node.
+        # the publisher goes away with the node (milliseconds usually; 1 s was seen too short
+        # on a machine at load average 17).
         answers = getattr(self, '_answer_pub', None)
         if answers is not None:
-            answers.wait_for_all_acked(Duration(seconds=1.0))
+            answers.wait_for_all_acked(Duration(seconds=REPLIES_ACKED_TIMEOUT_S))
 
     def destroy_node(self) -> None:
         # Also called (by main, and on newer rclpy by the context's shutdown) on a node whose
