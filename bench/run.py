@@ -5,8 +5,8 @@
 Everything runs on this machine's CPU with the tiny random-weight model (phi3v_ros make_tiny_model),
 where the node's own costs are easiest to see: one-image time to first token is ~150 ms and decoding
 runs at thousands of tokens per second, so per-token costs show. Each part is in its own module:
-overhead.py (1, 2, 5), ingestion.py (3), responsiveness.py (4), throughput.py (6). The table is printed
-and every number is written to the JSON file.
+overhead.py (1, 2, 5), ingestion.py (3), responsiveness.py (4), throughput.py (6), startup.py (the `ask`
+client's start-up). The tables are printed and every number is written to the JSON file.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import tempfile
 import time
 from typing import Dict
 
-from bench import ingestion, overhead, responsiveness, throughput
+from bench import ingestion, overhead, responsiveness, startup, throughput
 import cv2
 
 from bench.common import (NodeProcess, Peer, isolate_ros_domain, machine_description, test_frame_bgr,
@@ -27,7 +27,7 @@ from bench.common import (NodeProcess, Peer, isolate_ros_domain, machine_descrip
 from bench.direct import DirectEngine
 
 SIZES = ((480, 640), (1080, 1920))
-PARTS = ('overhead', 'throughput', 'ingestion', 'responsiveness')
+PARTS = ('overhead', 'throughput', 'ingestion', 'responsiveness', 'startup')
 TARGETS = {
     'overhead_ratio_640x480': ('<=', 1.05),
     'overhead_ratio_1920x1080': ('<=', 1.10),
@@ -295,10 +295,16 @@ def main(argv=None) -> int:
             print('[bench] responsiveness during inference', flush=True)
             results['responsiveness'] = responsiveness.measure(models['long'], probe_s=args.probe_s,
                                                                stream_interval=args.stream_interval)
+    if 'startup' in parts:
+        print('[bench] start-up of the ask client', flush=True)
+        results['startup'] = startup.measure(5 if args.quick else 15)
+        results['ask_help_median_ms'] = results['startup']['ask_help']['median']
     results['targets'] = targets(results)
     results['duration_s'] = round(time.monotonic() - started, 1)
     results['machine']['load_average_at_end'] = [round(x, 2) for x in os.getloadavg()]
     results['table_markdown'] = table(results)
+    if 'startup' in results:
+        results['table_markdown'] += '\n\n' + startup.table(results['startup'])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w', encoding='utf-8') as f:
         json.dump(results, f, indent=2)

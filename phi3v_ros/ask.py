@@ -5,6 +5,9 @@ ask: publish one question to a vision_qa node, print the answer as it streams, e
     ros2 run phi3v_ros ask "..." --ros-args -r prompt:=/my/prompt -r answer:=/my/answer
 
 Exit status: 0 answer, 1 ERROR reply, 2 timeout, 3 no node listening.
+
+It starts fast: the module imports neither the engine stack (onnxruntime-genai, OpenCV, numpy) nor,
+until the arguments are parsed, rclpy (`ask --help` needs no ROS at all).
 """
 from __future__ import annotations
 
@@ -14,16 +17,19 @@ import sys
 import time
 from typing import List, Optional
 
-from phi3v_ros.vision_qa import ERROR_PREFIX
-import rclpy
-from rclpy.duration import Duration
-from rclpy.node import Node
-from rclpy.utilities import remove_ros_args
-from std_msgs.msg import String
+from phi3v_ros.replies import ERROR_PREFIX
 
 EXIT_ANSWER, EXIT_ERROR_REPLY, EXIT_TIMEOUT, EXIT_NO_NODE = 0, 1, 2, 3
 PIECES_GRACE_S = 0.5
 DELIVERY_TIMEOUT_S = 2.0
+
+
+def without_ros_args(argv: List[str]) -> List[str]:
+    """Return argv without its ROS arguments (--ros-args ... [--]); rclpy only if it has any."""
+    if '--ros-args' not in argv:
+        return list(argv)
+    from rclpy.utilities import remove_ros_args
+    return remove_ros_args(argv)
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -44,7 +50,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
 class AskClient:
     """Publishes one prompt and collects the streamed pieces and the answer that follow it."""
 
-    def __init__(self, node: Node, prompt_topic: str, answer_topic: str, stream: bool) -> None:
+    def __init__(self, node, prompt_topic: str, answer_topic: str, stream: bool) -> None:
+        from std_msgs.msg import String
+        self._String = String
         self.node = node
         self.answer: Optional[str] = None
         self.pieces: List[str] = []
@@ -61,7 +69,7 @@ class AskClient:
 
     def ask(self, question: str) -> None:
         self._asked = True
-        self._publisher.publish(String(data=question))
+        self._publisher.publish(self._String(data=question))
 
     def wait_delivered(self, timeout_s: float) -> bool:
         """
@@ -73,12 +81,13 @@ class AskClient:
         """
         if not self._asked:
             return True
+        from rclpy.duration import Duration
         return self._publisher.wait_for_all_acked(Duration(nanoseconds=int(timeout_s * 1e9)))
 
     def complete(self) -> bool:
         return self.answer is not None and ''.join(self.pieces) == self.answer
 
-    def _on_piece(self, message: String) -> None:
+    def _on_piece(self, message) -> None:
         # Pieces and the answer travel on two topics: the last pieces may come after the answer.
         if self._asked and not self.complete():
             self.pieces.append(message.data)
@@ -86,12 +95,13 @@ class AskClient:
                 sys.stdout.write(message.data)
                 sys.stdout.flush()
 
-    def _on_answer(self, message: String) -> None:
+    def _on_answer(self, message) -> None:
         if self._asked and self.answer is None:
             self.answer = message.data
 
 
-def spin_until(node: Node, condition, timeout_s: float) -> bool:
+def spin_until(node, condition, timeout_s: float) -> bool:
+    import rclpy
     deadline = time.monotonic() + timeout_s
     while not condition():
         remaining = deadline - time.monotonic()
@@ -103,7 +113,9 @@ def spin_until(node: Node, condition, timeout_s: float) -> bool:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv if argv is None else argv
-    args = parse_args(remove_ros_args(argv)[1:])
+    args = parse_args(without_ros_args(argv)[1:])
+    import rclpy
+    from rclpy.node import Node
     rclpy.init(args=argv)
     node = Node(f'ask_{os.getpid()}', namespace=args.namespace)
     client = None

@@ -7,12 +7,16 @@ the GIL through the whole prefill and some of its failures end the process they 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
+import re
+import sys
 import tempfile
 import time
 from typing import Callable, Optional
 
+from phi3v_ros import model_paths
 from phi3v_ros.errors import EngineError, ModelLoadError
 from phi3v_ros.generation import Request, Result, StopReason
 from phi3v_ros.image_preparation import bound_longest_side, encode_image
@@ -39,15 +43,46 @@ class EngineConfig:
 
 
 def import_genai():
-    """Import onnxruntime_genai or raise ModelLoadError telling how to install it."""
+    """
+    Import onnxruntime_genai, or raise ModelLoadError saying what is wrong and what to do.
+
+    It tells "not installed" (no module onnxruntime_genai for this Python) from "installed but
+    cannot be loaded" (its import fails, typically on a shared library of another CUDA/JetPack).
+    """
     try:
         import onnxruntime_genai
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name != 'onnxruntime_genai':   # a part of the package or a dependency is missing
+            raise ModelLoadError(_genai_cannot_load(exc)) from exc
         raise ModelLoadError(
-            f'onnxruntime-genai is not installed for this Python ({exc}); install it with '
-            '`pip install onnxruntime-genai` (CPU) or build the CUDA wheel on a Jetson with '
-            '`ros2 run phi3v_ros build_genai_wheel --install`') from exc
+            f'onnxruntime-genai is not installed for this Python ({sys.executable}): install it '
+            f'with `{sys.executable} -m pip install onnxruntime-genai` (CPU) or '
+            '`... onnxruntime-genai-cuda` (desktop CUDA), or on a Jetson build the CUDA wheel '
+            'with `ros2 run phi3v_ros build_genai_wheel --install` (docs/jetson.md)') from exc
+    except (ImportError, OSError) as exc:
+        raise ModelLoadError(_genai_cannot_load(exc)) from exc
     return onnxruntime_genai
+
+
+_SHARED_LIBRARY = re.compile(r'\b(lib[\w+-]+(?:\.[\w+-]+)*?\.so(?:\.\d+)*)')
+
+
+def _genai_cannot_load(exc: BaseException) -> str:
+    try:
+        spec = importlib.util.find_spec('onnxruntime_genai')
+    except (ImportError, ValueError):
+        spec = None
+    where = ''
+    if spec is not None and spec.origin:
+        where = f' ({os.path.dirname(spec.origin)})'
+    text = ' '.join(str(exc).split()) or '(no message)'
+    library = _SHARED_LIBRARY.search(text)
+    what = f'the library {library.group(1)} is missing' if library else 'its import fails'
+    return (f'onnxruntime-genai is installed{where} but cannot be loaded: {what} '
+            f'({type(exc).__name__}: {text}). That usually means a wheel built for another '
+            'CUDA/JetPack than this machine has: on a Jetson build one for this JetPack with '
+            '`ros2 run phi3v_ros build_genai_wheel --install` (docs/jetson.md); on a desktop '
+            'install the onnxruntime-genai-cuda build for this CUDA version')
 
 
 def resolve_provider(requested: str, cuda_available: bool) -> str:
@@ -72,29 +107,49 @@ def read_genai_config(model_path: str) -> dict:
     if not os.path.isdir(model_path):
         raise ModelLoadError(f'model_path {model_path!r} is a file, not a model folder')
     config_file = os.path.join(model_path, 'genai_config.json')
+    if not os.path.exists(config_file):
+        below = model_paths.model_folders_below(model_path)
+        if below:
+            raise ModelLoadError(
+                f'{model_path!r} has no genai_config.json, but a model folder below it has: did '
+                f'you mean model_path:={" or ".join(below)}? (model_path is the folder that holds '
+                'genai_config.json)')
+        raise ModelLoadError(
+            f'{model_path!r} has no genai_config.json: it is not an onnxruntime-genai model folder'
+            f'{_fetch_hint(model_path)}')
+    pointers = model_paths.lfs_pointer_files(model_path)
+    if pointers:
+        raise ModelLoadError(
+            f"these files in {model_path!r} are git-lfs pointers, not the model's data: "
+            f'{", ".join(pointers)} (cloned without git-lfs): run `git lfs pull` in the clone, '
+            f'or download the folder with `{model_paths.fetch_command(model_path)}`')
     try:
         with open(config_file, encoding='utf-8') as f:
             config = json.load(f)
-    except FileNotFoundError:
-        raise ModelLoadError(
-            f'{model_path!r} has no genai_config.json: it is not an onnxruntime-genai model folder'
-            f'{_fetch_hint(model_path)}') from None
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f'{config_file} cannot be read as JSON: {exc}') from None
-    model_type = config.get('model', {}).get('type') if isinstance(config, dict) else None
+    model_section = config.get('model', {}) if isinstance(config, dict) else None
+    model_type = model_section.get('type') if isinstance(model_section, dict) else None
     if model_type != 'phi3v':
         raise ModelLoadError(
             f'{config_file} describes a model of type {model_type!r}; phi3v_ros needs a '
             'Phi-3-vision model (type "phi3v")')
+    vision = model_section.get('vision')
+    vision_outputs = vision.get('outputs') if isinstance(vision, dict) else None
+    if isinstance(vision_outputs, dict) and 'visual_features' in vision_outputs:
+        instead = model_paths.nov2024_replacement(model_path)
+        raise ModelLoadError(
+            f'{model_path!r} is a May-2024 Phi-3-vision export (its vision output is named '
+            '"visual_features"), which only onnxruntime-genai 0.3 and 0.4 read; 0.5 and newer '
+            '(phi3v_ros needs 0.6 or newer) refuse it with `Unknown value "visual_features"`. '
+            f'Use the Nov-2024 re-export instead, {instead.repo_id} {instead.folder}: '
+            f'`{model_paths.fetch_command(str(instead.local_path()))}` downloads it to '
+            f'{instead.local_path()}')
     return config
 
 
 def _fetch_hint(model_path: str) -> str:
-    try:
-        from phi3v_ros.model_paths import missing_model_hint
-    except ImportError:
-        return ''
-    return '; ' + missing_model_hint(model_path)
+    return '; ' + model_paths.missing_model_hint(model_path)
 
 
 class Engine:

@@ -32,8 +32,11 @@ class ParameterSpec:
 
 PARAMETERS: Tuple[ParameterSpec, ...] = (
     # -- the model and the worker process (read-only: changing them means a new worker) --
+    # The default follows provider (see default_for): the CPU folder for cpu, else the CUDA one.
     ParameterSpec('model_path', default_model_path(),
-                  'Phi-3-vision ONNX model folder (the one with genai_config.json)',
+                  'Phi-3-vision ONNX model folder (the one with genai_config.json); default: the '
+                  'folder fetch_model writes, CUDA int4 (--variant int4), or with provider cpu '
+                  'CPU int4 (--variant cpu)',
                   read_only=True),
     ParameterSpec('provider', 'auto', 'execution provider: auto (CUDA if available), cuda or cpu',
                   read_only=True, choices=PROVIDERS),
@@ -121,6 +124,39 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
 )
 
 BY_NAME = {spec.name: spec for spec in PARAMETERS}
+
+# What each parameter type is called in messages.
+_TYPE_NAMES = {bool: 'a boolean', int: 'an integer', float: 'a double', str: 'a string'}
+
+
+def default_for(name: str, values: dict) -> Any:
+    """Return a parameter's default given the values already decided (model_path: provider)."""
+    if name == 'model_path' and 'provider' in values:
+        return default_model_path(values['provider'])
+    return BY_NAME[name].default
+
+
+def type_mismatch(name: str, value: Any) -> Optional[str]:
+    """
+    Return None if value has the parameter's type, else what is wrong and what to write instead.
+
+    'max_image_age must be a double: write 1.0' for `-p max_image_age:=1`.
+    """
+    expected = type(BY_NAME[name].default)
+    given = type(value)
+    if given is expected:
+        return None
+    wanted = f'{name} must be {_TYPE_NAMES[expected]}'
+    if expected is float and given is int:
+        return f'{wanted}: write {float(value)!r}'
+    if expected is int and given is float and value.is_integer():
+        return f'{wanted}: write {int(value)}'
+    if expected is bool:
+        return f'{wanted}: write true or false, not {value!r}'
+    if expected is str and given in _TYPE_NAMES:
+        return (f"{wanted}, not {_TYPE_NAMES[given]}: quote it, -p \"{name}:='{value}'\"")
+    example = {int: ' such as 4', float: ' such as 1.0'}.get(expected, '')
+    return f'{wanted}{example}, not {value!r}'
 
 
 def check_value(name: str, value: Any) -> Optional[str]:

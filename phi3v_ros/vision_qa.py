@@ -33,8 +33,8 @@ from phi3v_ros.guarded_thread import start_guarded, ThreadHealth
 from phi3v_ros.history import ConversationHistory
 from phi3v_ros.prompt import validate_question
 from phi3v_ros.prompt_queue import PromptQueue
+from phi3v_ros.replies import ERROR_PREFIX
 
-ERROR_PREFIX = 'ERROR: '
 # How long past the engine's own stall timeout the dispatcher waits for a sign of progress before
 # it gives up on a request (only reached when the engine client's monitor is not doing its job).
 RESULT_GRACE_S = 10.0

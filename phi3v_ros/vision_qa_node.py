@@ -13,6 +13,7 @@ context is still valid, stops the worker (bounded: asked, then killed), and exit
 """
 from __future__ import annotations
 
+import difflib
 import signal
 import sys
 import time
@@ -26,7 +27,8 @@ from phi3v_ros.errors import ConfigurationError
 from phi3v_ros.frame_cache import FrameCache
 from phi3v_ros.frame_conversion import FrameConverter, load_cv_bridge_converter
 from phi3v_ros.guarded_thread import ThreadHealth
-from phi3v_ros.parameters import check_value, PARAMETERS, qa_options
+from phi3v_ros.parameters import (check_value, default_for, PARAMETERS, qa_options,
+                                  type_mismatch)
 from phi3v_ros.vision_qa import Reply, Ticket, VisionQA
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
@@ -84,9 +86,18 @@ class VisionQANode(Node):
         self._shut_down = False
         self.health = ThreadHealth()
         self._values = {}
-        for spec in PARAMETERS:
+        overrides = _parameter_overrides(self)
+        self._warn_unknown_overrides(overrides)
+        # provider first: the default of model_path follows it (parameters.default_for)
+        for spec in sorted(PARAMETERS, key=lambda spec: spec.name != 'provider'):
+            given = overrides.get(spec.name)
+            if given is not None:
+                mismatch = type_mismatch(spec.name, given.value)
+                if mismatch:
+                    raise ConfigurationError(mismatch)
             try:
-                value = self.declare_parameter(spec.name, spec.default, _descriptor(spec)).value
+                value = self.declare_parameter(spec.name, default_for(spec.name, self._values),
+                                               _descriptor(spec)).value
             except (ParameterException, ValueError, TypeError) as exc:
                 raise ConfigurationError(f'parameter {spec.name}: {exc}') from None
             problem = check_value(spec.name, value)
@@ -160,6 +171,17 @@ class VisionQANode(Node):
             f'{self._resolved(v["prompt_topic"])}, '
             f'answering on {self._resolved(v["answer_topic"])}; '
             f'loading {v["model_path"]} (provider {v["provider"]})')
+
+    def _warn_unknown_overrides(self, overrides: dict) -> None:
+        """Warn of every parameter given (-p, a params file) that this node does not declare."""
+        known = sorted({spec.name for spec in PARAMETERS}
+                       | {name for name in overrides if self.has_parameter(name)})
+        for name in sorted(set(overrides) - set(known)):
+            close = difflib.get_close_matches(name, known, n=1)
+            advice = (f'did you mean {close[0]}?' if close
+                      else 'the parameters are listed by `ros2 param list` and in the README')
+            self.get_logger().warning(
+                f'parameter {name} is not a parameter of this node and is ignored: {advice}')
 
     def _resolved(self, topic: str) -> str:
         return self.resolve_topic_name(topic)
@@ -332,6 +354,16 @@ class VisionQANode(Node):
         if hasattr(self, '_shut_down'):
             self.shutdown()
         super().destroy_node()
+
+
+def _parameter_overrides(node: Node) -> dict:
+    """
+    Return the parameter overrides (-p, params files) given to node: name -> rclpy Parameter.
+
+    rclpy keeps them in Node._parameter_overrides (Humble to Kilted) and has no public accessor.
+    """
+    overrides = getattr(node, '_parameter_overrides', None)
+    return dict(overrides) if isinstance(overrides, dict) else {}
 
 
 def _node_timings(timings: dict, publish_s: float, node_s: float) -> str:

@@ -1,5 +1,8 @@
 """Helpers shared by the tests (imported as a plain module: pytest puts test/ on sys.path)."""
 import dataclasses
+import json
+import pathlib
+import shutil
 from typing import Any
 
 import numpy as np
@@ -36,3 +39,49 @@ def gradient_image(height, width, seed=0):
     reps = (-(-height // 4), -(-width // 4), 1)
     image = 0.5 * image + 0.5 * np.tile(blocks.repeat(1, 0), reps)[:height, :width]
     return np.ascontiguousarray(image.astype(np.uint8))
+
+
+# -- model folders and installs users get wrong ---------------------------------------------------
+
+LFS_POINTER = (b'version https://git-lfs.github.com/spec/v1\n'
+               b'oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n'
+               b'size 2090000000\n')
+
+
+def lfs_pointer_model(tiny_model, target, names=('text.onnx', 'tokenizer.json')):
+    """Copy the tiny model to target with the named files replaced by Git LFS pointers."""
+    shutil.copytree(tiny_model, target)
+    for name in names:
+        (pathlib.Path(target) / name).write_bytes(LFS_POINTER)
+    return pathlib.Path(target)
+
+
+def may2024_model(tiny_model, target):
+    """
+    Copy the tiny model to target with the genai_config.json of the May-2024 exports.
+
+    Their vision output is named visual_features and the embedding takes input_ids only: the one
+    layout onnxruntime-genai 0.3/0.4 parse (src/config.cpp of v0.4.0), refused since 0.5.
+    """
+    shutil.copytree(tiny_model, target)
+    path = pathlib.Path(target) / 'genai_config.json'
+    config = json.loads(path.read_text())
+    config['model']['vision']['outputs'] = {'visual_features': 'image_features'}
+    del config['model']['embedding']['inputs']['image_features']
+    path.write_text(json.dumps(config, indent=4))
+    return pathlib.Path(target)
+
+
+def broken_genai_install(root):
+    """
+    Write a package folder onnxruntime_genai whose import fails on a missing CUDA library.
+
+    What a wheel built for another JetPack does on import (its C extension cannot find libcudnn);
+    put root first on PYTHONPATH to shadow the real package. Returns root.
+    """
+    package = pathlib.Path(root) / 'onnxruntime_genai'
+    package.mkdir(parents=True)
+    (package / '__init__.py').write_text(
+        "raise ImportError('libcudnn.so.9: cannot open shared object file: "
+        "No such file or directory')\n")
+    return pathlib.Path(root)

@@ -1,5 +1,7 @@
 """The ask client finds a namespaced node and follows remapped topics (real processes and DDS)."""
+import os
 import subprocess
+import sys
 
 import pytest
 
@@ -45,3 +47,35 @@ def test_ask_follows_ros_remapping_arguments(tiny_model):
         assert answered.stdout.strip()
     finally:
         assert node.stop() == 0, node.output()
+
+
+ENGINE_STACK = ('onnxruntime_genai', 'cv2', 'numpy')
+LOADED = 'print(sorted(name for name in {names!r} if name in sys.modules))'
+
+
+def loaded_after(code, names):
+    """Run code in a fresh interpreter; return which of names it left in sys.modules."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, '-c', f'import sys\n{code}\n'
+                             + LOADED.format(names=names)],
+                            cwd=root, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_importing_ask_loads_no_engine_stack():
+    # ERROR_PREFIX comes from phi3v_ros.replies, not from vision_qa and its OpenCV and numpy
+    assert loaded_after('import phi3v_ros.ask', ENGINE_STACK) == '[]'
+
+
+def test_ask_help_loads_neither_the_engine_stack_nor_rclpy():
+    code = ('import contextlib, io, phi3v_ros.ask\n'
+            'with contextlib.redirect_stdout(io.StringIO()) as out:\n'
+            '    try:\n'
+            '        phi3v_ros.ask.main(["ask", "--help"])\n'
+            '    except SystemExit as exc:\n'
+            '        assert exc.code == 0, exc.code\n'
+            'assert "usage: ask" in out.getvalue(), out.getvalue()')
+    assert loaded_after(code, ENGINE_STACK + ('rclpy',)) == '[]'
+    helped = ask('--help')
+    assert helped.returncode == 0 and 'usage: ask' in helped.stdout, helped.stderr

@@ -2,11 +2,14 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
-from phi3v_ros.engine import Engine, EngineConfig, resolve_provider
+from phi3v_ros.engine import Engine, EngineConfig, import_genai, resolve_provider
 from phi3v_ros.errors import ModelLoadError
 from phi3v_ros.generation import GenerationSettings, Request, StopReason, Turn
-from phi3v_test_utils import gradient_image
+from phi3v_test_utils import (broken_genai_install, gradient_image, lfs_pointer_model,
+                              may2024_model)
 import pytest
 
 og = pytest.importorskip('onnxruntime_genai')
@@ -211,3 +214,68 @@ def test_missing_files_give_a_load_error_naming_the_folder(tiny_model, tmp_path,
     os.remove(model / missing)
     with pytest.raises(ModelLoadError, match='could not load'):
         Engine(EngineConfig(model_path=str(model), provider='cpu'))
+
+
+def test_the_parent_of_the_model_folder_names_the_folder_meant(tiny_model, tmp_path):
+    repository = tmp_path / 'Phi-3-vision-128k-instruct-onnx'
+    model = repository / 'gpu' / 'gpu-int4-rtn-block-32'
+    shutil.copytree(tiny_model, model)
+    for parent in (repository, repository / 'gpu'):   # one and two levels above
+        with pytest.raises(ModelLoadError) as info:
+            Engine(EngineConfig(model_path=str(parent), provider='cpu'))
+        assert (f'{str(parent)!r} has no genai_config.json' in str(info.value)
+                and f'did you mean model_path:={model}?' in str(info.value)), info.value
+    Engine(EngineConfig(model_path=str(model), provider='cpu'))   # and that one loads
+
+
+def test_git_lfs_pointers_are_named_before_onnx_runtime_reads_them(tiny_model, tmp_path):
+    model = lfs_pointer_model(tiny_model, tmp_path / 'model')
+    # what onnxruntime-genai says on its own
+    with pytest.raises(RuntimeError, match='Protobuf parsing failed'):
+        og.Model(str(model))
+    with pytest.raises(ModelLoadError) as info:
+        Engine(EngineConfig(model_path=str(model), provider='cpu'))
+    message = str(info.value)
+    assert 'are git-lfs pointers' in message and 'text.onnx, tokenizer.json' in message
+    assert 'git lfs pull' in message and 'fetch_model' in message
+
+
+def test_the_may_2024_layout_names_the_release_and_the_folder_to_use(tiny_model, tmp_path):
+    model = may2024_model(tiny_model, tmp_path / 'cuda-int4-rtn-block-32')
+    # the fixture is the layout newer releases refuse, with the raw error of the issue
+    with pytest.raises(RuntimeError, match='Unknown value "visual_features"'):
+        og.Model(str(model))
+    with pytest.raises(ModelLoadError) as info:
+        Engine(EngineConfig(model_path=str(model), provider='cpu'))
+    message = str(info.value)
+    assert 'May-2024 Phi-3-vision export' in message and '0.3 and 0.4' in message
+    assert 'microsoft/Phi-3-vision-128k-instruct-onnx gpu/gpu-int4-rtn-block-32' in message
+    assert '`ros2 run phi3v_ros fetch_model`' in message
+    cpu = may2024_model(tiny_model, tmp_path / 'cpu-int4-rtn-block-32-acc-level-4')
+    with pytest.raises(ModelLoadError, match='cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4'):
+        Engine(EngineConfig(model_path=str(cpu), provider='cpu'))
+
+
+def test_onnxruntime_genai_not_installed_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'onnxruntime_genai', None)   # import raises ModuleNotFound
+    with pytest.raises(ModelLoadError) as info:
+        import_genai()
+    message = str(info.value)
+    assert message.startswith('onnxruntime-genai is not installed for this Python')
+    assert 'pip install onnxruntime-genai' in message and 'build_genai_wheel' in message
+
+
+def test_onnxruntime_genai_that_cannot_load_is_not_called_missing(tmp_path):
+    # a real broken install (the package's import fails on a CUDA library), in a fresh interpreter
+    root = broken_genai_install(tmp_path / 'site')
+    code = ('from phi3v_ros.engine import import_genai\n'
+            'try:\n    import_genai()\nexcept Exception as exc:\n    print(exc)\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(root), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]))
+    message = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+    assert 'not installed' not in message
+    assert (f'onnxruntime-genai is installed ({root / "onnxruntime_genai"}) but cannot be '
+            'loaded: the library libcudnn.so.9 is missing') in message, message
+    assert 'another CUDA/JetPack' in message and 'build_genai_wheel --install' in message
+    assert 'docs/jetson.md' in message

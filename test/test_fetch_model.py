@@ -87,6 +87,9 @@ def run(argv, hub=None, table=None, free=10 ** 12):
     ('cpu', '0.4.0', M.MAY2024_CPU),
     ('int4', '0.3.0', M.MAY2024_INT4),
     ('int4', None, M.NOV2024_INT4),
+    ('phi3.5-int4', '0.18.0', M.PHI35_INT4),
+    ('phi3.5-cpu', '0.5.0', M.PHI35_CPU),
+    ('phi3.5-int4', None, M.PHI35_INT4),
 ])
 def test_folder_follows_the_onnxruntime_genai_version(variant, genai, expected):
     assert F.select_folder(variant, genai) == expected
@@ -98,6 +101,36 @@ def test_published_names():
     assert (M.MAY2024_INT4.repo_id, M.MAY2024_INT4.folder) == \
         ('microsoft/Phi-3-vision-128k-instruct-onnx-cuda', 'cuda-int4-rtn-block-32')
     assert M.MAY2024_FP16.folder == 'cuda-fp16' and M.MAY2024_CPU.repo_id.endswith('-onnx-cpu')
+
+
+def test_phi35_vision_names_as_published():
+    # microsoft/Phi-3.5-vision-instruct-onnx's file tree on huggingface.co (checked 2026-12):
+    # gpu/gpu-int4-rtn-block-32 (2.6 GB),
+    # cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4 (3.22 GB)
+    assert (M.PHI35_INT4.repo_id, M.PHI35_INT4.folder) == \
+        ('microsoft/Phi-3.5-vision-instruct-onnx', 'gpu/gpu-int4-rtn-block-32')
+    assert (M.PHI35_CPU.repo_id, M.PHI35_CPU.folder) == \
+        ('microsoft/Phi-3.5-vision-instruct-onnx',
+         'cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4')
+    assert M.PHI35_CPU.for_cpu and not M.PHI35_INT4.for_cpu
+
+
+def test_phi35_vision_needs_a_release_that_reads_its_export():
+    with pytest.raises(F.FetchError, match='0.5 and newer, not 0.4.0'):
+        F.select_folder('phi3.5-int4', '0.4.0')
+
+
+def test_phi35_vision_download_prints_its_model_path(model_root):
+    hub = FakeHub()
+    status, text = run(['--variant', 'phi3.5-int4'], hub, {'onnxruntime-genai-cuda': '0.9.2'})
+    target = model_root / 'Phi-3.5-vision-instruct-onnx' / 'gpu' / 'gpu-int4-rtn-block-32'
+    assert status == 0 and hub.calls[0][:2] == ('microsoft/Phi-3.5-vision-instruct-onnx',
+                                                ['gpu/gpu-int4-rtn-block-32/*'])
+    assert f'model_path: {target}' in text and f'-p model_path:={target}' in text
+    hint = M.missing_model_hint(str(target))
+    assert '`ros2 run phi3v_ros fetch_model --variant phi3.5-int4`' in hint, hint
+    status, text = run(['--variant', 'phi3.5-int4'], FakeHub(), {'onnxruntime-genai': '0.18.0'})
+    assert '--variant phi3.5-cpu is the model made for CPU' in text
 
 
 def test_fp16_with_a_new_release_is_refused_with_the_reason():
@@ -192,6 +225,23 @@ def test_lfs_pointer_is_not_a_model(tmp_path):
     assert F.validate_model_folder(folder) == [
         'phi-3-v-128k-instruct-text.onnx.data is a Git LFS pointer, not the weights (cloned '
         'without git-lfs?)']
+    # the same check the node makes at load (model_paths), for every file of the folder
+    (folder / 'tokenizer.json').write_bytes((folder / 'phi-3-v-128k-instruct-text.onnx.data')
+                                            .read_bytes())
+    assert M.lfs_pointer_files(folder) == ['phi-3-v-128k-instruct-text.onnx.data',
+                                           'tokenizer.json']
+    assert len(F.validate_model_folder(folder)) == 2
+
+
+def test_only_small_files_starting_with_the_lfs_line_are_pointers(tmp_path):
+    pointer = b'version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n'
+    (tmp_path / 'pointer.onnx').write_bytes(pointer)
+    (tmp_path / 'large.onnx.data').write_bytes(pointer + b'\0' * 2048)   # over the 1024-byte cap
+    (tmp_path / 'weights.onnx').write_bytes(b'\x08\x07' + pointer)
+    assert M.is_lfs_pointer(tmp_path / 'pointer.onnx')
+    assert not M.is_lfs_pointer(tmp_path / 'large.onnx.data')
+    assert not M.is_lfs_pointer(tmp_path / 'missing')
+    assert M.lfs_pointer_files(tmp_path) == ['pointer.onnx']
 
 
 def test_validation_of_a_bad_config(tmp_path):
@@ -243,6 +293,29 @@ def test_model_root_and_default_path(model_root, monkeypatch):
                                          'gpu-int4-rtn-block-32')
     monkeypatch.delenv(M.MODEL_DIR_ENV)
     assert M.model_root() == Path.home() / '.cache' / 'phi3v_ros' / 'models'
+
+
+def test_default_model_path_follows_the_provider(model_root):
+    cpu = model_root / 'Phi-3-vision-128k-instruct-onnx' / 'cpu_and_mobile' / \
+        'cpu-int4-rtn-block-32-acc-level-4'
+    assert M.default_model_path('cpu') == str(cpu)
+    assert M.default_model_path('cuda') == M.default_model_path('auto') == M.default_model_path()
+    assert '`ros2 run phi3v_ros fetch_model --variant cpu`' in M.missing_model_hint(str(cpu))
+
+
+def test_model_folders_below_finds_the_folder_one_or_two_levels_down(tmp_path):
+    for folder in ('repo/gpu/gpu-int4-rtn-block-32', 'repo/cpu_and_mobile/cpu-int4',
+                   'repo/.cache/hidden', 'repo/onnx', 'repo/a/b/too-deep'):
+        (tmp_path / folder).mkdir(parents=True)
+    for folder in ('repo/gpu/gpu-int4-rtn-block-32', 'repo/cpu_and_mobile/cpu-int4',
+                   'repo/.cache/hidden', 'repo/a/b/too-deep'):
+        (tmp_path / folder / 'genai_config.json').write_text('{}')
+    assert M.model_folders_below(tmp_path / 'repo') == [
+        str(tmp_path / 'repo/cpu_and_mobile/cpu-int4'),
+        str(tmp_path / 'repo/gpu/gpu-int4-rtn-block-32')]
+    assert M.model_folders_below(tmp_path / 'repo' / 'gpu') == [
+        str(tmp_path / 'repo/gpu/gpu-int4-rtn-block-32')]
+    assert M.model_folders_below(tmp_path / 'nothing') == []
 
 
 def test_missing_model_hint_names_the_command(model_root, tmp_path):

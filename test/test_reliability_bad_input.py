@@ -503,7 +503,12 @@ def test_out_of_range_parameters_are_refused_at_runtime(raw):
 
 @pytest.mark.parametrize('argument,reason', [
     ('max_queue:=0', 'max_queue out of range'),
-    ('stall_timeout:=5', "'stall_timeout'"),              # an integer where a float is declared
+    # a number of the wrong type: what to write instead
+    ('stall_timeout:=5', 'stall_timeout must be a double: write 5.0'),
+    ('max_image_age:=1', 'max_image_age must be a double: write 1.0'),
+    ('max_queue:=4.0', 'max_queue must be an integer: write 4'),
+    ('max_new_tokens:=many', "max_new_tokens must be an integer such as 4, not 'many'"),
+    ('allow_text_only:=1', 'allow_text_only must be a boolean: write true or false'),
     ('max_image_pixels:=-1', 'max_image_pixels'),
     ('busy_policy:=newest', 'busy_policy must be one of'),
     ('provider:=tpu', 'provider must be one of'),

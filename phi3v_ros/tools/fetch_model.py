@@ -8,11 +8,15 @@ Usage::
     # CPU int4, for a machine without a GPU
     ros2 run phi3v_ros fetch_model --variant cpu
     ros2 run phi3v_ros fetch_model --variant fp16 --dest /data/models
+    # Phi-3.5-vision (same model type, better answers): CUDA int4 or CPU int4
+    ros2 run phi3v_ros fetch_model --variant phi3.5-int4
 
 The folder matches the installed onnxruntime-genai: releases before 0.5 read the May-2024 exports
 (microsoft/Phi-3-vision-128k-instruct-onnx-cuda, -onnx-cpu), 0.5 and later the Nov-2024 re-exports
-(microsoft/Phi-3-vision-128k-instruct-onnx). Downloads use huggingface_hub, which resumes an
-interrupted download and shows progress bars; the files land in ``DEST/<repository>/<folder>``.
+(microsoft/Phi-3-vision-128k-instruct-onnx); Phi-3.5-vision
+(microsoft/Phi-3.5-vision-instruct-onnx, Nov 2024) needs 0.5 or later. Downloads use
+huggingface_hub, which resumes an interrupted download and shows progress bars; the files land in
+``DEST/<repository>/<folder>``.
 """
 from __future__ import annotations
 
@@ -22,14 +26,14 @@ from pathlib import Path
 import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from phi3v_ros.model_paths import (default_model_path, MAY2024_CPU, MAY2024_FP16, MAY2024_INT4,
-                                   MODEL_DIR_ENV, model_root, ModelFolder, NOV2024_CPU,
-                                   NOV2024_INT4)
+from phi3v_ros.model_paths import (default_model_path, lfs_pointer_files, MAY2024_CPU,
+                                   MAY2024_FP16, MAY2024_INT4, MODEL_DIR_ENV, model_root,
+                                   ModelFolder, NOV2024_CPU, NOV2024_INT4, PHI35_CPU, PHI35_INT4)
 from phi3v_ros.tools.genai_wheel.platform import free_disk_bytes
 
 GENAI_DISTRIBUTIONS = ('onnxruntime-genai-cuda', 'onnxruntime-genai', 'onnxruntime-genai-directml')
-VARIANTS = ('int4', 'fp16', 'cpu')
-LFS_POINTER_PREFIX = b'version https://git-lfs'
+VARIANTS = ('int4', 'fp16', 'cpu', 'phi3.5-int4', 'phi3.5-cpu')
+PHI35 = {'phi3.5-int4': PHI35_INT4, 'phi3.5-cpu': PHI35_CPU}
 GIB = 1024 ** 3
 
 
@@ -72,6 +76,12 @@ def select_folder(variant: str, genai_version: Optional[str]) -> ModelFolder:
         raise FetchError(f'onnxruntime-genai {genai_version} predates Phi-3-vision support (added '
                          'in 0.3): install 0.5 or newer (on a Jetson: ros2 run phi3v_ros '
                          'build_genai_wheel --install)')
+    if variant in PHI35:
+        if version is not None and version < (0, 5):
+            raise FetchError(f'Phi-3.5-vision ({PHI35[variant].repo_id}) is exported only for '
+                             f'onnxruntime-genai 0.5 and newer, not {genai_version}: '
+                             'install a newer one, or use --variant int4 / cpu (Phi-3-vision)')
+        return PHI35[variant]
     if version is not None and version < (0, 5):
         return {'int4': MAY2024_INT4, 'fp16': MAY2024_FP16, 'cpu': MAY2024_CPU}[variant]
     if variant == 'fp16':
@@ -111,11 +121,8 @@ def validate_model_folder(path: Path) -> List[str]:
     for filename in referenced:
         if not (path / filename).is_file():
             problems.append(f'{filename} (named in genai_config.json) is missing')
-    for file in list(onnx_files) + sorted(path.glob('*.onnx.data')):
-        with open(file, 'rb') as handle:
-            if handle.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX:
-                problems.append(f'{file.name} is a Git LFS pointer, not the weights (cloned '
-                                'without git-lfs?)')
+    for name in lfs_pointer_files(path):
+        problems.append(f'{name} is a Git LFS pointer, not the weights (cloned without git-lfs?)')
     return problems
 
 
@@ -140,9 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
                     'onnxruntime-genai loads, and print the folder to pass as model_path. '
                     'Rerunning resumes.')
     parser.add_argument('--variant', choices=VARIANTS, default='int4',
-                        help='int4: CUDA int4, about 2.6 GB (default); fp16: CUDA fp16, '
-                             'about 8 GB (only onnxruntime-genai 0.4); cpu: CPU int4, '
-                             'about 3.2 GB, for machines without a GPU')
+                        help='Phi-3-vision: int4: CUDA int4, about 2.6 GB (default); fp16: '
+                             'CUDA fp16, about 8 GB (only onnxruntime-genai 0.4); cpu: CPU int4, '
+                             'about 3.2 GB, for machines without a GPU. Phi-3.5-vision (same '
+                             'model type, better answers; onnxruntime-genai 0.5+): phi3.5-int4 '
+                             '(CUDA, about 2.6 GB), phi3.5-cpu (about 3.2 GB)')
     parser.add_argument('--dest',
                         help=f'model root folder (default {model_root()}, or ${MODEL_DIR_ENV}); '
                              f'files go to DEST/<repository>/<folder>')
@@ -175,14 +184,16 @@ def main(argv: Optional[Sequence[str]] = None, download: Callable[..., str] = hf
     root = Path(args.dest).expanduser() if args.dest else model_root()
     local_dir = root / folder.repo_name
     target = folder.local_path(root)
-    out(f'onnxruntime-genai: {genai_version or "none"} ({genai_source}) -> the '
-        f'{"May-2024 export" if folder.export == "may2024" else "Nov-2024 re-export"}')
+    export = ('May-2024 export' if folder.export == 'may2024'
+              else 'Phi-3.5-vision export' if folder.variant in PHI35 else 'Nov-2024 re-export')
+    out(f'onnxruntime-genai: {genai_version or "none"} ({genai_source}) -> the {export}')
     if genai_version is None:
         out('note: onnxruntime-genai is not installed in this Python; the folder for 0.5 and '
             'newer was chosen (pass --genai-version if the node runs another)')
-    if genai and genai[0] == 'onnxruntime-genai' and folder.variant != 'cpu':
-        out('note: the installed onnxruntime-genai is the CPU build; --variant cpu is the model '
-            'made for CPU (on a Jetson, build the CUDA wheel: ros2 run phi3v_ros '
+    if genai and genai[0] == 'onnxruntime-genai' and not folder.for_cpu:
+        cpu = 'phi3.5-cpu' if folder.variant in PHI35 else 'cpu'
+        out(f'note: the installed onnxruntime-genai is the CPU build; --variant {cpu} is the '
+            'model made for CPU (on a Jetson, build the CUDA wheel: ros2 run phi3v_ros '
             'build_genai_wheel --install)')
     out(f'model: {folder.repo_id} / {folder.folder} (about {folder.size_gb:g} GB)')
     out(f'into:  {target}')
@@ -228,6 +239,8 @@ def _print_result(target: Path, out: Callable[[str], None]) -> None:
     out(f'model_path: {target}')
     if str(target) == default_model_path():
         out("(this is the node's default model_path: no parameter needed)")
+    elif str(target) == default_model_path('cpu'):
+        out("(this is the node's default model_path with provider:=cpu: no model_path needed)")
     else:
         out(f'pass it as the node parameter model_path, e.g. '
             f'ros2 run phi3v_ros vision_qa_node --ros-args -p model_path:={target}')
