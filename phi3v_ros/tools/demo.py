@@ -45,7 +45,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     model = os.path.join(args.workdir, 'tiny_model')
-    print(f'1. tiny random-weight Phi-3-vision model -> {make_tiny_model(model)}', flush=True)
+    print(f'1. tiny random-weight Phi-3-vision model -> {make_tiny_model(model, layout="auto")}',
+          flush=True)
     env = dict(os.environ)
     # A private, localhost-only ROS domain: the demo must not talk to a real robot's nodes.
     env.setdefault('ROS_DOMAIN_ID', str(random.randint(101, 215)))
