@@ -51,8 +51,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     # A private, localhost-only ROS domain: the demo must not talk to a real robot's nodes.
     env.setdefault('ROS_DOMAIN_ID', str(random.randint(101, 215)))
     env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    env['ROS_LOCALHOST_ONLY'] = ('1' if env.get('ROS_DISTRO') == 'humble'
-                                 else env.get('ROS_LOCALHOST_ONLY', '0'))
+    if env.get('ROS_DISTRO') == 'humble':
+        env['ROS_LOCALHOST_ONLY'] = '1'
+    else:   # deprecated after Humble: Jazzy's rcl warns whenever it is set
+        env.pop('ROS_LOCALHOST_ONLY', None)
     print('2. starting vision_qa_node and synthetic_camera '
           f'(ROS_DOMAIN_ID={env["ROS_DOMAIN_ID"]})', flush=True)
     node = subprocess.Popen(command('vision_qa_node') + [
