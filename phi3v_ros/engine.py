@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import re
 import sys
@@ -24,6 +25,9 @@ from phi3v_ros.memory_guard import MemoryGuard
 from phi3v_ros.prompt import build_chat_prompt
 
 PROVIDERS = ('auto', 'cuda', 'cpu')
+# Image tags as the processor of every release finds them (it tokenizes the text between them).
+_IMAGE_TAG = re.compile(r'<\|image_\d+\|>')
+CROP_SIDE = 336
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +104,12 @@ def resolve_provider(requested: str, cuda_available: bool) -> str:
     return requested
 
 
-def read_genai_config(model_path: str) -> dict:
-    """Read genai_config.json, turning every way a folder can be wrong into a ModelLoadError."""
+def read_genai_config(model_path: str, genai_version: str = 'unknown') -> dict:
+    """
+    Read genai_config.json, turning every way a folder can be wrong into a ModelLoadError.
+
+    genai_version is the installed onnxruntime-genai's: the folder layout it reads depends on it.
+    """
     if not os.path.exists(model_path):
         raise ModelLoadError(f'model_path {model_path!r} does not exist{_fetch_hint(model_path)}')
     if not os.path.isdir(model_path):
@@ -134,18 +142,121 @@ def read_genai_config(model_path: str) -> dict:
         raise ModelLoadError(
             f'{config_file} describes a model of type {model_type!r}; phi3v_ros needs a '
             'Phi-3-vision model (type "phi3v")')
-    vision = model_section.get('vision')
-    vision_outputs = vision.get('outputs') if isinstance(vision, dict) else None
-    if isinstance(vision_outputs, dict) and 'visual_features' in vision_outputs:
-        instead = model_paths.nov2024_replacement(model_path)
-        raise ModelLoadError(
-            f'{model_path!r} is a May-2024 Phi-3-vision export (its vision output is named '
-            '"visual_features"), which only onnxruntime-genai 0.3 and 0.4 read; 0.5 and newer '
-            '(phi3v_ros needs 0.6 or newer) refuse it with `Unknown value "visual_features"`. '
-            f'Use the Nov-2024 re-export instead, {instead.repo_id} {instead.folder}: '
-            f'`{model_paths.fetch_command(str(instead.local_path()))}` downloads it to '
-            f'{instead.local_path()}')
+    layout_error = folder_layout_error(model_path, model_section, genai_version)
+    if layout_error:
+        raise ModelLoadError(layout_error)
     return config
+
+
+def check_genai_release(og) -> None:
+    """
+    Raise ModelLoadError leading to a working release if ``og`` cannot run Phi-3-vision.
+
+    0.2 and older have no multimodal processor (``og.Model`` refuses a phi3v genai_config.json:
+    "Unknown value: inputs_embeds"). 0.3 has one, but its HD transform pads only the height:
+    a portrait image whose resized width is no multiple of 336 gets a wrong crop grid and image
+    token count (a frame 1000 high and 999 wide: 2,381 prompt tokens where 0.4-0.18 make 2,525;
+    fixed in 0.4).
+    """
+    version = getattr(og, '__version__', 'unknown')
+    fix = ('install onnxruntime-genai >= 0.4 (`pip install -U onnxruntime-genai`; on a Jetson '
+           '`ros2 run phi3v_ros build_genai_wheel --install`)')
+    if not hasattr(og, 'Images') or not hasattr(og.Model, 'create_multimodal_processor'):
+        raise ModelLoadError(f'onnxruntime-genai {version} is too old for Phi-3-vision (it has '
+                             f'no multimodal processor): {fix}')
+    if _version_tuple(version) < (0, 4):
+        raise ModelLoadError(f'onnxruntime-genai {version} is too old for phi3v_ros: its image '
+                             f'transform mis-sizes portrait images (it pads only their height): '
+                             f'{fix}')
+
+
+def folder_layout_error(model_path: str, model_section: dict, genai_version: str) -> str:
+    """
+    Say why this release cannot read the folder's layout and what to do ('' when it can).
+
+    The May-2024 exports (vision output ``visual_features``) load only in 0.4 (and 0.3), the
+    Nov-2024 re-exports (``image_features``) only in 0.5 and later: each release refuses the
+    other's keys with a bare ``Unknown value``, checked here before onnxruntime-genai reads it.
+    """
+    vision = model_section.get('vision')
+    outputs = vision.get('outputs') if isinstance(vision, dict) else None
+    outputs = outputs if isinstance(outputs, dict) else {}
+    old_release = _version_tuple(genai_version) < (0, 5)
+    if 'visual_features' in outputs and not old_release:
+        instead = model_paths.nov2024_replacement(model_path)
+        return (f'{model_path!r} is a May-2024 Phi-3-vision export (its vision output is named '
+                f'"visual_features"), which onnxruntime-genai {genai_version} cannot read (it '
+                'fails with `Unknown value "visual_features"`): only 0.4 (and 0.3) read it. Use '
+                f'the Nov-2024 re-export instead, {instead.repo_id} {instead.folder}: '
+                f'`{model_paths.fetch_command(str(instead.local_path()))}` downloads it to '
+                f'{instead.local_path()}; or install onnxruntime-genai 0.4.0 for this folder')
+    if 'image_features' in outputs and old_release:
+        return (f'{model_path!r} is a Nov-2024 Phi-3-vision re-export (its vision output is '
+                f'named "image_features"), which onnxruntime-genai {genai_version} cannot read '
+                '(it fails with `Unknown value: image_features`): install onnxruntime-genai '
+                '>= 0.5 (`pip install -U onnxruntime-genai`), or download the May-2024 export '
+                'this release reads (`ros2 run phi3v_ros fetch_model` picks it)')
+    return ''
+
+
+def _version_tuple(version: str) -> tuple:
+    numbers = []
+    for piece in version.split('.')[:3]:
+        digits = ''.join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ''
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers) if numbers else (999,)   # unknown: assume a current release
+
+
+def listed_provider(decoder_section: dict) -> str:
+    """Return the provider genai_config.json's decoder session options list first (cpu: none)."""
+    options = decoder_section.get('session_options', {}).get('provider_options', [])
+    for entry in options if isinstance(options, list) else []:
+        if isinstance(entry, dict) and entry:
+            return str(next(iter(entry)))
+    return 'cpu'
+
+
+def provider_without_config(config: EngineConfig, resolved: str, listed: str,
+                            genai_version: str) -> str:
+    """
+    Return the provider a release without og.Config (before 0.5) runs, or raise ModelLoadError.
+
+    Such a release cannot override genai_config.json: it runs the provider listed there, with the
+    device and CUDA-graph options written there.
+    """
+    why = (f'onnxruntime-genai {genai_version} cannot set the provider (og.Config came in '
+           f'0.5): it runs what {os.path.join(config.model_path, "genai_config.json")} lists '
+           f'({listed})')
+    fix = 'or install onnxruntime-genai >= 0.5 with a Nov-2024 model folder'
+    if config.provider not in ('auto', listed):
+        raise ModelLoadError(f'provider is {resolved!r} but {why}: set provider to {listed} or '
+                             f'auto, change provider_options there, {fix}')
+    if config.device_id != 0 or config.cuda_graph:
+        raise ModelLoadError(f'device_id and cuda_graph cannot be set: {why}: write them into '
+                             f'its provider_options, {fix}')
+    return listed
+
+
+def hd_image_tokens(height: int, width: int) -> int:
+    """
+    Return the image tokens Phi3ImageTransform gives an image of height x width pixels.
+
+    Its HD transform resizes the long side to s * 336 (the largest s with s * ceil(s / ratio)
+    <= 16 crops) keeping the aspect ratio, pads the short side to a multiple of 336, and counts
+    (h * w + 1) * 144 + 1 + (h + 1) * 12 tokens for h x w crops.
+    """
+    ratio = max(height, width) / min(height, width)
+    scale = 1
+    while scale * math.ceil(scale / ratio) <= 16:
+        scale += 1
+    scale -= 1
+    long_side = scale * CROP_SIDE
+    short_side = math.ceil(int(long_side / ratio) / CROP_SIDE) * CROP_SIDE
+    padded_h, padded_w = (long_side, short_side) if height > width else (short_side, long_side)
+    rows, cols = padded_h // CROP_SIDE, padded_w // CROP_SIDE
+    return (rows * cols + 1) * 144 + 1 + (rows + 1) * 12
 
 
 def _fetch_hint(model_path: str) -> str:
@@ -159,32 +270,55 @@ class Engine:
         self.config = config
         self._log = log
         self._og = import_genai()
-        genai_config = read_genai_config(config.model_path)
+        check_genai_release(self._og)
+        self.genai_version = getattr(self._og, '__version__', 'unknown')
+        genai_config = read_genai_config(config.model_path, self.genai_version)
         model_section = genai_config['model']
         self.context_length = int(model_section.get('context_length', 4096))
         eos = model_section.get('eos_token_id', [])
         self.eos_token_ids = frozenset(eos if isinstance(eos, list) else [eos])
-        self.provider = resolve_provider(config.provider, bool(self._og.is_cuda_available()))
-        self.genai_version = getattr(self._og, '__version__', 'unknown')
+        cuda_available = bool(self._og.is_cuda_available())
+        self.provider = resolve_provider(config.provider, cuda_available)
+        # og.Config came in 0.5: 0.4 runs the provider genai_config.json lists
+        has_config = hasattr(self._og, 'Config')
+        if not has_config:
+            listed = listed_provider(model_section.get('decoder', {}))
+            self.provider = resolve_provider(
+                provider_without_config(config, self.provider, listed, self.genai_version),
+                cuda_available)
         if config.provider == 'auto':
             why = 'CUDA is available' if self.provider == 'cuda' else 'this build has no CUDA'
+            if not has_config:
+                why = f'genai_config.json lists it; onnxruntime-genai {self.genai_version}'
             log(f'provider auto: using {self.provider} ({why})')
+        # 0.4-0.6 raise onnxruntime's own errors as og.OrtException, an Exception only
+        ort_error = getattr(self._og, 'OrtException', None)
+        self._genai_errors = (RuntimeError,) + (
+            (ort_error,) if isinstance(ort_error, type) and issubclass(ort_error, Exception)
+            else ())
         start = time.perf_counter()
         try:
-            og_config = self._og.Config(config.model_path)
-            og_config.clear_providers()
-            if self.provider == 'cuda':
-                og_config.append_provider('cuda')
-                og_config.set_provider_option('cuda', 'device_id', str(config.device_id))
-                og_config.set_provider_option(
-                    'cuda', 'enable_cuda_graph', '1' if config.cuda_graph else '0')
-            self._model = self._og.Model(og_config)
+            if has_config:
+                og_config = self._og.Config(config.model_path)
+                og_config.clear_providers()
+                if self.provider == 'cuda':
+                    og_config.append_provider('cuda')
+                    og_config.set_provider_option('cuda', 'device_id', str(config.device_id))
+                    og_config.set_provider_option(
+                        'cuda', 'enable_cuda_graph', '1' if config.cuda_graph else '0')
+                self._model = self._og.Model(og_config)
+            else:
+                self._model = self._og.Model(config.model_path)
             self._processor = self._model.create_multimodal_processor()
-        except RuntimeError as exc:
+            # Before 0.7 the processor's NamedTensors cannot be read from Python: the prompt is
+            # counted with the model's tokenizer instead.
+            self._inputs_readable = hasattr(self._og.NamedTensors, 'keys')
+            self._tokenizer = None if self._inputs_readable else self._og.Tokenizer(self._model)
+        except self._genai_errors as exc:
             raise ModelLoadError(
                 f'onnxruntime-genai could not load {config.model_path!r}: {exc}') from exc
         self.load_s = time.perf_counter() - start
-        # 0.9 moved set_inputs from GeneratorParams to Generator; 0.6-0.8 only have the former.
+        # 0.9 moved set_inputs from GeneratorParams to Generator; 0.4-0.8 only have the former.
         self._generator_takes_inputs = hasattr(self._og.Generator, 'set_inputs')
         self._open_bytes = getattr(self._og.Images, 'open_bytes', None)
         self.memory_guard = MemoryGuard.for_model(model_section.get('decoder', {}),
@@ -201,7 +335,7 @@ class Engine:
         result = Result()
         try:
             self._generate(request, result, start, on_piece, should_stop)
-        except (EngineError, ValueError, RuntimeError) as exc:
+        except (EngineError, ValueError) + self._genai_errors as exc:
             result.stop_reason = StopReason.ERROR
             result.error = str(exc)
         result.total_s = time.perf_counter() - start
@@ -234,9 +368,8 @@ class Engine:
             images = self._images(request.image, result)
             result.image_encode_s = time.perf_counter() - start
         inputs = self._processor(prompt, images=images)
-        result.prompt_tokens = int(inputs['input_ids'].as_numpy().shape[-1])
-        if has_image:
-            result.image_tokens = int(inputs['num_image_tokens'].as_numpy().sum())
+        result.prompt_tokens, result.image_tokens = self._count_prompt(
+            inputs, prompt, result.image_size if has_image else None)
         if result.prompt_tokens >= self.context_length:
             raise EngineError(
                 f'the prompt is {result.prompt_tokens} tokens long, the model takes at most '
@@ -263,9 +396,27 @@ class Engine:
         try:
             if self._generator_takes_inputs:
                 generator.set_inputs(inputs)   # vision encoder + embedding + prefill happen here
+            elif not self._inputs_readable:    # the prompt as the generator holds it, not counted
+                result.prompt_tokens = len(generator.get_sequence(0))
             self._decode_loop(generator, result, start, on_piece, should_stop)
         finally:
             del generator   # holds the KV cache (and on CUDA a captured graph)
+
+    def _count_prompt(self, inputs, prompt: str, image_size: Optional[tuple]) -> tuple:
+        """Return (prompt tokens, image tokens) of the processor's output ``inputs``."""
+        if self._inputs_readable:
+            image_tokens = 0
+            if image_size is not None:
+                image_tokens = int(inputs['num_image_tokens'].as_numpy().sum())
+            return int(inputs['input_ids'].as_numpy().shape[-1]), image_tokens
+        # As the processor of 0.4-0.6 builds input_ids: the text between image tags tokenized
+        # piece by piece (an empty last piece is none), the image's HD-transform tokens between.
+        pieces = _IMAGE_TAG.split(prompt)
+        if len(pieces) > 1 and not pieces[-1]:
+            pieces.pop()
+        text_tokens = sum(len(self._tokenizer.encode(piece)) for piece in pieces)
+        image_tokens = 0 if image_size is None else hd_image_tokens(*image_size)
+        return text_tokens + image_tokens, image_tokens
 
     def _decode_loop(self, generator, result: Result, start: float,
                      on_piece: Optional[Callable[[str], None]],

@@ -19,11 +19,13 @@ def tiny_model(tmp_path_factory):
 
     Its context is long (32k tokens) so that a test can keep a generation running for seconds
     (cancel, queue floods); the KV cache is sized per request, so short requests stay cheap.
+    Every tiny model here has the folder layout the installed onnxruntime-genai reads (May-2024
+    for 0.4, see make_tiny_model.layout_for_genai).
     """
     pytest.importorskip('onnxruntime_genai')
     from phi3v_ros.tools.make_tiny_model import make_tiny_model
     return str(make_tiny_model(tmp_path_factory.mktemp('tiny') / 'model', seed=0,
-                               context_length=LONG_CONTEXT))
+                               context_length=LONG_CONTEXT, layout='auto'))
 
 
 @pytest.fixture(scope='session')
@@ -32,7 +34,7 @@ def tiny_model_that_ends(tmp_path_factory):
     pytest.importorskip('onnxruntime_genai')
     from phi3v_ros.tools.make_tiny_model import make_tiny_model
     return str(make_tiny_model(tmp_path_factory.mktemp('tiny_end') / 'model', seed=0,
-                               end_immediately=True))
+                               end_immediately=True, layout='auto'))
 
 
 @pytest.fixture(scope='module')
@@ -57,4 +59,4 @@ def tiny_model_short_context(tmp_path_factory):
     pytest.importorskip('onnxruntime_genai')
     from phi3v_ros.tools.make_tiny_model import make_tiny_model
     return str(make_tiny_model(tmp_path_factory.mktemp('tiny_short') / 'model', seed=0,
-                               context_length=SHORT_CONTEXT))
+                               context_length=SHORT_CONTEXT, layout='auto'))

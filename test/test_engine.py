@@ -13,6 +13,7 @@ from phi3v_test_utils import (broken_genai_install, gradient_image, lfs_pointer_
 import pytest
 
 og = pytest.importorskip('onnxruntime_genai')
+OLD_RELEASE = tuple(int(n) for n in og.__version__.split('.')[:2]) < (0, 5)
 
 GREEDY_16 = GenerationSettings(max_new_tokens=16)
 
@@ -230,8 +231,8 @@ def test_the_parent_of_the_model_folder_names_the_folder_meant(tiny_model, tmp_p
 
 def test_git_lfs_pointers_are_named_before_onnx_runtime_reads_them(tiny_model, tmp_path):
     model = lfs_pointer_model(tiny_model, tmp_path / 'model')
-    # what onnxruntime-genai says on its own
-    with pytest.raises(RuntimeError, match='Protobuf parsing failed'):
+    # what onnxruntime-genai says on its own (0.4-0.6 raise og.OrtException, not RuntimeError)
+    with pytest.raises(Exception, match='Protobuf parsing failed'):
         og.Model(str(model))
     with pytest.raises(ModelLoadError) as info:
         Engine(EngineConfig(model_path=str(model), provider='cpu'))
@@ -240,6 +241,7 @@ def test_git_lfs_pointers_are_named_before_onnx_runtime_reads_them(tiny_model, t
     assert 'git lfs pull' in message and 'fetch_model' in message
 
 
+@pytest.mark.skipif(OLD_RELEASE, reason='0.4 reads the May-2024 layout')
 def test_the_may_2024_layout_names_the_release_and_the_folder_to_use(tiny_model, tmp_path):
     model = may2024_model(tiny_model, tmp_path / 'cuda-int4-rtn-block-32')
     # the fixture is the layout newer releases refuse, with the raw error of the issue
@@ -248,7 +250,7 @@ def test_the_may_2024_layout_names_the_release_and_the_folder_to_use(tiny_model,
     with pytest.raises(ModelLoadError) as info:
         Engine(EngineConfig(model_path=str(model), provider='cpu'))
     message = str(info.value)
-    assert 'May-2024 Phi-3-vision export' in message and '0.3 and 0.4' in message
+    assert 'May-2024 Phi-3-vision export' in message and 'only 0.4 (and 0.3) read it' in message
     assert 'microsoft/Phi-3-vision-128k-instruct-onnx gpu/gpu-int4-rtn-block-32' in message
     assert '`ros2 run phi3v_ros fetch_model`' in message
     cpu = may2024_model(tiny_model, tmp_path / 'cpu-int4-rtn-block-32-acc-level-4')

@@ -45,7 +45,7 @@ def mistakes(tiny_model, root):
                 ['are git-lfs pointers', 'text.onnx, tokenizer.json', 'git lfs pull',
                  'fetch_model']),
         'may2024': ({'model_path': str(may)}, None,
-                    ['May-2024 Phi-3-vision export', '0.3 and 0.4',
+                    ['May-2024 Phi-3-vision export', 'only 0.4 (and 0.3) read it',
                      'microsoft/Phi-3-vision-128k-instruct-onnx gpu/gpu-int4-rtn-block-32',
                      'ros2 run phi3v_ros fetch_model']),
         'genai_broken': ({'model_path': tiny_model}, broken_env,

@@ -57,6 +57,10 @@ def tokens_per_image(padded_h: int, padded_w: int) -> int:
 
 class Loaded:
     def __init__(self, path: pathlib.Path) -> None:
+        if not hasattr(og, 'Config') or not hasattr(og.NamedTensors, 'keys'):
+            pytest.skip('these tests drive the API of onnxruntime-genai 0.7+ directly (og.Config, '
+                        f'readable NamedTensors), not {og.__version__}; test_engine*.py and '
+                        'test_tiny_model_layouts.py run the tiny model on it')
         self.path = path
         start = time.perf_counter()
         self.model = og.Model(og.Config(str(path)))

@@ -91,13 +91,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     model = os.path.join(args.workdir, 'tiny_model')
-    print(f'1. tiny random-weight Phi-3-vision model -> {make_tiny_model(model)}', flush=True)
+    print(f'1. tiny random-weight Phi-3-vision model -> {make_tiny_model(model, layout="auto")}',
+          flush=True)
     env = dict(os.environ)
     # A private, localhost-only ROS domain: the demo must not talk to a real robot's nodes.
     env.setdefault('ROS_DOMAIN_ID', str(random.randint(101, 215)))
     env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    env['ROS_LOCALHOST_ONLY'] = ('1' if env.get('ROS_DISTRO') == 'humble'
-                                 else env.get('ROS_LOCALHOST_ONLY', '0'))
+    if env.get('ROS_DISTRO') == 'humble':
+        env['ROS_LOCALHOST_ONLY'] = '1'
+    else:   # deprecated after Humble: Jazzy's rcl warns whenever it is set
+        env.pop('ROS_LOCALHOST_ONLY', None)
     log_path = os.path.join(args.workdir, 'demo.log')
     with open(log_path, 'w', encoding='utf-8') as log:
         print('2. starting vision_qa_node and synthetic_camera '

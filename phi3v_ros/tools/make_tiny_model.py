@@ -7,6 +7,12 @@ onnxruntime-genai >= 0.5 reads): ``vision.onnx``, ``embedding.onnx``, ``text.onn
 ConvertRGB -> Phi3ImageTransform), a small Llama-style BPE ``tokenizer.json`` (byte fallback,
 Phi-3 chat tokens), ``tokenizer_config.json`` and ``special_tokens_map.json``.
 
+``layout='may2024'`` (``--layout may2024``) writes the layout of the May-2024 exports instead, the
+only one onnxruntime-genai 0.4 reads (and 0.5+ refuse): the vision graph's output is
+``visual_features`` [1, rows, hidden] and the embedding graph takes ``input_ids`` only (0.4
+copies the image rows over the image tokens' embeddings itself). Same files, same weights, same
+answers. ``layout_for_genai(version)`` names the layout a release reads.
+
 The weights are random, but the model is built so that tests of the real pipeline are meaningful:
 
 * greedy output consists of whole English words from the built-in corpus (the lm_head bias allows
@@ -19,8 +25,9 @@ The weights are random, but the model is built so that tests of the real pipelin
   ``end_immediately=True`` the first token is always ``<|end|>``;
 * the same seed gives byte-identical files (with the same onnx/tokenizers versions).
 
-Usage: ``make_tiny_model OUT_DIR [--seed N] [--end-immediately]`` (or
-``python -m phi3v_ros.tools.make_tiny_model``). Needs numpy, onnx and tokenizers only.
+Usage: ``make_tiny_model OUT_DIR [--seed N] [--end-immediately] [--layout nov2024|may2024|auto]``
+(or ``python -m phi3v_ros.tools.make_tiny_model``; auto: the layout of the installed
+onnxruntime-genai). Needs numpy, onnx and tokenizers only.
 """
 from __future__ import annotations
 
@@ -62,6 +69,10 @@ END_TOKEN, PAD_TOKEN = '<|end|>', '<|endoftext|>'
 FILES = ('vision.onnx', 'embedding.onnx', 'text.onnx', 'genai_config.json',
          'processor_config.json', 'tokenizer.json', 'tokenizer_config.json',
          'special_tokens_map.json')
+
+# nov2024: the re-exported folders (onnxruntime-genai 0.5 and later); may2024: the first exports
+# (0.4; 0.3 too, by its changelog, but its wheel is not tested here)
+LAYOUTS = ('nov2024', 'may2024')
 
 # A small English corpus (written for this tool) from which the BPE and the output words come.
 CORPUS = """\
@@ -118,6 +129,22 @@ A large screen on the wall displays a graph, a table of numbers and a picture of
 """
 
 
+def layout_for_genai(version: Optional[str] = None) -> str:
+    """
+    Return the folder layout that onnxruntime-genai ``version`` reads (None: the installed one).
+
+    Releases before 0.5 read the May-2024 exports only, later ones the Nov-2024 re-exports only
+    (as ``fetch_model`` picks the published folders). With none given or installed: nov2024.
+    """
+    from phi3v_ros.tools.fetch_model import _parse, installed_genai
+    if version is None:
+        installed = installed_genai()
+        version = installed[1] if installed else None
+    if version is not None and _parse(version) < (0, 5):
+        return 'may2024'
+    return 'nov2024'
+
+
 def _corpus_lines() -> List[str]:
     return [line for line in CORPUS.splitlines() if line.strip()]
 
@@ -169,8 +196,14 @@ def _train_bpe() -> Tuple[Dict[str, int], List[Tuple[str, str]]]:
     return vocab, merges
 
 
-def build_tokenizer_json() -> str:
-    """Build the tokenizer.json text: Llama-style BPE (byte fallback) and the Phi-3 chat tokens."""
+def build_tokenizer_json(string_merges: bool = False) -> str:
+    """
+    Build the tokenizer.json text: Llama-style BPE (byte fallback) and the Phi-3 chat tokens.
+
+    ``string_merges`` writes each merge as one string "a b", as tokenizers before 0.20 did (and
+    the May-2024 exports have): the onnxruntime-extensions of onnxruntime-genai 0.4 read only
+    that form ("type must be string, but is array").
+    """
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
 
     vocab, merges = _train_bpe()
@@ -190,7 +223,13 @@ def build_tokenizer_json() -> str:
 
     tok.add_special_tokens([added(UNK_TOKEN), added(BOS_TOKEN), added(EOS_TOKEN)])
     tok.add_special_tokens([added(t) for t in CHAT_TOKENS + IMAGE_TOKENS])
-    return tok.to_str(pretty=True)
+    text = tok.to_str(pretty=True)
+    if not string_merges:
+        return text
+    data = json.loads(text)
+    data['model']['merges'] = [merge if isinstance(merge, str) else ' '.join(merge)
+                               for merge in data['model']['merges']]
+    return json.dumps(data, indent=2, ensure_ascii=False)
 
 
 def _tokenizer_config(token_ids: Dict[str, int]) -> dict:
@@ -232,8 +271,16 @@ def _special_tokens_map() -> dict:
 # Configs
 # ------------------------------------------------------------------------------------------------
 
-def _genai_config(dims: Dims, ids: Dict[str, int]) -> dict:
+def _genai_config(dims: Dims, ids: Dict[str, int], layout: str = 'nov2024') -> dict:
     session_options = {'log_id': 'onnxruntime-genai', 'provider_options': []}
+    if layout == 'may2024':
+        # 0.4's parser knows no image_features: the vision graph gives visual_features and the
+        # embedding graph sees input_ids only
+        embedding_inputs = {'input_ids': 'input_ids'}
+        vision_outputs = {'visual_features': 'visual_features'}
+    else:
+        embedding_inputs = {'input_ids': 'input_ids', 'image_features': 'image_features'}
+        vision_outputs = {'image_features': 'image_features'}
     return {
         'model': {
             'bos_token_id': ids[BOS_TOKEN],
@@ -260,13 +307,13 @@ def _genai_config(dims: Dims, ids: Dict[str, int]) -> dict:
             },
             'embedding': {
                 'filename': 'embedding.onnx',
-                'inputs': {'input_ids': 'input_ids', 'image_features': 'image_features'},
+                'inputs': embedding_inputs,
                 'outputs': {'inputs_embeds': 'inputs_embeds'},
             },
             'vision': {
                 'filename': 'vision.onnx',
                 'inputs': {'pixel_values': 'pixel_values', 'image_sizes': 'image_sizes'},
-                'outputs': {'image_features': 'image_features'},
+                'outputs': vision_outputs,
             },
             'eos_token_id': ids[END_TOKEN],
             'pad_token_id': ids[PAD_TOKEN],
@@ -335,23 +382,30 @@ def _json_text(obj: dict) -> str:
 
 def make_tiny_model(out_dir, *, seed: int = 0, end_immediately: bool = False,
                     context_length: int = CONTEXT_LENGTH,
-                    num_layers: int = Dims.num_layers) -> pathlib.Path:
+                    num_layers: int = Dims.num_layers, layout: str = 'nov2024') -> pathlib.Path:
     """
     Write the tiny model into ``out_dir`` (created if needed) and return its absolute path.
 
     A longer ``context_length`` lets tests keep a generation running for seconds (cancel, floods);
     more ``num_layers`` make its KV cache larger per token (the memory guard's tests).
+    ``layout`` is nov2024 (onnxruntime-genai 0.5 and later), may2024 (0.4) or auto (the layout
+    of the installed release, ``layout_for_genai()``).
 
     Same arguments -> byte-identical files. Files already in ``out_dir`` with the same names are
     overwritten; other files are left alone.
     """
     import onnx
 
+    if layout == 'auto':
+        layout = layout_for_genai()
+    if layout not in LAYOUTS:
+        raise ValueError(f'layout must be one of {", ".join(LAYOUTS)} or auto, not {layout!r}')
+    may2024 = layout == 'may2024'
     out = pathlib.Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     dims = Dims(vocab_size=MODEL_VOCAB, context_length=context_length, num_layers=num_layers)
 
-    tokenizer_json = build_tokenizer_json()
+    tokenizer_json = build_tokenizer_json(string_merges=may2024)
     tok_data = json.loads(tokenizer_json)
     vocab: Dict[str, int] = dict(tok_data['model']['vocab'])
     added = {entry['content']: entry['id'] for entry in tok_data['added_tokens']}
@@ -367,8 +421,10 @@ def make_tiny_model(out_dir, *, seed: int = 0, end_immediately: bool = False,
     bias = _lm_bias(dims, vocab, added[END_TOKEN], end_immediately)
 
     graphs = {
-        'vision.onnx': build_vision(dims, rng, sensitivity=VISION_SENSITIVITY),
-        'embedding.onnx': build_embedding(dims, table),
+        'vision.onnx': build_vision(dims, rng, sensitivity=VISION_SENSITIVITY,
+                                    output='visual_features' if may2024 else 'image_features',
+                                    batched=may2024),
+        'embedding.onnx': build_embedding(dims, table, image_features=not may2024),
         'text.onnx': build_text(dims, rng, lm_head, bias, o_proj_scale=O_PROJ_SCALE),
     }
     for name, model in graphs.items():
@@ -376,7 +432,7 @@ def make_tiny_model(out_dir, *, seed: int = 0, end_immediately: bool = False,
         (out / name).write_bytes(model.SerializeToString(deterministic=True))
 
     texts = {
-        'genai_config.json': _json_text(_genai_config(dims, added)),
+        'genai_config.json': _json_text(_genai_config(dims, added, layout)),
         'processor_config.json': _json_text(_processor_config()),
         'tokenizer.json': tokenizer_json + '\n',
         'tokenizer_config.json': _json_text(_tokenizer_config(added)),
@@ -400,9 +456,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help=f'longest prompt + answer in tokens (default {CONTEXT_LENGTH})')
     parser.add_argument('--num-layers', type=int, default=Dims.num_layers,
                         help=f'decoder layers (default {Dims.num_layers})')
+    parser.add_argument('--layout', choices=LAYOUTS + ('auto',), default='nov2024',
+                        help='folder layout: nov2024 (onnxruntime-genai 0.5 and later, the '
+                             'default), may2024 (0.4) or auto (that of the installed release)')
     args = parser.parse_args(argv)
     path = make_tiny_model(args.out_dir, seed=args.seed, end_immediately=args.end_immediately,
-                           context_length=args.context_length, num_layers=args.num_layers)
+                           context_length=args.context_length, num_layers=args.num_layers,
+                           layout=args.layout)
     print(path)
     return 0
 

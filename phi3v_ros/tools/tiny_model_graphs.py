@@ -11,6 +11,10 @@ Three graphs in the layout onnxruntime-genai's ``phi3v`` pipeline reads:
              -> logits [batch, seq, vocab], present.%d.key/value
              (com.microsoft.GroupQueryAttention)
 
+The May-2024 exports (read by onnxruntime-genai 0.4 only) differ in two graphs: the vision output
+is ``visual_features`` [1, rows, hidden] and the embedding takes ``input_ids`` only
+(``build_vision(output=..., batched=True)``, ``build_embedding(image_features=False)``).
+
 Only numpy and onnx are needed. Weights come from the caller's ``numpy.random.Generator`` so the
 same seed gives byte-identical files. The graphs use opset 17 and IR version 8 so that older
 onnxruntime releases (e.g. on a Jetson) load them too.
@@ -145,7 +149,8 @@ def phi3v_row_sources(g: _Graph) -> Tuple[str, str]:
 
 
 def build_vision(dims: Dims, rng: np.random.Generator, *, sensitivity: float = 8.0,
-                 amplitude: float = 2.0) -> onnx.ModelProto:
+                 amplitude: float = 2.0, output: str = 'image_features',
+                 batched: bool = False) -> onnx.ModelProto:
     """
     Vision encoder: average pooling, a random projection and a sine, laid out in Phi-3's rows.
 
@@ -156,6 +161,10 @@ def build_vision(dims: Dims, rng: np.random.Generator, *, sensitivity: float = 8
     (3 x 4 x 4 means) + B @ patch means (3) + bias)): the sine with a high ``sensitivity`` makes
     even small changes of the pictures' colours give clearly different rows, hence different
     generated words.
+
+    ``output`` names the output; ``batched`` gives it a leading batch axis of 1
+    ([1, rows, hidden]), as the May-2024 exports' ``visual_features`` (onnxruntime-genai 0.4
+    allocates that shape and copies the rows over the image tokens' embeddings itself).
     """
     g = _Graph('tiny_phi3v_vision')
     hidden = dims.hidden_size
@@ -188,24 +197,31 @@ def build_vision(dims: Dims, rng: np.random.Generator, *, sensitivity: float = 8
                             g.op('Gather', [patch_feat, patch_index], axis=0)])
     pre = g.op('Add', [gathered, b_proj])
     pre = g.op('Mul', [pre, g.const(np.array(sensitivity, np.float32))])
-    g.op('Mul', [g.op('Sin', [pre]), g.const(np.array(amplitude, np.float32))],
-         outputs=['image_features'])
+    features = g.op('Mul', [g.op('Sin', [pre]), g.const(np.array(amplitude, np.float32))],
+                    outputs=[output + '_rows' if batched else output])
+    if batched:
+        g.op('Unsqueeze', [features, g.const(np.array([0], i64))], outputs=[output])
 
     inputs = [
         helper.make_tensor_value_info('pixel_values', TensorProto.FLOAT,
                                       ['num_images', 'max_num_crops', 3, CROP_SIZE, CROP_SIZE]),
         helper.make_tensor_value_info('image_sizes', TensorProto.INT64, ['num_images', 2]),
     ]
-    outputs = [helper.make_tensor_value_info('image_features', TensorProto.FLOAT,
-                                             ['num_image_tokens', hidden])]
+    shape = ['num_image_tokens', hidden]
+    outputs = [helper.make_tensor_value_info(output, TensorProto.FLOAT,
+                                             [1] + shape if batched else shape)]
     return g.model(inputs, outputs)
 
 
-def build_embedding(dims: Dims, table: np.ndarray) -> onnx.ModelProto:
+def build_embedding(dims: Dims, table: np.ndarray, *,
+                    image_features: bool = True) -> onnx.ModelProto:
     """
     Token embedding; positions with negative ids take the next row of image_features in order.
 
     The table's dtype (float32 or float16) is the dtype of image_features and inputs_embeds.
+    With ``image_features=False`` (the May-2024 exports) the graph takes input_ids only and
+    embeds negative ids as id 0: onnxruntime-genai 0.4 overwrites those rows with the vision
+    graph's output itself.
     """
     g = _Graph('tiny_phi3v_embedding')
     hidden = dims.hidden_size
@@ -215,8 +231,17 @@ def build_embedding(dims: Dims, table: np.ndarray) -> onnx.ModelProto:
     c0 = g.const(np.array(0, i64))
 
     flat = g.op('Reshape', ['input_ids', g.const(np.array([-1], i64))])         # [B*S]
-    is_img = g.op('Less', [flat, c0])
+    shape = g.op('Concat', [g.op('Shape', ['input_ids']), g.const(np.array([hidden], i64))],
+                 axis=0)
     text = g.op('Gather', [emb, g.op('Max', [flat, c0])], axis=0)              # [B*S, hidden]
+    inputs = [helper.make_tensor_value_info('input_ids', TensorProto.INT64,
+                                            ['batch_size', 'sequence_length'])]
+    outputs = [helper.make_tensor_value_info('inputs_embeds', elem_type,
+                                             ['batch_size', 'sequence_length', hidden])]
+    if not image_features:
+        g.op('Reshape', [text, shape], outputs=['inputs_embeds'])
+        return g.model(inputs, outputs)
+    is_img = g.op('Less', [flat, c0])
     img_i = g.op('Cast', [is_img], to=TensorProto.INT64)
     # 0 for a text token, k for the k-th image token (row k of the zero-row-padded features)
     index = g.op('Mul', [g.op('CumSum', [img_i, c0]), img_i])
@@ -224,17 +249,9 @@ def build_embedding(dims: Dims, table: np.ndarray) -> onnx.ModelProto:
                   axis=0)
     img = g.op('Gather', [padded, index], axis=0)
     mixed = g.op('Where', [g.op('Unsqueeze', [is_img, g.const(np.array([1], i64))]), img, text])
-    shape = g.op('Concat', [g.op('Shape', ['input_ids']), g.const(np.array([hidden], i64))],
-                 axis=0)
     g.op('Reshape', [mixed, shape], outputs=['inputs_embeds'])
-
-    inputs = [
-        helper.make_tensor_value_info('input_ids', TensorProto.INT64,
-                                      ['batch_size', 'sequence_length']),
-        helper.make_tensor_value_info('image_features', elem_type, ['num_image_tokens', hidden]),
-    ]
-    outputs = [helper.make_tensor_value_info('inputs_embeds', elem_type,
-                                             ['batch_size', 'sequence_length', hidden])]
+    inputs.append(helper.make_tensor_value_info('image_features', elem_type,
+                                                ['num_image_tokens', hidden]))
     return g.model(inputs, outputs)
 
 
