@@ -69,7 +69,7 @@ demo: $(STAMP)
 	$(BIN)/python -m phi3v_ros.tools.demo --workdir $(DEMO_DIR)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest test $(PYTEST_ARGS)
+	PHI3V_LEG_REQUIREMENTS=$(REQUIREMENTS) $(BIN)/python -m pytest test $(PYTEST_ARGS)
 
 # The oldest onnxruntime-genai the engine runs (requirements/dev-oldest-genai.txt): the whole suite,
 # whose ROS tests skip there (no rclpy); the tiny model is generated in the May-2024 layout 0.4 reads.

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import sys
+import sysconfig
 import tempfile
 import time
 from typing import Callable, Optional
@@ -58,14 +59,36 @@ def import_genai():
     except ModuleNotFoundError as exc:
         if exc.name != 'onnxruntime_genai':   # a part of the package or a dependency is missing
             raise ModelLoadError(_genai_cannot_load(exc)) from exc
-        raise ModelLoadError(
-            f'onnxruntime-genai is not installed for this Python ({sys.executable}): install it '
-            f'with `{sys.executable} -m pip install onnxruntime-genai` (CPU) or '
-            '`... onnxruntime-genai-cuda` (desktop CUDA), or on a Jetson build the CUDA wheel '
-            'with `ros2 run phi3v_ros build_genai_wheel --install` (docs/jetson.md)') from exc
+        raise ModelLoadError(_not_installed()) from exc
     except (ImportError, OSError) as exc:
         raise ModelLoadError(_genai_cannot_load(exc)) from exc
     return onnxruntime_genai
+
+
+def _not_installed() -> str:
+    """Say how to install onnxruntime-genai for the Python the node runs (sys.executable)."""
+    python = sys.executable
+    in_venv = sys.prefix != sys.base_prefix
+    stdlib = sysconfig.get_path('stdlib') or ''
+    externally_managed = not in_venv and os.path.exists(os.path.join(stdlib, 'EXTERNALLY-MANAGED'))
+    if externally_managed:   # PEP 668 (Ubuntu 24.04): pip into this Python is refused
+        how = (f'{python} refuses pip (PEP 668, externally managed): install it into a virtual '
+               'environment made with `python3 -m venv --system-site-packages`, and build the '
+               'workspace from that activated environment with `python3 -m colcon build` (README: '
+               'Jazzy or Kilted)')
+    else:
+        how = (f'install it with `{python} -m pip install onnxruntime-genai` (CPU) or '
+               '`... onnxruntime-genai-cuda` (desktop CUDA), or on a Jetson build the CUDA wheel '
+               'with `ros2 run phi3v_ros build_genai_wheel --install` (docs/jetson.md)')
+    message = f'onnxruntime-genai is not installed for this Python ({python}): {how}'
+    if not in_venv:
+        active = os.environ.get('VIRTUAL_ENV')
+        message += ('. If you installed it into a virtual environment'
+                    + (f' ({active} is active)' if active else '')
+                    + ", the node does not run that environment's Python: its executables name "
+                    'the Python that ran colcon; rebuild the workspace with `python3 -m colcon '
+                    'build` from the activated environment')
+    return message
 
 
 _SHARED_LIBRARY = re.compile(r'\b(lib[\w+-]+(?:\.[\w+-]+)*?\.so(?:\.\d+)*)')

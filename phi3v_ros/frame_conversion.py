@@ -21,18 +21,19 @@ def load_cv_bridge_converter() -> Tuple[Optional[Callable[[object], np.ndarray]]
     """
     Return (a message -> RGB function backed by cv_bridge, '') or (None, why it is not there).
 
-    Any failure disables the fallback: cv_bridge missing (ImportError), or built for numpy 1 and
-    imported beside numpy 2 (Humble: AttributeError: _ARRAY_API not found), or broken otherwise.
+    Any failure disables the fallback. Only "not installed" (no module cv_bridge) is silent; one
+    built for numpy 1 and imported beside numpy 2 (Humble: "_ARRAY_API not found", then an
+    ImportError from its extension) or broken otherwise gives the reason.
     """
     try:
         from cv_bridge import CvBridge
         bridge = CvBridge()
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != 'cv_bridge':   # cv_bridge is there, something it imports is not
+            return None, _unusable(exc)
         return None, ''
     except Exception as exc:  # noqa: BLE001 - an optional fallback must never stop the node
-        return None, (f'cv_bridge cannot be used ({type(exc).__name__}: {exc}); encodings the '
-                      'node does not convert itself are refused (with numpy 2 on Humble: '
-                      'pip install "numpy<2")')
+        return None, _unusable(exc)
 
     def convert(message) -> np.ndarray:
         try:
@@ -42,6 +43,13 @@ def load_cv_bridge_converter() -> Tuple[Optional[Callable[[object], np.ndarray]]
                 f'cv_bridge could not convert encoding {message.encoding!r}: {exc}') from None
         return np.ascontiguousarray(rgb)
     return convert, ''
+
+
+def _unusable(exc: BaseException) -> str:
+    text = ' '.join(str(exc).split()) or '(no message)'
+    return (f'cv_bridge cannot be used ({type(exc).__name__}: {text}); encodings the node does '
+            'not convert itself are refused (with numpy 2 on Humble or Jazzy: pip install '
+            '"numpy>=1.21.6,<2", see requirements/ros.txt)')
 
 
 class FrameConverter:

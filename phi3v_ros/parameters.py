@@ -43,7 +43,7 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec('device_id', 0, 'CUDA device index', read_only=True, value_range=(0, 64)),
     ParameterSpec('cuda_graph', False,
                   'capture the decoder in a CUDA graph (CUDA only): +33-45 % decode on an H100, '
-                  'off until shown to keep greedy output (README, GPU measurements)',
+                  'off until shown to keep greedy output (docs/benchmarks.md, GPU)',
                   read_only=True),
     ParameterSpec('warmup', True,
                   'run one short generation after loading so the first answer is fast',

@@ -179,11 +179,12 @@ class VisionQA:
         """
         Stop the prompt being processed (its reply says it was cancelled).
 
-        False if there is none.
+        False if there is none, or its reply is already out (its answer was complete: a client
+        that saw the answer and then cancels must hear "nothing to cancel").
         """
         with self._lock:
             current = self._current
-            if current is None:
+            if current is None or current.replied:
                 return False
             current.cancelled = True
             request_id = current.request_id

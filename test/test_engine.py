@@ -267,6 +267,36 @@ def test_onnxruntime_genai_not_installed_says_how_to_install(monkeypatch):
     assert 'pip install onnxruntime-genai' in message and 'build_genai_wheel' in message
 
 
+def test_not_installed_outside_a_venv_names_the_colcon_trap(monkeypatch):
+    # The node runs the system Python (apt's colcon wrote it into the executables) while the
+    # user installed onnxruntime-genai into a venv: the fix is python3 -m colcon build from it.
+    monkeypatch.setitem(sys.modules, 'onnxruntime_genai', None)
+    monkeypatch.setattr(sys, 'prefix', sys.base_prefix)
+    monkeypatch.setenv('VIRTUAL_ENV', '/home/robot/phi3v-venv')
+    with pytest.raises(ModelLoadError) as info:
+        import_genai()
+    message = str(info.value)
+    assert '(/home/robot/phi3v-venv is active)' in message, message
+    assert '`python3 -m colcon build` from the activated environment' in message
+    assert 'pip install onnxruntime-genai' in message   # this Python takes pip
+
+
+def test_not_installed_in_an_externally_managed_python_leads_to_the_venv(monkeypatch, tmp_path):
+    # Ubuntu 24.04's /usr/bin/python3 refuses pip (PEP 668): "pip install" would be a dead end
+    import sysconfig
+    (tmp_path / 'EXTERNALLY-MANAGED').write_text('[externally-managed]\n')
+    monkeypatch.setitem(sys.modules, 'onnxruntime_genai', None)
+    monkeypatch.setattr(sys, 'prefix', sys.base_prefix)
+    monkeypatch.setattr(sysconfig, 'get_path', lambda name, *a, **k: str(tmp_path))
+    monkeypatch.delenv('VIRTUAL_ENV', raising=False)
+    with pytest.raises(ModelLoadError) as info:
+        import_genai()
+    message = str(info.value)
+    assert 'refuses pip (PEP 668, externally managed)' in message, message
+    assert '`python3 -m venv --system-site-packages`' in message
+    assert '`python3 -m colcon build`' in message and 'pip install' not in message
+
+
 def test_onnxruntime_genai_that_cannot_load_is_not_called_missing(tmp_path):
     # a real broken install (the package's import fails on a CUDA library), in a fresh interpreter
     root = broken_genai_install(tmp_path / 'site')

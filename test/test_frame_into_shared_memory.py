@@ -209,3 +209,24 @@ def test_cv_bridge_is_an_optional_fallback_whatever_its_import_does(monkeypatch)
     assert why_not.startswith('cv_bridge cannot be used (AttributeError: _ARRAY_API not found)')
     monkeypatch.setitem(sys.modules, 'cv_bridge', None)      # not installed: ImportError
     assert load_cv_bridge_converter() == (None, '')
+
+
+def test_cv_bridge_whose_extension_fails_to_import_is_named(monkeypatch, tmp_path):
+    # installed but broken: an ImportError from inside (numpy 1 build beside numpy 2), or a
+    # module it needs is missing; only a missing cv_bridge itself is silent
+    import sys
+    from phi3v_ros.frame_conversion import load_cv_bridge_converter
+    package = tmp_path / 'cv_bridge'
+    package.mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for body, expected in (
+            ("raise ImportError('numpy.core.multiarray failed to import')",
+             'cv_bridge cannot be used (ImportError: numpy.core.multiarray failed to import)'),
+            ('import cv_bridge_boost_missing_part',
+             'cv_bridge cannot be used (ModuleNotFoundError: No module named '
+             "'cv_bridge_boost_missing_part')")):
+        (package / '__init__.py').write_text(body + '\n')
+        monkeypatch.delitem(sys.modules, 'cv_bridge', raising=False)
+        convert, why_not = load_cv_bridge_converter()
+        assert convert is None and why_not.startswith(expected), why_not
+        assert 'requirements/ros.txt' in why_not

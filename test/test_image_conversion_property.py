@@ -170,8 +170,10 @@ def _make_blobs():
 
 
 BLOBS = _make_blobs()
+# GIF encoding came in OpenCV 4.12; the Python 3.10 leg runs 4.11 (numpy 1 builds)
 OTHER_FORMATS = [cv2.imencode(ext, np.zeros((4, 4, 3), np.uint8))[1].tobytes()
-                 for ext in ('.bmp', '.gif', '.webp', '.tiff', '.ppm')]
+                 for ext in ('.bmp', '.gif', '.webp', '.tiff', '.ppm')
+                 if cv2.haveImageWriter(ext)]
 
 
 def _png_bomb(w: int, h: int) -> bytes:

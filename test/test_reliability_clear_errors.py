@@ -136,3 +136,49 @@ def test_misspelt_parameters_are_warned_of_with_the_closest_name(tiny_model, tmp
     finally:
         peer.close()
         assert node.stop() == 0, node.output()
+
+
+def numpy2_cv_bridge(root):
+    """
+    Write a cv_bridge package that fails on import as Humble's does beside numpy 2; return root.
+
+    Humble's cv_bridge extension is built for numpy 1: under numpy 2 its import prints numpy's
+    warning and fails with "AttributeError: _ARRAY_API not found". Put root first on PYTHONPATH.
+    """
+    package = root / 'cv_bridge'
+    package.mkdir(parents=True)
+    (package / '__init__.py').write_text(
+        'import sys\n'
+        "print('A module that was compiled using NumPy 1.x cannot be run in NumPy 2.x',"
+        ' file=sys.stderr)\n'
+        "raise AttributeError('_ARRAY_API not found')\n")
+    return root
+
+
+def test_a_cv_bridge_that_cannot_load_is_one_warning_and_the_node_answers(tiny_model, tmp_path):
+    from sensor_msgs.msg import Image
+    site = numpy2_cv_bridge(tmp_path / 'site')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(site)] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
+    node = NodeProcess({**BASE, 'model_path': tiny_model}, ['-r', '__ns:=/bridge'], env=env)
+    peer = NodePeer('/bridge')
+    try:
+        said = node.wait_for_line('cv_bridge cannot be used')
+        assert '(AttributeError: _ARRAY_API not found)' in said and 'numpy' in said, said
+        peer.wait_connected()
+        peer.wait_ready()
+        frame = Image(height=2, width=2, encoding='rgb8', step=6)
+        frame.data = bytes(range(12))
+        peer.deliver(frame)
+        assert not peer.ask_and_wait('What is in the picture?').startswith(ERROR)
+        unknown = Image(height=2, width=2, encoding='32FC2', step=16)   # only cv_bridge has it
+        unknown.data = bytes(32)
+        peer.deliver(unknown)
+        reply = peer.ask_and_wait('And now?')
+        assert reply.startswith(ERROR + 'the camera image could not be used'), reply
+        assert node.process.poll() is None, node.output()
+        warned = [line for line in node.lines if 'cv_bridge cannot be used' in line]
+        assert len(warned) == 1, warned
+    finally:
+        peer.close()
+        assert node.stop() == 0, node.output()

@@ -29,6 +29,10 @@ pytest.importorskip('onnxruntime_genai')
 
 LONG = 20000   # new tokens: seconds of generation on the tiny model
 TEXT_ONLY = {'allow_text_only': True, 'image_wait_timeout': 0.0}
+# The node's own bound on an orderly stop: the dispatcher's join (2 s), the worker's stop before
+# its kill (2 s) and the subscribers' acknowledgements of the last replies (3 s), plus start-up of
+# the shutdown; it normally takes well under a second (an under-5-s bound failed at load 17).
+STOP_BOUND_S = 9.0
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -266,14 +270,15 @@ def test_stopping_the_node_at_any_moment_leaves_nothing_behind(tiny_model):
             else:
                 process.send_signal(signum)
             stopped = time.monotonic()
-            code = process.process.wait(10)
+            code = process.process.wait(STOP_BOUND_S + 5)
             took = time.monotonic() - stopped
             assert wait_until(lambda: not session_processes(session), 5), (
                 moment, signum, [p.cmdline() for p in session_processes(session)])
             assert wait_until(lambda: not any(os.path.exists(f'/dev/shm/{n}') for n in shm), 5), (
                 moment, signum, shm)
             if signum != signal.SIGKILL:
-                assert code == 0 and took < 5, (moment, signum, code, took, process.output())
+                assert code == 0 and took < STOP_BOUND_S, (moment, signum, code, took,
+                                                           process.output())
             report.append(f'{moment}/{signal.Signals(signum).name}{"(group)" if group else ""}: '
                           f'exit {code} in {took:.2f} s')
     finally:

@@ -181,6 +181,19 @@ def test_cancel_with_nothing_running_is_refused(make):
     assert make().qa.cancel() is False
 
 
+def test_cancel_once_the_reply_is_out_is_refused(make):
+    # The reply callback runs on the dispatcher before it lets go of the prompt: a client that saw
+    # the answer and cancels then must be told "nothing to cancel", not "cancelling" (a flake of
+    # test_node_integration under load).
+    h = make(allow_text_only=True, image_wait_timeout_s=0.0)
+    cancelled_in_reply = []
+    h.qa._on_reply = lambda reply: (cancelled_in_reply.append(h.qa.cancel()), h._on_reply(reply))
+    h.qa.ask('Hello?')
+    reply = h.wait_replies(1)[0]
+    assert reply.ok, reply.text
+    assert cancelled_in_reply == [False]
+
+
 def test_history_is_used_and_reset_clears_it(make):
     h = make(history_turns=2, allow_text_only=True, image_wait_timeout_s=0.0)
     h.qa.ask('First question?')

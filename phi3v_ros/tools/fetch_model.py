@@ -72,10 +72,13 @@ def select_folder(variant: str, genai_version: Optional[str]) -> ModelFolder:
     if variant not in VARIANTS:
         raise FetchError(f'unknown variant {variant!r}: choose one of {", ".join(VARIANTS)}')
     version = _parse(genai_version) if genai_version else None
-    if version is not None and version < (0, 3):
-        raise FetchError(f'onnxruntime-genai {genai_version} predates Phi-3-vision support (added '
-                         'in 0.3): install 0.5 or newer (on a Jetson: ros2 run phi3v_ros '
-                         'build_genai_wheel --install)')
+    if version is not None and version < (0, 4):
+        # 0.3 reads the May-2024 folders but the engine refuses it (engine.check_genai_release)
+        raise FetchError(f'onnxruntime-genai {genai_version} cannot run phi3v_ros (0.4 is the '
+                         'oldest it runs; 0.2 and older have no Phi-3-vision support, 0.3 '
+                         'mis-sizes portrait images): install 0.4 or newer (`pip install -U '
+                         'onnxruntime-genai`; on a Jetson: ros2 run phi3v_ros build_genai_wheel '
+                         '--install), then run fetch_model again')
     if variant in PHI35:
         if version is not None and version < (0, 5):
             raise FetchError(f'Phi-3.5-vision ({PHI35[variant].repo_id}) is exported only for '
@@ -87,7 +90,7 @@ def select_folder(variant: str, genai_version: Optional[str]) -> ModelFolder:
     if variant == 'fp16':
         raise FetchError(
             f'the only published fp16 Phi-3-vision export ({MAY2024_FP16.repo_id}, '
-            f'{MAY2024_FP16.folder}, May 2024) loads only with onnxruntime-genai 0.3/0.4, while '
+            f'{MAY2024_FP16.folder}, May 2024) loads only with onnxruntime-genai 0.4, while '
             + (f'the installed {genai_version}' if genai_version else 'the assumed 0.5+ (none is '
                                                                       'installed here)')
             + ' reads only the Nov-2024 re-exports, which have no fp16 folder: use --variant '
