@@ -5,6 +5,7 @@ processes of the machine, so a time taken in the node can be compared with one t
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -22,6 +23,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # -- statistics -------------------------------------------------------------------------------------
+
+def merge_results(path: str, update: Callable[[dict], None]) -> None:
+    """Read the results file (if any), let update change it in place, write it back whole."""
+    results: dict = {}
+    if os.path.exists(path):
+        with open(path, encoding='utf-8') as f:
+            results = json.load(f)
+    update(results)
+    with open(path, 'w', encoding='utf-8') as f:
+        json.dump(results, f, indent=2)
+        f.write('\n')
+
 
 def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else float('nan')

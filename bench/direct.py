@@ -45,7 +45,7 @@ def _serve(conn, model_path: str, max_image_side: int, image_format: str) -> Non
         conn.send(('result', {
             'total_s': end - start, 'first_piece_s': (first[0] - start) if first else float('nan'),
             'engine_ttft_s': result.time_to_first_token_s, 'engine_total_s': result.total_s,
-            'image_encode_s': result.image_encode_s, 'tokens': result.generated_tokens,
+            'image_prepare_s': result.image_prepare_s, 'tokens': result.generated_tokens,
             'prompt_tokens': result.prompt_tokens, 'max_length': result.max_length,
             'text': result.text, 'error': result.error, 'tokens_per_s': result.decode_tokens_per_s}))
 

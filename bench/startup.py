@@ -11,14 +11,12 @@ node, std_msgs and phi3v_ros.vision_qa with the engine stack). Standalone, the n
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import time
 from typing import Dict, List
 
-from bench.common import REPO, entry_point, summary
+from bench.common import REPO, entry_point, merge_results, summary
 
 CASES = (
     ('ask_help', '`ask --help`', None),
@@ -64,15 +62,8 @@ def main(argv=None) -> int:
                         help='results file to merge the numbers into (created if missing)')
     args = parser.parse_args(argv)
     startup = measure(args.runs)
-    results: Dict[str, object] = {}
-    if os.path.exists(args.out):
-        with open(args.out, encoding='utf-8') as f:
-            results = json.load(f)
-    results['startup'] = startup
-    results['ask_help_median_ms'] = startup['ask_help']['median']
-    with open(args.out, 'w', encoding='utf-8') as f:
-        json.dump(results, f, indent=2)
-        f.write('\n')
+    merge_results(args.out, lambda results: results.update(
+        startup=startup, ask_help_median_ms=startup['ask_help']['median']))
     print(table(startup))
     print(f'numbers written to {args.out}')
     return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import math
 import os
 import re
 import sys
@@ -18,17 +17,23 @@ import tempfile
 import time
 from typing import Callable, Optional
 
+import numpy as np
+
 from phi3v_ros import model_paths
 from phi3v_ros.errors import EngineError, ModelLoadError
 from phi3v_ros.generation import Request, Result, StopReason
+from phi3v_ros.hd_transform import crop_grid, MAX_CROPS, prepare_image
 from phi3v_ros.image_preparation import bound_longest_side, encode_image
 from phi3v_ros.memory_guard import MemoryGuard
+from phi3v_ros.model_inputs import InputBuilder, prompt_pieces, takes_own_inputs
 from phi3v_ros.prompt import build_chat_prompt
 
 PROVIDERS = ('auto', 'cuda', 'cpu')
-# Image tags as the processor of every release finds them (it tokenizes the text between them).
-_IMAGE_TAG = re.compile(r'<\|image_\d+\|>')
-CROP_SIDE = 336
+# fast / exact: the engine builds the model's inputs from the RGB frame itself (model_inputs.py;
+# exact gives the processor's pixel values bit for bit, fast is OpenCV's resampling); processor:
+# the frame is encoded to PNG/JPEG and onnxruntime-genai's multimodal processor does it (always 16
+# crops; the only way on releases before 0.7, chosen there by itself).
+IMAGE_PREPROCESSING = ('fast', 'exact', 'processor')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +42,8 @@ class EngineConfig:
     # auto: CUDA when this onnxruntime-genai build has it, else CPU
     provider: str = 'auto'
     device_id: int = 0
-    # longest side of the image handed to the processor (0 = as is)
+    image_preprocessing: str = 'fast'   # one of IMAGE_PREPROCESSING
+    # processor path only: longest side of the image encoded for it (0 = as is), and how
     max_image_side: int = 1344
     image_format: str = 'png'         # png (lossless) or jpeg
     jpeg_quality: int = 95
@@ -262,26 +268,6 @@ def provider_without_config(config: EngineConfig, resolved: str, listed: str,
     return listed
 
 
-def hd_image_tokens(height: int, width: int) -> int:
-    """
-    Return the image tokens Phi3ImageTransform gives an image of height x width pixels.
-
-    Its HD transform resizes the long side to s * 336 (the largest s with s * ceil(s / ratio)
-    <= 16 crops) keeping the aspect ratio, pads the short side to a multiple of 336, and counts
-    (h * w + 1) * 144 + 1 + (h + 1) * 12 tokens for h x w crops.
-    """
-    ratio = max(height, width) / min(height, width)
-    scale = 1
-    while scale * math.ceil(scale / ratio) <= 16:
-        scale += 1
-    scale -= 1
-    long_side = scale * CROP_SIDE
-    short_side = math.ceil(int(long_side / ratio) / CROP_SIDE) * CROP_SIDE
-    padded_h, padded_w = (long_side, short_side) if height > width else (short_side, long_side)
-    rows, cols = padded_h // CROP_SIDE, padded_w // CROP_SIDE
-    return (rows * cols + 1) * 144 + 1 + (rows + 1) * 12
-
-
 def _fetch_hint(model_path: str) -> str:
     return '; ' + model_paths.missing_model_hint(model_path)
 
@@ -336,16 +322,29 @@ class Engine:
             # Before 0.7 the processor's NamedTensors cannot be read from Python: the prompt is
             # counted with the model's tokenizer instead.
             self._inputs_readable = hasattr(self._og.NamedTensors, 'keys')
-            self._tokenizer = None if self._inputs_readable else self._og.Tokenizer(self._model)
+            self._tokenizer = self._og.Tokenizer(self._model)
         except self._genai_errors as exc:
             raise ModelLoadError(
                 f'onnxruntime-genai could not load {config.model_path!r}: {exc}') from exc
         self.load_s = time.perf_counter() - start
+        self.image_preprocessing = self._choose_preprocessing(config.image_preprocessing, log)
+        self._inputs = InputBuilder(self._og, self._tokenizer)
         # 0.9 moved set_inputs from GeneratorParams to Generator; 0.4-0.8 only have the former.
         self._generator_takes_inputs = hasattr(self._og.Generator, 'set_inputs')
         self._open_bytes = getattr(self._og.Images, 'open_bytes', None)
         self.memory_guard = MemoryGuard.for_model(model_section.get('decoder', {}),
                                                   self.provider, config.device_id)
+
+    def _choose_preprocessing(self, requested: str, log: Callable[[str], None]) -> str:
+        if requested not in IMAGE_PREPROCESSING:
+            raise ModelLoadError(f'image_preprocessing must be one of '
+                                 f'{", ".join(IMAGE_PREPROCESSING)}, not {requested!r}')
+        if requested != 'processor' and not takes_own_inputs(self._og):
+            log(f'image_preprocessing {requested}: onnxruntime-genai {self.genai_version} cannot '
+                'take inputs built outside its processor (NamedTensors from numpy came in 0.7): '
+                'using its processor, with 16 crops per image whatever max_crops says')
+            return 'processor'
+        return requested
 
     def generate(self, request: Request, on_piece: Optional[Callable[[str], None]] = None,
                  should_stop: Callable[[], bool] = lambda: False) -> Result:
@@ -364,9 +363,10 @@ class Engine:
         result.total_s = time.perf_counter() - start
         return result
 
-    def _images(self, image, result: Result) -> object:
+    def _processor_images(self, image, result: Result) -> object:
         bounded = bound_longest_side(image, self.config.max_image_side)
         result.image_size = bounded.shape[:2]
+        result.image_crops = MAX_CROPS + 1   # the processor pads to 17 crops whatever the image
         encoded = encode_image(bounded, self.config.image_format, self.config.jpeg_quality)
         if self._open_bytes is not None:
             return self._open_bytes(encoded)
@@ -382,17 +382,26 @@ class Engine:
                   should_stop: Callable[[], bool]) -> None:
         settings = request.settings
         settings.validate()
-        og = self._og
         has_image = request.image is not None
         prompt = build_chat_prompt(request.prompt, has_image=has_image,
                                    system_prompt=request.system_prompt, history=request.history)
-        images = None
-        if has_image:
-            images = self._images(request.image, result)
-            result.image_encode_s = time.perf_counter() - start
-        inputs = self._processor(prompt, images=images)
-        result.prompt_tokens, result.image_tokens = self._count_prompt(
-            inputs, prompt, result.image_size if has_image else None)
+        image = None
+        if self.image_preprocessing == 'processor':
+            images = None
+            if has_image:
+                images = self._processor_images(request.image, result)
+                result.image_prepare_s = time.perf_counter() - start
+            inputs = self._processor(prompt, images=images)
+            result.prompt_tokens, result.image_tokens = self._count_prompt(
+                inputs, prompt, result.image_size if has_image else None)
+        else:
+            if has_image:
+                image = prepare_image(request.image, settings.max_crops,
+                                      exact=self.image_preprocessing == 'exact')
+                result.image_size = tuple(request.image.shape[:2])
+                result.image_crops = int(image.pixel_values.shape[0])
+                result.image_prepare_s = time.perf_counter() - start
+            inputs, result.prompt_tokens, result.image_tokens = self._inputs.build(prompt, image)
         if result.prompt_tokens >= self.context_length:
             raise EngineError(
                 f'the prompt is {result.prompt_tokens} tokens long, the model takes at most '
@@ -402,8 +411,26 @@ class Engine:
                                 self.context_length)
         # An answer whose cache does not fit gets a sentence, not the OOM killer.
         self.memory_guard.check(result.max_length)
-        params = og.GeneratorParams(self._model)
-        search = {'max_length': result.max_length, 'do_sample': settings.do_sample}
+        search = self._search_options(settings, result.max_length)
+        try:
+            generator = self._start_generator(inputs, search)
+        except self._genai_errors as exc:
+            if image is None or not self._inputs.wrong_pixel_type(exc):
+                raise
+            # An fp16 vision graph: our pixel_values must be float16 (nothing casts them).
+            self._inputs.pixel_dtype = np.float16
+            inputs = self._inputs.build(prompt, image)[0]
+            generator = self._start_generator(inputs, search)
+        try:
+            if not self._generator_takes_inputs and not self._inputs_readable:
+                result.prompt_tokens = len(generator.get_sequence(0))   # as the generator holds it
+            self._decode_loop(generator, result, start, on_piece, should_stop)
+        finally:
+            del generator   # holds the KV cache (and on CUDA a captured graph)
+
+    @staticmethod
+    def _search_options(settings, max_length: int) -> dict:
+        search = {'max_length': max_length, 'do_sample': settings.do_sample}
         if settings.repetition_penalty != 1.0:
             search['repetition_penalty'] = settings.repetition_penalty
         if settings.do_sample:
@@ -411,19 +438,23 @@ class Engine:
                           top_k=settings.top_k)
             if settings.seed >= 0:
                 search['random_seed'] = settings.seed
+        return search
+
+    def _start_generator(self, inputs, search: dict):
+        """Return a generator with the inputs set: the vision encoder and the prefill run here."""
+        params = self._og.GeneratorParams(self._model)
         params.set_search_options(**search)
         if not self._generator_takes_inputs:
             params.set_inputs(inputs)
-        generator = og.Generator(self._model, params)
-        self.memory_guard.allocated(result.max_length)
-        try:
-            if self._generator_takes_inputs:
-                generator.set_inputs(inputs)   # vision encoder + embedding + prefill happen here
-            elif not self._inputs_readable:    # the prompt as the generator holds it, not counted
-                result.prompt_tokens = len(generator.get_sequence(0))
-            self._decode_loop(generator, result, start, on_piece, should_stop)
-        finally:
-            del generator   # holds the KV cache (and on CUDA a captured graph)
+        generator = self._og.Generator(self._model, params)
+        self.memory_guard.allocated(search['max_length'])
+        if self._generator_takes_inputs:
+            try:
+                generator.set_inputs(inputs)
+            except BaseException:
+                del generator
+                raise
+        return generator
 
     def _count_prompt(self, inputs, prompt: str, image_size: Optional[tuple]) -> tuple:
         """Return (prompt tokens, image tokens) of the processor's output ``inputs``."""
@@ -434,11 +465,9 @@ class Engine:
             return int(inputs['input_ids'].as_numpy().shape[-1]), image_tokens
         # As the processor of 0.4-0.6 builds input_ids: the text between image tags tokenized
         # piece by piece (an empty last piece is none), the image's HD-transform tokens between.
-        pieces = _IMAGE_TAG.split(prompt)
-        if len(pieces) > 1 and not pieces[-1]:
-            pieces.pop()
-        text_tokens = sum(len(self._tokenizer.encode(piece)) for piece in pieces)
-        image_tokens = 0 if image_size is None else hd_image_tokens(*image_size)
+        pieces = prompt_pieces(prompt)
+        text_tokens = sum(len(self._tokenizer.encode(piece)) for piece, _ in pieces)
+        image_tokens = 0 if image_size is None else crop_grid(*image_size).image_tokens
         return text_tokens + image_tokens, image_tokens
 
     def _decode_loop(self, generator, result: Result, start: float,

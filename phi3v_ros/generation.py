@@ -28,6 +28,8 @@ class GenerationSettings:
     top_k: int = 50
     repetition_penalty: float = 1.0
     seed: int = -1                # -1: let onnxruntime-genai pick; >= 0: repeatable sampling
+    # crops of 336 px per image (1-16; 16 is the published model's); fewer: faster, less detail
+    max_crops: int = 16
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that is out of range."""
@@ -38,6 +40,7 @@ class GenerationSettings:
             (self.top_k >= 1, 'top_k must be >= 1'),
             (self.repetition_penalty > 0.0, 'repetition_penalty must be > 0'),
             (self.seed >= -1, 'seed must be -1 (random) or >= 0'),
+            (1 <= self.max_crops <= 16, 'max_crops must be in 1..16'),
         ]
         for ok, message in checks:
             if not ok:
@@ -79,8 +82,11 @@ class Result:
     time_to_first_token_s: float = 0.0  # processor + set_inputs (vision + prefill) + first token
     decode_tokens_per_s: float = 0.0    # tokens after the first, over the time after the first
     total_s: float = 0.0
-    image_size: Tuple[int, int] = (0, 0)  # (height, width) handed to the processor after bounding
-    image_encode_s: float = 0.0         # bounding + PNG/JPEG encoding of the frame, in the worker
+    image_size: Tuple[int, int] = (0, 0)  # (height, width) of the frame the inputs came from
+    image_crops: int = 0                # crops through the vision encoder (global view included)
+    # the model's image inputs built from the frame (own tensors), or bounding + PNG/JPEG encoding
+    # for genai's processor, in the worker
+    image_prepare_s: float = 0.0
     # extra timings (name, s)
     stages: List[Tuple[str, float]] = dataclasses.field(default_factory=list)
 

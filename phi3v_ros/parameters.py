@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Tuple
 
-from phi3v_ros.engine import PROVIDERS
+from phi3v_ros.engine import IMAGE_PREPROCESSING, PROVIDERS
 from phi3v_ros.generation import GenerationSettings
 from phi3v_ros.image_preparation import IMAGE_FORMATS
 from phi3v_ros.model_paths import default_model_path
@@ -48,13 +48,19 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec('warmup', True,
                   'run one short generation after loading so the first answer is fast',
                   read_only=True),
+    ParameterSpec('image_preprocessing', 'fast',
+                  "how the model's image inputs are made: fast (by the node's worker, OpenCV "
+                  "resampling), exact (by the worker, bit-identical to onnxruntime-genai's "
+                  "processor) or processor (the frame encoded to PNG/JPEG for genai's "
+                  'processor: 16 crops always; what releases before 0.7 use whatever is set)',
+                  read_only=True, choices=IMAGE_PREPROCESSING),
     ParameterSpec('max_image_side', 1344,
-                  'longest image side handed to the model (0 = as is); the model sees at most 16 '
-                  'crops of 336 px, so larger frames only cost time', read_only=True,
-                  value_range=(0, 8192)),
+                  'image_preprocessing processor only: longest image side encoded for the model '
+                  '(0 = as is); it sees at most 16 crops of 336 px, so larger frames only cost '
+                  'time', read_only=True, value_range=(0, 8192)),
     ParameterSpec('image_format', 'png',
-                  'how frames are encoded for the model: png (lossless) or jpeg',
-                  read_only=True, choices=IMAGE_FORMATS),
+                  'image_preprocessing processor only: how frames are encoded for the model: png '
+                  '(lossless) or jpeg', read_only=True, choices=IMAGE_FORMATS),
     ParameterSpec('stall_timeout', 60.0,
                   'seconds without progress from the worker during a request before it is'
                   ' restarted', read_only=True, value_range=(1.0, 3600.0)),
@@ -121,6 +127,10 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec('repetition_penalty', _GEN.repetition_penalty,
                   '1.0 = none; above 1 discourages repeats', value_range=(0.5, 2.0)),
     ParameterSpec('seed', _GEN.seed, 'sampling seed; -1 = random', value_range=(-1, 2**31 - 1)),
+    ParameterSpec('max_crops', _GEN.max_crops,
+                  'crops of 336 px per image: fewer is faster (fewer prompt tokens, a shorter '
+                  "vision pass) with less detail; 16 is the published model's behaviour",
+                  value_range=(1, 16)),
 )
 
 BY_NAME = {spec.name: spec for spec in PARAMETERS}
@@ -174,7 +184,8 @@ def qa_options(values: dict) -> QAOptions:
     settings = GenerationSettings(
         max_new_tokens=values['max_new_tokens'], do_sample=values['do_sample'],
         temperature=values['temperature'], top_p=values['top_p'], top_k=values['top_k'],
-        repetition_penalty=values['repetition_penalty'], seed=values['seed'])
+        repetition_penalty=values['repetition_penalty'], seed=values['seed'],
+        max_crops=values['max_crops'])
     return QAOptions(
         max_image_age_s=values['max_image_age'], image_wait_timeout_s=values['image_wait_timeout'],
         engine_wait_timeout_s=values['engine_wait_timeout'],

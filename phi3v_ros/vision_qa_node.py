@@ -124,7 +124,7 @@ class VisionQANode(Node):
             self.get_logger().warning(why_not)
         self._engine = EngineClient(
             EngineConfig(model_path=v['model_path'], provider=v['provider'],
-                         device_id=v['device_id'],
+                         device_id=v['device_id'], image_preprocessing=v['image_preprocessing'],
                          max_image_side=v['max_image_side'], image_format=v['image_format'],
                          cuda_graph=v['cuda_graph'], stream_interval_s=v['stream_interval']),
             warmup=v['warmup'], stall_timeout_s=v['stall_timeout'],
@@ -299,6 +299,8 @@ class VisionQANode(Node):
             f' in {result.total_s:.4f} s (first token {result.time_to_first_token_s:.4f} s, '
             f'{result.prompt_tokens} prompt + {result.generated_tokens} new tokens, '
             f'{result.decode_tokens_per_s:.1f} tok/s)')
+        if result is not None and result.image_crops:
+            cost += f', {result.image_crops} crops ({result.image_tokens} image tokens)'
         line = f'prompt #{reply.ticket.id} {reply.outcome}{cost}, {used}'
         if result is not None and reply.timings:
             line += '; ' + _node_timings(reply.timings, published - start,

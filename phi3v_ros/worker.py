@@ -126,6 +126,7 @@ def worker_main(conn, config: EngineConfig, warmup: bool) -> None:
         return
     conn.send(('ready', {'provider': engine.provider, 'load_s': engine.load_s,
                          'genai_version': engine.genai_version, 'pid': os.getpid(),
+                         'image_preprocessing': engine.image_preprocessing,
                          'context_length': engine.context_length}))
     inbox = _Inbox(conn)
     frames = FrameReceiver()

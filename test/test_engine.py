@@ -40,12 +40,16 @@ def test_one_image_of_any_size_and_aspect_is_answered(engine, height, width):
     assert result.generated_tokens > 0
     # The HD transform fills up to 16 crops of 336 px whatever the size: about 1,900-2,500 tokens.
     assert 1500 < result.image_tokens < 3000
-    assert max(result.image_size) == min(max(height, width), 1344)   # the default max_image_side
+    if engine.image_preprocessing == 'processor':   # bounded before encoding (max_image_side)
+        assert max(result.image_size) == min(max(height, width), 1344)
+    else:                                            # the inputs come from the frame as it is
+        assert result.image_size == (height, width)
     assert result.prompt_tokens > result.image_tokens
 
 
-def test_large_frames_are_bounded_before_encoding(tiny_model):
-    small = Engine(EngineConfig(model_path=tiny_model, provider='cpu', max_image_side=336))
+def test_large_frames_are_bounded_before_encoding_for_the_processor(tiny_model):
+    small = Engine(EngineConfig(model_path=tiny_model, provider='cpu', max_image_side=336,
+                                image_preprocessing='processor'))
     result = small.generate(Request(prompt='What is this?', image=gradient_image(1080, 1920),
                                     settings=GenerationSettings(max_new_tokens=2)))
     assert result.ok, result.error

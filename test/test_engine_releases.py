@@ -10,10 +10,10 @@ import json
 import shutil
 import types
 
-from phi3v_ros.engine import (check_genai_release, Engine, EngineConfig, hd_image_tokens,
-                              listed_provider)
+from phi3v_ros.engine import check_genai_release, Engine, EngineConfig, listed_provider
 from phi3v_ros.errors import ModelLoadError
 from phi3v_ros.generation import GenerationSettings, Request, StopReason
+from phi3v_ros.hd_transform import crop_grid
 from phi3v_test_utils import gradient_image
 import pytest
 
@@ -28,9 +28,12 @@ SIZES = [(480, 640), (640, 480), (1000, 999), (999, 1000), (16, 16), (1, 1), (30
          (2000, 300), (1080, 1920)]
 
 
-@pytest.fixture(scope='module')
-def engine(tiny_model):
-    return Engine(EngineConfig(model_path=tiny_model, provider='cpu'))
+@pytest.fixture(scope='module', params=['processor', 'fast'])
+def engine(tiny_model, request):
+    # genai's processor, counted by the engine before 0.7; and the inputs the engine builds
+    # (where the release takes them; on older ones 'fast' falls back to the processor)
+    return Engine(EngineConfig(model_path=tiny_model, provider='cpu',
+                               image_preprocessing=request.param))
 
 
 def test_the_layout_for_this_release_is_the_one_fetch_model_picks():
@@ -65,7 +68,7 @@ def test_max_length_is_exactly_the_prompt_plus_the_new_tokens(engine, height, wi
     assert result.stop_reason == StopReason.LENGTH, result.error
     assert result.generated_tokens == 3
     assert result.max_length == result.prompt_tokens + 3
-    assert result.image_tokens == hd_image_tokens(*result.image_size)
+    assert result.image_tokens == crop_grid(*result.image_size).image_tokens
 
 
 def test_text_only_prompts_are_counted_exactly_too(engine):
@@ -78,7 +81,7 @@ def test_text_only_prompts_are_counted_exactly_too(engine):
 @pytest.mark.skipif(not hasattr(og.NamedTensors, 'keys'),
                     reason='the processor tensors are readable from 0.7 on')
 @pytest.mark.parametrize('height,width', SIZES)
-def test_hd_image_tokens_is_what_the_processor_reports(tiny_model, height, width):
+def test_crop_grid_tokens_are_what_the_processor_reports(tiny_model, height, width):
     import cv2
     model = og.Model(og.Config(tiny_model))
     processor = model.create_multimodal_processor()
@@ -86,7 +89,8 @@ def test_hd_image_tokens_is_what_the_processor_reports(tiny_model, height, width
     assert ok
     inputs = processor('<|user|>\n<|image_1|>\nHi<|end|>\n<|assistant|>\n',
                        images=og.Images.open_bytes(png.tobytes()))
-    assert int(inputs['num_image_tokens'].as_numpy().sum()) == hd_image_tokens(height, width)
+    tokens = int(inputs['num_image_tokens'].as_numpy().sum())
+    assert tokens == crop_grid(height, width).image_tokens
 
 
 def test_listed_provider_reads_the_first_provider_option():

@@ -45,7 +45,7 @@ def node(tiny_model, peer):
 def clean(peer, node):
     """Fresh answer lists and default request parameters for each test on the shared node."""
     peer.set_parameters(max_new_tokens=12, max_queue=4, busy_policy='reject', max_image_age=0.0,
-                        allow_text_only=False, history_turns=0)
+                        allow_text_only=False, history_turns=0, max_crops=16)
     with peer.changed:
         peer.answers.clear()
         peer.pieces.clear()
@@ -147,6 +147,21 @@ def test_parameter_change_takes_effect_on_the_next_answer(clean, node):
     clean.wait_answers(1)
     line = node.wait_for_line('+ 3 new tokens')
     assert 'answered' in line
+
+
+def test_max_crops_changes_the_image_tokens_from_the_next_prompt(clean, node):
+    clean.deliver_frame(gradient_image(240, 320))   # 4:3
+    node.lines.clear()
+    for count, crops in enumerate((16, 4, 1), 1):   # taken one by one: it applies when taken
+        assert all(r.successful for r in clean.set_parameters(max_crops=crops))
+        clean.ask('What do you see?')
+        assert not clean.wait_answers(count)[-1].startswith(ERROR)
+    assert wait_until(lambda: sum('image tokens)' in line for line in node.lines) >= 3, 5)
+    used = [line for line in node.lines if 'image tokens)' in line]
+    assert [prompt_tokens(line) - prompt_tokens(used[0]) for line in used] == [0, -1164, -1608]
+    assert ['13 crops (1921 image tokens)' in used[0], '5 crops (757 image tokens)' in used[1],
+            '2 crops (313 image tokens)' in used[2]] == [True] * 3
+    assert not clean.set_parameters(max_crops=17)[0].successful
 
 
 def test_out_of_range_and_read_only_parameters_are_refused(clean, node):

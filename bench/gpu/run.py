@@ -90,7 +90,7 @@ def child_engine(args) -> dict:
         runs.append({'ttft_s': result.time_to_first_token_s,
                      'decode_tok_s': result.decode_tokens_per_s, 'total_s': result.total_s,
                      'tokens': result.generated_tokens, 'text': result.text,
-                     'image_encode_s': result.image_encode_s,
+                     'image_prepare_s': result.image_prepare_s,
                      'prompt_tokens': result.prompt_tokens})
     return finish(runs[args.warmup:], {'max_length': max_length, 'provider': engine.provider,
                                        'load_s': engine.load_s})
@@ -104,7 +104,7 @@ def finish(runs, extra) -> dict:
                texts=[run['text'] for run in runs])
     if 'prompt_tokens' in runs[0]:
         out['prompt_tokens'] = runs[0]['prompt_tokens']
-        out['image_encode_s'] = summarise([run['image_encode_s'] for run in runs])
+        out['image_prepare_s'] = summarise([run['image_prepare_s'] for run in runs])
     return out
 
 

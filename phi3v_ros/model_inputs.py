@@ -1,0 +1,105 @@
+"""
+The model's inputs built by phi3v_ros itself, as onnxruntime-genai's processor builds them.
+
+The processor takes a prompt and encoded image bytes (PNG/JPEG), decodes them again and runs
+onnxruntime-extensions' Phi3ImageTransform, whose crop budget is fixed at 16. Here the same
+tensors come from the prompt and the RGB frame (hd_transform.prepare_image), with no image
+encoding in between and a budget of 1-16 crops:
+
+- ``input_ids`` int32 [1, S]: the text between image tags tokenized piece by piece with the
+  model's tokenizer (as the processor does: src/models/phi_image_processor.cpp), image k's slot as
+  N copies of -k; int64 ids would be misread;
+- ``pixel_values`` [images, crops, 3, 336, 336], float32 (or float16 for an fp16 vision graph:
+  nothing casts NamedTensors for us);
+- ``image_sizes`` int64 [[H, W]] (the padded size) and ``num_image_tokens`` int64 [[N]], where N
+  must equal the rows the vision graph emits, or generation fails.
+
+NamedTensors filled from numpy came in onnxruntime-genai 0.7 (0.4-0.6 cannot construct them):
+takes_own_inputs() says whether the installed release can; the engine falls back to the processor
+where it cannot.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from phi3v_ros.hd_transform import ImageInputs
+
+# Image tags as the processor finds them (src/models/phi_image_processor.cpp).
+IMAGE_TAG = re.compile(r'<\|image_(\d+)\|>')
+
+
+def takes_own_inputs(og) -> bool:
+    """Return True when this onnxruntime-genai builds NamedTensors from numpy arrays (0.7+)."""
+    try:
+        named = og.NamedTensors()
+        named['input_ids'] = np.zeros((1, 1), np.int32)
+    except Exception:   # noqa: BLE001 - 0.4-0.6: "No constructor defined!" (TypeError), or others
+        return False
+    return True
+
+
+def prompt_pieces(prompt: str) -> list:
+    """
+    Split a prompt at its image tags into (text, image id) pairs, as the processor tokenizes it.
+
+    The text pieces are those of C++'s regex token iterator: a prompt that ends with a tag has no
+    empty last piece. The image id of the last pair is None.
+    """
+    texts = IMAGE_TAG.split(prompt)[::2]
+    ids = [int(found) for found in IMAGE_TAG.findall(prompt)]
+    if len(texts) > 1 and not texts[-1]:
+        texts.pop()
+    return [(text, ids[i] if i < len(ids) else None) for i, text in enumerate(texts)]
+
+
+def prompt_token_ids(encode: Callable[[str], Sequence[int]], prompt: str,
+                     image_tokens: Sequence[int]) -> np.ndarray:
+    """
+    Return input_ids int32 [1, S] for prompt: its text tokenized, image k's slot -k x N_k.
+
+    image_tokens[k - 1] is image k's token count. Raises ValueError when a tag names no image or
+    the images are not all tagged, as the processor does.
+    """
+    pieces = prompt_pieces(prompt)
+    tagged = {image_id for _, image_id in pieces if image_id is not None}
+    if tagged != set(range(1, len(image_tokens) + 1)):
+        raise ValueError(f'the prompt tags images {sorted(tagged)} but {len(image_tokens)} '
+                         'images are given')
+    ids = []
+    for text, image_id in pieces:
+        ids.extend(int(token) for token in encode(text))
+        if image_id is not None:
+            ids.extend([-image_id] * int(image_tokens[image_id - 1]))
+    return np.asarray([ids], dtype=np.int32)
+
+
+class InputBuilder:
+    """Build the NamedTensors of one request for Generator.set_inputs (or GeneratorParams')."""
+
+    def __init__(self, og, tokenizer):
+        self._og = og
+        self._tokenizer = tokenizer
+        # The vision graph's pixel_values type: float32 for the published int4 models; the engine
+        # switches to float16 when set_inputs says the type is wrong (an fp16 vision graph).
+        self.pixel_dtype = np.float32
+
+    def wrong_pixel_type(self, error: BaseException) -> bool:
+        """Return True when set_inputs refused float32 pixel_values (an fp16 vision graph)."""
+        return (self.pixel_dtype == np.float32
+                and 'unexpected input data type' in str(error).lower())
+
+    def build(self, prompt: str, image: Optional[ImageInputs]) -> tuple:
+        """Return (NamedTensors, prompt tokens, image tokens) for prompt and at most one image."""
+        image_tokens = [image.num_image_tokens] if image is not None else []
+        input_ids = prompt_token_ids(self._tokenizer.encode, prompt, image_tokens)
+        named = self._og.NamedTensors()
+        named['input_ids'] = input_ids
+        if image is not None:
+            named['pixel_values'] = np.ascontiguousarray(
+                image.pixel_values[np.newaxis], dtype=self.pixel_dtype)
+            named['image_sizes'] = np.asarray([image.image_size], dtype=np.int64)
+            named['num_image_tokens'] = np.asarray([[image.num_image_tokens]], dtype=np.int64)
+        return named, int(input_ids.shape[1]), int(sum(image_tokens))
