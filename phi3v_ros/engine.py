@@ -21,6 +21,8 @@ import numpy as np
 
 from phi3v_ros import model_paths
 from phi3v_ros.errors import EngineError, ModelLoadError
+from phi3v_ros.genai_releases import (check_genai_release, folder_layout_error, listed_provider,
+                                      provider_without_config)
 from phi3v_ros.generation import Request, Result, StopReason
 from phi3v_ros.hd_transform import crop_grid, MAX_CROPS, prepare_image
 from phi3v_ros.image_preparation import bound_longest_side, encode_image
@@ -177,97 +179,6 @@ def read_genai_config(model_path: str, genai_version: str = 'unknown') -> dict:
     return config
 
 
-def check_genai_release(og) -> None:
-    """
-    Raise ModelLoadError leading to a working release if ``og`` cannot run Phi-3-vision.
-
-    0.2 and older have no multimodal processor (``og.Model`` refuses a phi3v genai_config.json:
-    "Unknown value: inputs_embeds"). 0.3 has one, but its HD transform pads only the height:
-    a portrait image whose resized width is no multiple of 336 gets a wrong crop grid and image
-    token count (a frame 1000 high and 999 wide: 2,381 prompt tokens where 0.4-0.18 make 2,525;
-    fixed in 0.4).
-    """
-    version = getattr(og, '__version__', 'unknown')
-    fix = ('install onnxruntime-genai >= 0.4 (`pip install -U onnxruntime-genai`; on a Jetson '
-           '`ros2 run phi3v_ros build_genai_wheel --install`)')
-    if not hasattr(og, 'Images') or not hasattr(og.Model, 'create_multimodal_processor'):
-        raise ModelLoadError(f'onnxruntime-genai {version} is too old for Phi-3-vision (it has '
-                             f'no multimodal processor): {fix}')
-    if _version_tuple(version) < (0, 4):
-        raise ModelLoadError(f'onnxruntime-genai {version} is too old for phi3v_ros: its image '
-                             f'transform mis-sizes portrait images (it pads only their height): '
-                             f'{fix}')
-
-
-def folder_layout_error(model_path: str, model_section: dict, genai_version: str) -> str:
-    """
-    Say why this release cannot read the folder's layout and what to do ('' when it can).
-
-    The May-2024 exports (vision output ``visual_features``) load only in 0.4 (and 0.3), the
-    Nov-2024 re-exports (``image_features``) only in 0.5 and later: each release refuses the
-    other's keys with a bare ``Unknown value``, checked here before onnxruntime-genai reads it.
-    """
-    vision = model_section.get('vision')
-    outputs = vision.get('outputs') if isinstance(vision, dict) else None
-    outputs = outputs if isinstance(outputs, dict) else {}
-    old_release = _version_tuple(genai_version) < (0, 5)
-    if 'visual_features' in outputs and not old_release:
-        instead = model_paths.nov2024_replacement(model_path)
-        return (f'{model_path!r} is a May-2024 Phi-3-vision export (its vision output is named '
-                f'"visual_features"), which onnxruntime-genai {genai_version} cannot read (it '
-                'fails with `Unknown value "visual_features"`): only 0.4 (and 0.3) read it. Use '
-                f'the Nov-2024 re-export instead, {instead.repo_id} {instead.folder}: '
-                f'`{model_paths.fetch_command(str(instead.local_path()))}` downloads it to '
-                f'{instead.local_path()}; or install onnxruntime-genai 0.4.0 for this folder')
-    if 'image_features' in outputs and old_release:
-        return (f'{model_path!r} is a Nov-2024 Phi-3-vision re-export (its vision output is '
-                f'named "image_features"), which onnxruntime-genai {genai_version} cannot read '
-                '(it fails with `Unknown value: image_features`): install onnxruntime-genai '
-                '>= 0.5 (`pip install -U onnxruntime-genai`), or download the May-2024 export '
-                'this release reads (`ros2 run phi3v_ros fetch_model` picks it)')
-    return ''
-
-
-def _version_tuple(version: str) -> tuple:
-    numbers = []
-    for piece in version.split('.')[:3]:
-        digits = ''.join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ''
-        if not digits:
-            break
-        numbers.append(int(digits))
-    return tuple(numbers) if numbers else (999,)   # unknown: assume a current release
-
-
-def listed_provider(decoder_section: dict) -> str:
-    """Return the provider genai_config.json's decoder session options list first (cpu: none)."""
-    options = decoder_section.get('session_options', {}).get('provider_options', [])
-    for entry in options if isinstance(options, list) else []:
-        if isinstance(entry, dict) and entry:
-            return str(next(iter(entry)))
-    return 'cpu'
-
-
-def provider_without_config(config: EngineConfig, resolved: str, listed: str,
-                            genai_version: str) -> str:
-    """
-    Return the provider a release without og.Config (before 0.5) runs, or raise ModelLoadError.
-
-    Such a release cannot override genai_config.json: it runs the provider listed there, with the
-    device and CUDA-graph options written there.
-    """
-    why = (f'onnxruntime-genai {genai_version} cannot set the provider (og.Config came in '
-           f'0.5): it runs what {os.path.join(config.model_path, "genai_config.json")} lists '
-           f'({listed})')
-    fix = 'or install onnxruntime-genai >= 0.5 with a Nov-2024 model folder'
-    if config.provider not in ('auto', listed):
-        raise ModelLoadError(f'provider is {resolved!r} but {why}: set provider to {listed} or '
-                             f'auto, change provider_options there, {fix}')
-    if config.device_id != 0 or config.cuda_graph:
-        raise ModelLoadError(f'device_id and cuda_graph cannot be set: {why}: write them into '
-                             f'its provider_options, {fix}')
-    return listed
-
-
 def _fetch_hint(model_path: str) -> str:
     return '; ' + model_paths.missing_model_hint(model_path)
 
@@ -286,6 +197,8 @@ class Engine:
         self.context_length = int(model_section.get('context_length', 4096))
         eos = model_section.get('eos_token_id', [])
         self.eos_token_ids = frozenset(eos if isinstance(eos, list) else [eos])
+        # before the model loads (minutes on a Jetson): a wrong value fails at once
+        self.image_preprocessing = self._choose_preprocessing(config.image_preprocessing, log)
         cuda_available = bool(self._og.is_cuda_available())
         self.provider = resolve_provider(config.provider, cuda_available)
         # og.Config came in 0.5: 0.4 runs the provider genai_config.json lists
@@ -327,7 +240,6 @@ class Engine:
             raise ModelLoadError(
                 f'onnxruntime-genai could not load {config.model_path!r}: {exc}') from exc
         self.load_s = time.perf_counter() - start
-        self.image_preprocessing = self._choose_preprocessing(config.image_preprocessing, log)
         self._inputs = InputBuilder(self._og, self._tokenizer)
         # 0.9 moved set_inputs from GeneratorParams to Generator; 0.4-0.8 only have the former.
         self._generator_takes_inputs = hasattr(self._og.Generator, 'set_inputs')
@@ -396,8 +308,12 @@ class Engine:
                 inputs, prompt, result.image_size if has_image else None)
         else:
             if has_image:
-                image = prepare_image(request.image, settings.max_crops,
-                                      exact=self.image_preprocessing == 'exact')
+                try:
+                    image = prepare_image(request.image, settings.max_crops,
+                                          exact=self.image_preprocessing == 'exact')
+                except Exception as exc:   # noqa: BLE001 - numpy, OpenCV: one bad frame
+                    raise EngineError(f'the image could not be prepared for the model '
+                                      f'({type(exc).__name__}: {exc})') from exc
                 result.image_size = tuple(request.image.shape[:2])
                 result.image_crops = int(image.pixel_values.shape[0])
                 result.image_prepare_s = time.perf_counter() - start
@@ -417,10 +333,12 @@ class Engine:
         except self._genai_errors as exc:
             if image is None or not self._inputs.wrong_pixel_type(exc):
                 raise
-            # An fp16 vision graph: our pixel_values must be float16 (nothing casts them).
-            self._inputs.pixel_dtype = np.float16
-            inputs = self._inputs.build(prompt, image)[0]
+            # An fp16 vision graph: our pixel_values must be float16 (nothing casts them); kept
+            # for the next requests once it has worked.
+            del inputs
+            inputs = self._inputs.build(prompt, image, pixel_dtype=np.float16)[0]
             generator = self._start_generator(inputs, search)
+            self._inputs.pixel_dtype = np.float16
         try:
             if not self._generator_takes_inputs and not self._inputs_readable:
                 result.prompt_tokens = len(generator.get_sequence(0))   # as the generator holds it

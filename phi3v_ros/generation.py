@@ -40,7 +40,8 @@ class GenerationSettings:
             (self.top_k >= 1, 'top_k must be >= 1'),
             (self.repetition_penalty > 0.0, 'repetition_penalty must be > 0'),
             (self.seed >= -1, 'seed must be -1 (random) or >= 0'),
-            (1 <= self.max_crops <= 16, 'max_crops must be in 1..16'),
+            (type(self.max_crops) is int and 1 <= self.max_crops <= 16,
+             'max_crops must be an integer in 1..16'),
         ]
         for ok, message in checks:
             if not ok:

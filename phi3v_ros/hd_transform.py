@@ -384,7 +384,8 @@ def _normalise_crops(channels: List[np.ndarray], grid: CropGrid, out: np.ndarray
             crop = out[row * grid.cols + col]
             y, x = row * CROP_SIDE, col * CROP_SIDE
             for channel, (plane, table) in enumerate(zip(channels, _NORMALISED)):
-                cv2.LUT(plane[y:y + CROP_SIDE, x:x + CROP_SIDE], table, dst=crop[channel])
+                # assigned, not dst=: an OpenCV that allocated instead would leave np.empty
+                crop[channel] = cv2.LUT(plane[y:y + CROP_SIDE, x:x + CROP_SIDE], table)
 
 
 def _resize_fast(rgb: np.ndarray, out_height: int, out_width: int) -> np.ndarray:

@@ -87,19 +87,24 @@ class InputBuilder:
         self.pixel_dtype = np.float32
 
     def wrong_pixel_type(self, error: BaseException) -> bool:
-        """Return True when set_inputs refused float32 pixel_values (an fp16 vision graph)."""
-        return (self.pixel_dtype == np.float32
-                and 'unexpected input data type' in str(error).lower())
+        """Return True when set_inputs refused float32 pixel_values for float16 ones."""
+        text = str(error).lower()
+        return (self.pixel_dtype == np.float32 and 'unexpected input data type' in text
+                and 'expected: (tensor(float16))' in text)
 
-    def build(self, prompt: str, image: Optional[ImageInputs]) -> tuple:
-        """Return (NamedTensors, prompt tokens, image tokens) for prompt and at most one image."""
+    def build(self, prompt: str, image: Optional[ImageInputs], pixel_dtype=None) -> tuple:
+        """
+        Return (NamedTensors, prompt tokens, image tokens) for prompt and at most one image.
+
+        pixel_dtype overrides self.pixel_dtype for this call.
+        """
         image_tokens = [image.num_image_tokens] if image is not None else []
         input_ids = prompt_token_ids(self._tokenizer.encode, prompt, image_tokens)
         named = self._og.NamedTensors()
         named['input_ids'] = input_ids
         if image is not None:
             named['pixel_values'] = np.ascontiguousarray(
-                image.pixel_values[np.newaxis], dtype=self.pixel_dtype)
+                image.pixel_values[np.newaxis], dtype=pixel_dtype or self.pixel_dtype)
             named['image_sizes'] = np.asarray([image.image_size], dtype=np.int64)
             named['num_image_tokens'] = np.asarray([[image.num_image_tokens]], dtype=np.int64)
         return named, int(input_ids.shape[1]), int(sum(image_tokens))

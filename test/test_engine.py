@@ -7,13 +7,14 @@ import sys
 
 from phi3v_ros.engine import Engine, EngineConfig, import_genai, resolve_provider
 from phi3v_ros.errors import ModelLoadError
+from phi3v_ros.genai_releases import version_tuple
 from phi3v_ros.generation import GenerationSettings, Request, StopReason, Turn
 from phi3v_test_utils import (broken_genai_install, gradient_image, lfs_pointer_model,
                               may2024_model)
 import pytest
 
 og = pytest.importorskip('onnxruntime_genai')
-OLD_RELEASE = tuple(int(n) for n in og.__version__.split('.')[:2]) < (0, 5)
+OLD_RELEASE = version_tuple(og.__version__) < (0, 5)
 
 GREEDY_16 = GenerationSettings(max_new_tokens=16)
 

@@ -128,6 +128,7 @@ def test_fewer_crops_give_another_answer_than_sixteen(engines):
     assert texts[16] and texts[1] and texts[16] != texts[1]   # the model saw other inputs
 
 
+@needs_own_inputs
 def test_text_only_prompts_match_between_the_paths(engines):
     results = [engines[mode].generate(Request(prompt='Hello there, robot.', settings=SETTINGS))
                for mode in ('fast', 'processor')]

@@ -10,8 +10,9 @@ import json
 import shutil
 import types
 
-from phi3v_ros.engine import check_genai_release, Engine, EngineConfig, listed_provider
+from phi3v_ros.engine import Engine, EngineConfig
 from phi3v_ros.errors import ModelLoadError
+from phi3v_ros.genai_releases import check_genai_release, listed_provider, version_tuple
 from phi3v_ros.generation import GenerationSettings, Request, StopReason
 from phi3v_ros.hd_transform import crop_grid
 from phi3v_test_utils import gradient_image
@@ -45,6 +46,8 @@ def test_the_layout_for_this_release_is_the_one_fetch_model_picks():
 
 def test_a_folder_of_the_other_layout_names_what_reads_it(tmp_path):
     other = mtm.make_tiny_model(tmp_path / 'other', layout=OTHER_LAYOUT)
+    with pytest.raises(Exception, match='Unknown value'):   # what the release itself does
+        og.Model(str(other))
     with pytest.raises(ModelLoadError) as raised:
         Engine(EngineConfig(model_path=str(other), provider='cpu'))
     message = str(raised.value)
@@ -166,3 +169,10 @@ def test_releases_before_0_4_are_refused_with_the_release_to_install():
     for version in ('0.4.0', '0.11.4', '0.18.0', og.__version__):
         check_genai_release(release(version))
     check_genai_release(og)
+
+
+@pytest.mark.parametrize('version,expected', [
+    ('0.5.2', (0, 5, 2)), ('0.18.0', (0, 18, 0)), ('0.5rc1', (0, 5)), ('0.3rc1', (0, 3)),
+    ('0.11.4.dev20251201', (0, 11, 4)), ('unknown', (999,)), ('', (999,))])
+def test_versions_are_read_by_their_leading_numbers(version, expected):
+    assert version_tuple(version) == expected

@@ -1,8 +1,7 @@
 """phi3v_ros.hd_transform against onnxruntime-genai's Phi-3-vision processor, and on its own."""
-import re
-
 import cv2
 import numpy as np
+from phi3v_ros.genai_releases import version_tuple
 from phi3v_ros.hd_transform import (CLIP_MEAN, CLIP_STD, crop_grid, CROP_SIDE, CropGrid,
                                     FAST_ENLARGED_MAX_ABS_DIFF, FAST_MAX_ABS_DIFF,
                                     FAST_MEAN_ABS_DIFF, MAX_CROPS, prepare_image)
@@ -57,7 +56,7 @@ def content_box(grid):
 
 
 def genai_version(og):
-    return tuple(int(part) for part in re.findall(r'\d+', og.__version__)[:2])
+    return version_tuple(og.__version__)[:2]
 
 
 @pytest.fixture(scope='module')

@@ -26,6 +26,7 @@ from pathlib import Path
 import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from phi3v_ros.genai_releases import version_tuple
 from phi3v_ros.model_paths import (default_model_path, lfs_pointer_files, MAY2024_CPU,
                                    MAY2024_FP16, MAY2024_INT4, MODEL_DIR_ENV, model_root,
                                    ModelFolder, NOV2024_CPU, NOV2024_INT4, PHI35_CPU, PHI35_INT4)
@@ -39,16 +40,6 @@ GIB = 1024 ** 3
 
 class FetchError(RuntimeError):
     """The model cannot be fetched or is not usable; the message says what to do."""
-
-
-def _parse(version: str) -> Tuple[int, ...]:
-    parts = []
-    for piece in version.split('.'):
-        digits = ''.join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ''
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
 
 
 def installed_genai(
@@ -71,7 +62,7 @@ def select_folder(variant: str, genai_version: Optional[str]) -> ModelFolder:
     """Return the published folder this onnxruntime-genai loads, or raise FetchError saying why."""
     if variant not in VARIANTS:
         raise FetchError(f'unknown variant {variant!r}: choose one of {", ".join(VARIANTS)}')
-    version = _parse(genai_version) if genai_version else None
+    version = version_tuple(genai_version) if genai_version else None
     if version is not None and version < (0, 4):
         # 0.3 reads the May-2024 folders but the engine refuses it (engine.check_genai_release)
         raise FetchError(f'onnxruntime-genai {genai_version} cannot run phi3v_ros (0.4 is the '

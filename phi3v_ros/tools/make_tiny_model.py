@@ -136,11 +136,12 @@ def layout_for_genai(version: Optional[str] = None) -> str:
     Releases before 0.5 read the May-2024 exports only, later ones the Nov-2024 re-exports only
     (as ``fetch_model`` picks the published folders). With none given or installed: nov2024.
     """
-    from phi3v_ros.tools.fetch_model import _parse, installed_genai
+    from phi3v_ros.genai_releases import version_tuple
+    from phi3v_ros.tools.fetch_model import installed_genai
     if version is None:
         installed = installed_genai()
         version = installed[1] if installed else None
-    if version is not None and _parse(version) < (0, 5):
+    if version is not None and version_tuple(version) < (0, 5):
         return 'may2024'
     return 'nov2024'
 
