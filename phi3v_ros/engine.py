@@ -328,23 +328,44 @@ class Engine:
         # An answer whose cache does not fit gets a sentence, not the OOM killer.
         self.memory_guard.check(result.max_length)
         search = self._search_options(settings, result.max_length)
-        try:
-            generator = self._start_generator(inputs, search)
-        except self._genai_errors as exc:
-            if image is None or not self._inputs.wrong_pixel_type(exc):
-                raise
-            # An fp16 vision graph: our pixel_values must be float16 (nothing casts them); kept
-            # for the next requests once it has worked.
-            del inputs
-            inputs = self._inputs.build(prompt, image, pixel_dtype=np.float16)[0]
-            generator = self._start_generator(inputs, search)
-            self._inputs.pixel_dtype = np.float16
+        generator = self._start_with_own_inputs(inputs, search, prompt, image)
         try:
             if not self._generator_takes_inputs and not self._inputs_readable:
                 result.prompt_tokens = len(generator.get_sequence(0))   # as the generator holds it
             self._decode_loop(generator, result, start, on_piece, should_stop)
         finally:
             del generator   # holds the KV cache (and on CUDA a captured graph)
+
+    def _start_with_own_inputs(self, inputs, search: dict, prompt: str, image):
+        """
+        Start the generator; adapt the pixel values once to what the vision graph declares.
+
+        An fp16 vision graph needs float16 pixel values (nothing casts NamedTensors), and a graph
+        with a fixed crop count (the processor's 17) needs zero crops appended; set_inputs says
+        which, and what worked is kept for the next requests.
+        """
+        dtype, pad_to = self._inputs.pixel_dtype, self._inputs.pad_crops_to
+        attempt = [inputs]   # a list, so that a failed attempt's tensors can be let go
+        del inputs
+        for _ in range(3):   # at most one change of each kind
+            try:
+                generator = self._start_generator(attempt[0], search)
+            except self._genai_errors as exc:
+                fixed = None if image is None else self._inputs.fixed_crop_count(exc)
+                if image is not None and dtype == np.float32 and \
+                        self._inputs.wrong_pixel_type(exc):
+                    dtype = np.float16
+                elif fixed is not None and pad_to is None:
+                    pad_to = fixed
+                else:
+                    raise
+                attempt[0] = None
+                attempt[0] = self._inputs.build(prompt, image, pixel_dtype=dtype,
+                                                pad_crops_to=pad_to)[0]
+                continue
+            self._inputs.pixel_dtype, self._inputs.pad_crops_to = dtype, pad_to
+            return generator
+        raise EngineError('the vision graph refused the image inputs')   # not reached
 
     @staticmethod
     def _search_options(settings, max_length: int) -> dict:

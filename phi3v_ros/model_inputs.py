@@ -29,6 +29,10 @@ from phi3v_ros.hd_transform import ImageInputs
 
 # Image tags as the processor finds them (src/models/phi_image_processor.cpp).
 IMAGE_TAG = re.compile(r'<\|image_(\d+)\|>')
+# ONNX Runtime on a static input dimension: "Got invalid dimensions for input: pixel_values for the
+# following indices\n index: 1 Got: 13 Expected: 17"
+_FIXED_CROPS = re.compile(r'invalid dimensions for input: pixel_values.*?index: 1 Got: \d+ '
+                          r'Expected: (\d+)', re.DOTALL)
 
 
 def takes_own_inputs(og) -> bool:
@@ -85,6 +89,9 @@ class InputBuilder:
         # The vision graph's pixel_values type: float32 for the published int4 models; the engine
         # switches to float16 when set_inputs says the type is wrong (an fp16 vision graph).
         self.pixel_dtype = np.float32
+        # None: as many crops as the image has. A vision graph that declares a fixed crop count
+        # (the processor's 17) gets zero crops appended up to it, as the processor does.
+        self.pad_crops_to: Optional[int] = None
 
     def wrong_pixel_type(self, error: BaseException) -> bool:
         """Return True when set_inputs refused float32 pixel_values for float16 ones."""
@@ -92,19 +99,33 @@ class InputBuilder:
         return (self.pixel_dtype == np.float32 and 'unexpected input data type' in text
                 and 'expected: (tensor(float16))' in text)
 
-    def build(self, prompt: str, image: Optional[ImageInputs], pixel_dtype=None) -> tuple:
+    @staticmethod
+    def fixed_crop_count(error: BaseException) -> Optional[int]:
+        """Return the crop count the vision graph insists on, if set_inputs said so, else None."""
+        found = _FIXED_CROPS.search(str(error))
+        return int(found.group(1)) if found else None
+
+    def build(self, prompt: str, image: Optional[ImageInputs], pixel_dtype=None,
+              pad_crops_to: Optional[int] = None) -> tuple:
         """
         Return (NamedTensors, prompt tokens, image tokens) for prompt and at most one image.
 
-        pixel_dtype overrides self.pixel_dtype for this call.
+        pixel_dtype and pad_crops_to override self.pixel_dtype and self.pad_crops_to for this call.
         """
         image_tokens = [image.num_image_tokens] if image is not None else []
         input_ids = prompt_token_ids(self._tokenizer.encode, prompt, image_tokens)
         named = self._og.NamedTensors()
         named['input_ids'] = input_ids
         if image is not None:
-            named['pixel_values'] = np.ascontiguousarray(
-                image.pixel_values[np.newaxis], dtype=pixel_dtype or self.pixel_dtype)
+            crops = image.pixel_values.shape[0]
+            total = max(crops, pad_crops_to or self.pad_crops_to or crops)
+            dtype = pixel_dtype or self.pixel_dtype
+            if total == crops:   # no copy when the type is already right
+                pixel_values = np.ascontiguousarray(image.pixel_values[np.newaxis], dtype=dtype)
+            else:
+                pixel_values = np.zeros((1, total) + image.pixel_values.shape[1:], dtype=dtype)
+                pixel_values[0, :crops] = image.pixel_values
+            named['pixel_values'] = pixel_values
             named['image_sizes'] = np.asarray([image.image_size], dtype=np.int64)
             named['num_image_tokens'] = np.asarray([[image.num_image_tokens]], dtype=np.int64)
         return named, int(input_ids.shape[1]), int(sum(image_tokens))

@@ -171,6 +171,40 @@ def test_an_fp16_vision_graph_gets_float16_pixel_values(tiny_model, tmp_path):
     assert first.text == second.text == reference.text
 
 
+def fixed_crops_vision_model(tiny_model, target, crops=17):
+    """Copy the tiny model with a vision graph declaring a fixed crop count (as 17 might be)."""
+    onnx = pytest.importorskip('onnx')
+    shutil.copytree(tiny_model, target)
+    path = pathlib.Path(target) / 'vision.onnx'
+    graph_model = onnx.load(str(path))
+    pixel_values = next(i for i in graph_model.graph.input if i.name == 'pixel_values')
+    dim = pixel_values.type.tensor_type.shape.dim[1]
+    dim.ClearField('dim_param')
+    dim.dim_value = crops
+    onnx.save(graph_model, str(path))
+    return str(target)
+
+
+@needs_own_inputs
+def test_a_vision_graph_with_a_fixed_crop_count_gets_padded_crops(tiny_model, tmp_path):
+    # The published graph declares [num_images, max_num_crops, ...]; whether it runs with fewer
+    # than the processor's 17 was never checked on the real weights: if not, pad as it does.
+    model = fixed_crops_vision_model(tiny_model, tmp_path / 'fixed_crops')
+    frame = noisy_image(480, 640, 7)
+    own = Engine(EngineConfig(model_path=model, provider='cpu', image_preprocessing='exact'))
+    processor = Engine(EngineConfig(model_path=model, provider='cpu', max_image_side=0,
+                                    image_preprocessing='processor'))
+    reference = processor.generate(Request(prompt='What is this?', image=frame,
+                                           settings=SETTINGS))
+    for crops in (16, 4):   # 13 and 5 crops of the image, 17 through the encoder
+        settings = GenerationSettings(max_new_tokens=12, max_crops=crops)
+        result = own.generate(Request(prompt='What is this?', image=frame, settings=settings))
+        assert result.ok, result.error
+        assert result.image_tokens == crop_grid(480, 640, crops).image_tokens
+    exact = own.generate(Request(prompt='What is this?', image=frame, settings=SETTINGS))
+    assert exact.text == reference.text   # zero crops after the real ones, as the processor's
+
+
 def test_an_unknown_preprocessing_is_a_load_error(tiny_model):
     with pytest.raises(ModelLoadError, match='image_preprocessing must be one of fast, exact'):
         Engine(EngineConfig(model_path=tiny_model, provider='cpu', image_preprocessing='pil'))
