@@ -241,6 +241,7 @@ class Engine:
                 f'onnxruntime-genai could not load {config.model_path!r}: {exc}') from exc
         self.load_s = time.perf_counter() - start
         self._inputs = InputBuilder(self._og, self._tokenizer)
+        self._own_image_inputs_worked = False
         # 0.9 moved set_inputs from GeneratorParams to Generator; 0.4-0.8 only have the former.
         self._generator_takes_inputs = hasattr(self._og.Generator, 'set_inputs')
         self._open_bytes = getattr(self._og.Images, 'open_bytes', None)
@@ -328,7 +329,22 @@ class Engine:
         # An answer whose cache does not fit gets a sentence, not the OOM killer.
         self.memory_guard.check(result.max_length)
         search = self._search_options(settings, result.max_length)
-        generator = self._start_with_own_inputs(inputs, search, prompt, image)
+        try:
+            generator = self._start_adapting_pixels(inputs, search, prompt, image)
+        except self._genai_errors as exc:
+            if image is None or self._own_image_inputs_worked:
+                raise
+            # The first image through the inputs built here failed, where genai's processor may
+            # not (a vision graph needing what only the processor gives): use it from now on.
+            del inputs
+            self._log(f'image_preprocessing {self.image_preprocessing}: the model refused the '
+                      f'image inputs built by phi3v_ros ({" ".join(str(exc).split())}); using '
+                      "onnxruntime-genai's processor from now on (16 crops per image)")
+            self.image_preprocessing = 'processor'
+            self._generate(request, result, start, on_piece, should_stop)
+            return
+        if image is not None:
+            self._own_image_inputs_worked = True
         try:
             if not self._generator_takes_inputs and not self._inputs_readable:
                 result.prompt_tokens = len(generator.get_sequence(0))   # as the generator holds it
@@ -336,7 +352,7 @@ class Engine:
         finally:
             del generator   # holds the KV cache (and on CUDA a captured graph)
 
-    def _start_with_own_inputs(self, inputs, search: dict, prompt: str, image):
+    def _start_adapting_pixels(self, inputs, search: dict, prompt: str, image):
         """
         Start the generator; adapt the pixel values once to what the vision graph declares.
 

@@ -190,6 +190,39 @@ def test_the_pixel_values_adapt_to_what_the_vision_graph_declares(tiny_model, tm
     assert fewer.ok and fewer.image_tokens == crop_grid(480, 640, 4).image_tokens, fewer.error
 
 
+def needs_17_crops_inside(graph):
+    """Make the graph reshape pixel_values to 17 crops inside (a count its declaration hides)."""
+    from onnx import helper, TensorProto
+    for node in graph.node:
+        node.input[:] = ['pixel_values_17' if name == 'pixel_values' else name
+                         for name in node.input]
+    graph.node.insert(0, helper.make_node('Reshape', ['pixel_values', 'shape_17'],
+                                          ['pixel_values_17']))
+    graph.node.insert(0, helper.make_node('Constant', [], ['shape_17'], value=helper.make_tensor(
+        'shape_17', TensorProto.INT64, [5], [-1, 17, 3, 336, 336])))
+
+
+@needs_own_inputs
+def test_a_vision_graph_that_refuses_our_inputs_falls_back_to_the_processor(tiny_model, tmp_path):
+    model = edited_vision_model(tiny_model, tmp_path / 'needs_17', needs_17_crops_inside)
+    frame = noisy_image(480, 640, 8)
+    said = []
+    own = Engine(EngineConfig(model_path=model, provider='cpu', max_image_side=0), log=said.append)
+    processor = Engine(EngineConfig(model_path=model, provider='cpu', max_image_side=0,
+                                    image_preprocessing='processor'))
+    first = own.generate(Request(prompt='What is this?', image=frame, settings=SETTINGS))
+    assert first.ok, first.error
+    assert own.image_preprocessing == 'processor' and first.image_crops == 17
+    assert any("using onnxruntime-genai's processor from now on" in line for line in said), said
+    reference = processor.generate(Request(prompt='What is this?', image=frame,
+                                           settings=SETTINGS))
+    assert first.text == reference.text
+    # a model that takes our inputs never falls back: a bad request stays that request's error
+    fine = Engine(EngineConfig(model_path=tiny_model, provider='cpu'))
+    assert fine.generate(Request(prompt='What is this?', image=frame, settings=SETTINGS)).ok
+    assert fine.image_preprocessing == 'fast'
+
+
 def test_an_unknown_preprocessing_is_a_load_error(tiny_model):
     with pytest.raises(ModelLoadError, match='image_preprocessing must be one of fast, exact'):
         Engine(EngineConfig(model_path=tiny_model, provider='cpu', image_preprocessing='pil'))
