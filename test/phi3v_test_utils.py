@@ -85,3 +85,9 @@ def broken_genai_install(root):
         "raise ImportError('libcudnn.so.9: cannot open shared object file: "
         "No such file or directory')\n")
     return pathlib.Path(root)
+
+
+# A complete 1 x 1 GIF89a: OpenCV writes GIF only from 4.12 (the Python 3.10 leg has 4.11, built
+# for numpy 1), and the tests of "not PNG or JPEG" bytes need one either way.
+ONE_PIXEL_GIF = (b'GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00'
+                 b'\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;')

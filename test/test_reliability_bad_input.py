@@ -19,7 +19,7 @@ import time
 import zlib
 
 import numpy as np
-from phi3v_test_utils import gradient_image
+from phi3v_test_utils import gradient_image, ONE_PIXEL_GIF
 import pytest
 from reliability_helpers import BASE, cpu_seconds, ERROR, NodePeer, start_nodes
 from ros_harness import entry_point, isolate_ros_domain, NodeProcess, wait_until
@@ -238,11 +238,6 @@ def jpeg_bomb():
     return (b'\xff\xd8\xff\xc0' + struct.pack('>HBHHB', 17, 8, 65000, 65000, 3)
             + b'\x01\x22\x00\x02\x11\x01\x03\x11\x01\xff\xda\x00\x0c\x03\x01\x00\x02\x11\x03'
             + b'\x11\x00\x3f\x00' + bytes(16))
-
-
-# a complete 1 x 1 GIF89a: OpenCV writes GIF only from 4.12 (the Python 3.10 leg has 4.11)
-ONE_PIXEL_GIF = (b'GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00'
-                 b'\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;')
 
 
 def other_format(extension):
