@@ -27,7 +27,7 @@ from phi3v_ros.generation import Request, Result, StopReason
 from phi3v_ros.hd_transform import crop_grid, MAX_CROPS, prepare_image
 from phi3v_ros.image_preparation import bound_longest_side, encode_image
 from phi3v_ros.memory_guard import MemoryGuard
-from phi3v_ros.model_inputs import InputBuilder, prompt_pieces, takes_own_inputs
+from phi3v_ros.model_inputs import InputBuilder, prompt_token_ids, takes_own_inputs
 from phi3v_ros.prompt import build_chat_prompt
 
 PROVIDERS = ('auto', 'cuda', 'cpu')
@@ -369,7 +369,7 @@ class Engine:
             except self._genai_errors as exc:
                 fixed = None if image is None else self._inputs.fixed_crop_count(exc)
                 if image is not None and dtype == np.float32 and \
-                        self._inputs.wrong_pixel_type(exc):
+                        self._inputs.wants_float16(exc):
                     dtype = np.float16
                 elif fixed is not None and pad_to is None:
                     pad_to = fixed
@@ -418,12 +418,11 @@ class Engine:
             if image_size is not None:
                 image_tokens = int(inputs['num_image_tokens'].as_numpy().sum())
             return int(inputs['input_ids'].as_numpy().shape[-1]), image_tokens
-        # As the processor of 0.4-0.6 builds input_ids: the text between image tags tokenized
-        # piece by piece (an empty last piece is none), the image's HD-transform tokens between.
-        pieces = prompt_pieces(prompt)
-        text_tokens = sum(len(self._tokenizer.encode(piece)) for piece, _ in pieces)
+        # 0.4-0.6 hide them: the ids the processor built, counted by building them the same way
         image_tokens = 0 if image_size is None else crop_grid(*image_size).image_tokens
-        return text_tokens + image_tokens, image_tokens
+        input_ids = prompt_token_ids(self._tokenizer.encode, prompt,
+                                     [image_tokens] if image_size is not None else [])
+        return int(input_ids.shape[1]), image_tokens
 
     def _decode_loop(self, generator, result: Result, start: float,
                      on_piece: Optional[Callable[[str], None]],

@@ -93,11 +93,11 @@ class InputBuilder:
         # (the processor's 17) gets zero crops appended up to it, as the processor does.
         self.pad_crops_to: Optional[int] = None
 
-    def wrong_pixel_type(self, error: BaseException) -> bool:
-        """Return True when set_inputs refused float32 pixel_values for float16 ones."""
+    @staticmethod
+    def wants_float16(error: BaseException) -> bool:
+        """Return True when set_inputs refused the pixel values for not being float16."""
         text = str(error).lower()
-        return (self.pixel_dtype == np.float32 and 'unexpected input data type' in text
-                and 'expected: (tensor(float16))' in text)
+        return 'unexpected input data type' in text and 'expected: (tensor(float16))' in text
 
     @staticmethod
     def fixed_crop_count(error: BaseException) -> Optional[int]:

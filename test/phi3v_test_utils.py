@@ -91,3 +91,21 @@ def broken_genai_install(root):
 # for numpy 1), and the tests of "not PNG or JPEG" bytes need one either way.
 ONE_PIXEL_GIF = (b'GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00'
                  b'\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;')
+
+
+def genai_then_engine_error(model, genai_error, genai_type=Exception):
+    """
+    Check onnxruntime-genai's own error on the folder model (regex genai_error), return ours.
+
+    The pair shows what a user gets without phi3v_ros's check and what the check says instead.
+    genai_type: Exception where 0.4-0.6 may run (they raise og.OrtException, an Exception only).
+    """
+    import onnxruntime_genai as og
+    import pytest
+    from phi3v_ros.engine import Engine, EngineConfig
+    from phi3v_ros.errors import ModelLoadError
+    with pytest.raises(genai_type, match=genai_error):
+        og.Model(str(model))
+    with pytest.raises(ModelLoadError) as info:
+        Engine(EngineConfig(model_path=str(model), provider='cpu'))
+    return str(info.value)

@@ -9,8 +9,8 @@ from phi3v_ros.engine import Engine, EngineConfig, import_genai, resolve_provide
 from phi3v_ros.errors import ModelLoadError
 from phi3v_ros.genai_releases import version_tuple
 from phi3v_ros.generation import GenerationSettings, Request, StopReason, Turn
-from phi3v_test_utils import (broken_genai_install, gradient_image, lfs_pointer_model,
-                              may2024_model)
+from phi3v_test_utils import (broken_genai_install, genai_then_engine_error, gradient_image,
+                              lfs_pointer_model, may2024_model)
 import pytest
 
 og = pytest.importorskip('onnxruntime_genai')
@@ -236,12 +236,7 @@ def test_the_parent_of_the_model_folder_names_the_folder_meant(tiny_model, tmp_p
 
 def test_git_lfs_pointers_are_named_before_onnx_runtime_reads_them(tiny_model, tmp_path):
     model = lfs_pointer_model(tiny_model, tmp_path / 'model')
-    # what onnxruntime-genai says on its own (0.4-0.6 raise og.OrtException, not RuntimeError)
-    with pytest.raises(Exception, match='Protobuf parsing failed'):
-        og.Model(str(model))
-    with pytest.raises(ModelLoadError) as info:
-        Engine(EngineConfig(model_path=str(model), provider='cpu'))
-    message = str(info.value)
+    message = genai_then_engine_error(model, 'Protobuf parsing failed')
     assert 'are git-lfs pointers' in message and 'text.onnx, tokenizer.json' in message
     assert 'git lfs pull' in message and 'fetch_model' in message
 
@@ -250,11 +245,7 @@ def test_git_lfs_pointers_are_named_before_onnx_runtime_reads_them(tiny_model, t
 def test_the_may_2024_layout_names_the_release_and_the_folder_to_use(tiny_model, tmp_path):
     model = may2024_model(tiny_model, tmp_path / 'cuda-int4-rtn-block-32')
     # the fixture is the layout newer releases refuse, with the raw error of the issue
-    with pytest.raises(RuntimeError, match='Unknown value "visual_features"'):
-        og.Model(str(model))
-    with pytest.raises(ModelLoadError) as info:
-        Engine(EngineConfig(model_path=str(model), provider='cpu'))
-    message = str(info.value)
+    message = genai_then_engine_error(model, 'Unknown value "visual_features"', RuntimeError)
     assert 'May-2024 Phi-3-vision export' in message and 'only 0.4 (and 0.3) read it' in message
     assert 'microsoft/Phi-3-vision-128k-instruct-onnx gpu/gpu-int4-rtn-block-32' in message
     assert '`ros2 run phi3v_ros fetch_model`' in message
