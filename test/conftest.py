@@ -10,6 +10,10 @@ SHORT_CONTEXT = 640
 
 # Tests import the package from the source tree (also under colcon, which installs it anyway).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# Every test is bounded in time (see hang_watchdog): its hooks, found through the path above.
+from hang_watchdog import pytest_configure, pytest_runtest_protocol  # noqa: E402,F401,I100
 
 
 @pytest.fixture(scope='session')

@@ -1,0 +1,88 @@
+"""
+A bound on every test: a hang fails the run with every thread's stack instead of eating CI's time.
+
+Each test (setup, call and teardown) gets PHI3V_TEST_LIMIT_S seconds (default 300; the longest
+takes about 35 s). Past that a watchdog thread prints which test hung and the stack of every
+thread, kills every process the test process started (nodes run in sessions of their own, so a
+signal to our group would miss them), and sends SIGINT to the test process, which ends the pytest
+session with its summary (exit code 2). A hang that holds the GIL stops that thread too, so
+faulthandler's own C thread is armed GRACE_S later: it prints the stacks again and exits the
+process. Both write to the terminal's stderr as it was before pytest captured it.
+
+It is a pytest plugin: conftest.py imports its two hooks (and `pytest -p hang_watchdog` loads it).
+"""
+import contextlib
+import faulthandler
+import os
+import signal
+import threading
+
+import psutil
+import pytest
+
+LIMIT_VARIABLE = 'PHI3V_TEST_LIMIT_S'
+DEFAULT_LIMIT_S = 300.0
+GRACE_S = 60.0
+
+
+def limit_s():
+    value = os.environ.get(LIMIT_VARIABLE, '').strip()
+    return float(value) if value else DEFAULT_LIMIT_S
+
+
+_REAL_STDERR = []
+
+
+def pytest_configure(config):
+    _REAL_STDERR.append(os.fdopen(os.dup(2), 'w'))   # pytest's capture is suspended here
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Bound each test's setup, call and teardown."""
+    with bounded(item.nodeid, _REAL_STDERR[-1]):
+        yield
+
+
+def kill_descendants():
+    """SIGKILL every process this one started, and theirs; return how many there were."""
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return 0
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    return len(children)
+
+
+@contextlib.contextmanager
+def bounded(test_id, stream, limit=None):
+    """Run the with-block under the watchdog; a block that ends in time disarms it."""
+    limit = limit_s() if limit is None else limit
+    done = threading.Event()
+
+    def watch():
+        try:
+            if done.wait(limit):
+                return
+            stream.write(f'\n\n*** {test_id} ran past {limit:.0f} s ({LIMIT_VARIABLE}): '
+                         f'the stack of every thread follows\n')
+            stream.flush()
+            faulthandler.dump_traceback(file=stream, all_threads=True)
+            killed = kill_descendants()
+            stream.write(f'*** killed {killed} child processes; interrupting the test run\n')
+            stream.flush()
+            os.kill(os.getpid(), signal.SIGINT)   # a real signal: it wakes a blocked wait
+        except BaseException as error:   # a watchdog must never be the thing that fails silently
+            stream.write(f'hang watchdog failed: {error!r}\n')
+
+    watchdog = threading.Thread(target=watch, name=f'hang watchdog: {test_id}', daemon=True)
+    watchdog.start()
+    faulthandler.dump_traceback_later(limit + GRACE_S, exit=True, file=stream)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        done.set()
+        watchdog.join(GRACE_S)

@@ -1,0 +1,45 @@
+"""The per-test time bound: a hanging test ends the run with its stack, and its children die."""
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import psutil
+
+HANGING_SUITE = """
+import subprocess
+import threading
+
+
+def test_quick():
+    pass
+
+
+def test_hangs():
+    child = subprocess.Popen(['sleep', '600'], start_new_session=True)
+    print('child', child.pid, flush=True)
+    threading.Event().wait()   # no timeout: only a signal ends it
+
+
+def test_never_reached():
+    pass
+"""
+
+
+def test_a_hanging_test_fails_the_run_with_its_stack_and_kills_its_children(tmp_path):
+    (tmp_path / 'test_suite.py').write_text(textwrap.dedent(HANGING_SUITE))
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=here, PHI3V_TEST_LIMIT_S='2')
+    run = subprocess.run([sys.executable, '-m', 'pytest', '-p', 'hang_watchdog', '-p',
+                          'no:cacheprovider', '-s', '-q', str(tmp_path / 'test_suite.py')],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    output = run.stdout + run.stderr
+    assert run.returncode == 2, output   # pytest's code for an interrupted run
+    assert 'test_suite.py::test_hangs ran past 2 s' in output, output
+    assert 'in test_hangs' in output, output   # the hanging test's frame is in the stack dump
+    assert 'killed 1 child processes' in output, output
+    assert '1 passed' in output and 'test_never_reached' not in output, output
+    child_pid = int(re.search(r'child (\d+)', output).group(1))
+    assert not psutil.pid_exists(child_pid) or \
+        psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE, output
