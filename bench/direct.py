@@ -38,7 +38,7 @@ def _serve(conn, model_path: str, max_image_side: int, image_format: str) -> Non
         def on_piece(piece: str) -> None:
             if not first:
                 first.append(time.monotonic())
-        request = Request(prompt=prompt, image=image, settings=GenerationSettings(max_new_tokens=max_new_tokens))
+        request = Request(prompt=prompt, images=(image,), settings=GenerationSettings(max_new_tokens=max_new_tokens))
         start = time.monotonic()
         result = engine.generate(request, on_piece=on_piece)
         end = time.monotonic()

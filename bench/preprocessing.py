@@ -52,28 +52,38 @@ def measure(model: str, provider: str, runs: int) -> Dict[str, object]:
         for mode, crops in CASES:
             engine = engines[mode]
             settings = GenerationSettings(max_new_tokens=1, max_crops=crops)
-            request = Request(prompt=QUESTION, image=frame, settings=settings)
-            engine.generate(request)   # warm-up: allocations, caches
-            results = [engine.generate(request) for _ in range(runs)]
-            failed = [r.error for r in results if not r.ok]
-            if failed:
-                raise RuntimeError(f'{mode} {crops} crops at {width}x{height}: {failed[0]}')
+            request = Request(prompt=QUESTION, images=(frame,), settings=settings)
+            first, times = first_token_times(engine, request, runs,
+                                             f'{mode} {crops} crops at {width}x{height}')
             rows.append({
                 # a release before 0.7 runs fast and exact through the processor: say what ran
                 'frame': f'{width}x{height}', 'preprocessing': engine.image_preprocessing,
                 'max_crops': crops,
-                'prompt_tokens': results[0].prompt_tokens, 'crops': results[0].image_crops,
-                'ttft_ms': _median_ms([r.time_to_first_token_s for r in results]),
-                'ttft_ms_min': round(min(r.time_to_first_token_s for r in results) * 1e3, 1),
-                'ttft_ms_max': round(max(r.time_to_first_token_s for r in results) * 1e3, 1),
-                'prepare_ms': _median_ms([r.image_prepare_s for r in results]),
+                'prompt_tokens': first.prompt_tokens, 'crops': first.image_crops, **times,
             })
     first = engines['processor']
     return {'provider': first.provider, 'onnxruntime_genai': first.genai_version,
             'runs': runs, 'model': model, 'rows': rows}
 
 
-def _median_ms(values: List[float]) -> float:
+def first_token_times(engine, request, runs: int, what: str):
+    """
+    Answer request runs times after a warm-up; return (the first result, its timings in ms).
+
+    Timings: the median time to first token with its min and max, and the median preparation.
+    """
+    engine.generate(request)   # warm-up: allocations, caches
+    results = [engine.generate(request) for _ in range(runs)]
+    failed = [r.error for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f'{what}: {failed[0]}')
+    ttft = [r.time_to_first_token_s for r in results]
+    return results[0], {'ttft_ms': median_ms(ttft), 'ttft_ms_min': round(min(ttft) * 1e3, 1),
+                        'ttft_ms_max': round(max(ttft) * 1e3, 1),
+                        'prepare_ms': median_ms([r.image_prepare_s for r in results])}
+
+
+def median_ms(values: List[float]) -> float:
     return round(statistics.median(values) * 1e3, 1)
 
 
@@ -94,8 +104,14 @@ def table(measured: Dict[str, object]) -> str:
     return '\n'.join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
+def engine_bench_main(description: str, key: str, measure, table, argv=None) -> int:
+    """
+    Run an engine-direct benchmark: measure(model, provider, runs), print table(measured).
+
+    The command line of this file and bench/cameras.py (--runs, --model, --provider, --out); the
+    numbers are merged into the results file under key, by provider.
+    """
+    parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--runs', type=int, default=7)
     parser.add_argument('--model', help='model folder (default: a tiny model made here)')
@@ -109,11 +125,15 @@ def main(argv=None) -> int:
             from phi3v_ros.tools.make_tiny_model import make_tiny_model
             model = str(make_tiny_model(os.path.join(scratch, 'tiny'), seed=0, layout='auto'))
         measured = measure(model, args.provider, args.runs)
-    merge_results(args.out, lambda results: results.setdefault('preprocessing', {}).update(
+    merge_results(args.out, lambda results: results.setdefault(key, {}).update(
         {measured['provider']: measured}))
     print(table(measured))
     print(f'numbers written to {args.out}')
     return 0
+
+
+def main(argv=None) -> int:
+    return engine_bench_main(__doc__, 'preprocessing', measure, table, argv)
 
 
 if __name__ == '__main__':

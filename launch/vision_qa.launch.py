@@ -11,12 +11,15 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+import yaml
 
 # Launch arguments that set the node parameter of the same name when they are not empty.
 PARAMETER_ARGUMENTS = [
     ('model_path', 'Phi-3-vision ONNX model folder (default: the fetch_model folder)'),
     ('provider', 'execution provider: auto, cuda or cpu'),
     ('image_topic', 'camera topic (sensor_msgs/Image)'),
+    ('image_topics', 'several cameras, replacing image_topic: "[head/image_raw, wrist/image_raw]" '
+                     'or head/image_raw,wrist/image_raw'),
     ('prompt_topic', 'question topic (std_msgs/String)'),
     ('answer_topic', 'answer topic (std_msgs/String); pieces go to <answer_topic>/stream'),
     ('use_compressed', 'true: subscribe <image_topic>/compressed (sensor_msgs/CompressedImage)'),
@@ -31,6 +34,8 @@ def _node(context):
         value = LaunchConfiguration(name).perform(context)
         if value != '' and name == 'use_compressed':
             overrides[name] = _boolean(name, value)
+        elif value != '' and name == 'image_topics':
+            overrides[name] = _topics(name, value)
         elif value != '':
             overrides[name] = value
     return [Node(
@@ -47,6 +52,15 @@ def _node(context):
         respawn=_boolean('respawn', LaunchConfiguration('respawn').perform(context)),
         respawn_delay=float(LaunchConfiguration('respawn_delay').perform(context)),
     )]
+
+
+def _topics(name, value):
+    """Return the topic names of a YAML list ("[a, b]") or of comma-separated names (a,b)."""
+    topics = yaml.safe_load(value) if value.lstrip().startswith('[') else value.split(',')
+    if not isinstance(topics, list) or not all(isinstance(t, str) and t.strip() for t in topics):
+        raise ValueError(f'{name} must be topic names such as "[head/image_raw, '
+                         f'wrist/image_raw]", not {value!r}')
+    return [topic.strip() for topic in topics]
 
 
 def _boolean(name, value):

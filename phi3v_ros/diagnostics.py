@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
+from phi3v_ros.cameras import describe_frames
 from phi3v_ros.engine_client import EngineState
 
 OK, WARN, ERROR = 0, 1, 2   # diagnostic_msgs/DiagnosticStatus levels
@@ -13,16 +14,20 @@ _LEVELS = {
 }
 
 
-def engine_status(engine, qa, frames, model_path: str,
+def engine_status(engine, qa, cameras, model_path: str,
                   health=None) -> Tuple[int, str, List[Tuple[str, str]]]:
     """
     Describe the engine, the frames and the prompt counts: (level, message, key/value pairs).
+
+    latest_frame_age_s is the oldest of the cameras' latest frames (each camera has its own
+    status too: camera_statuses).
 
     health (a ThreadHealth) raises the level to ERROR while a thread is dead or an internal error
     is recent (guarded_thread.py).
     """
     state = engine.state
-    latest = frames.latest()
+    ages = [found.age_s for found in map(cameras.latest, cameras.names) if found is not None]
+    missing = len(ages) < len(cameras.names)
     counters = qa.counters
     last = qa.last_result
     level = _LEVELS[state]
@@ -44,8 +49,8 @@ def engine_status(engine, qa, frames, model_path: str,
         ('model_path', model_path),
         ('worker_pid', str(engine.pid or '')),
         ('worker_restarts', str(engine.restarts)),
-        ('latest_frame_age_s', 'none' if latest is None else f'{latest.age_s():.3f}'),
-        ('frames_received', str(frames.received)),
+        ('latest_frame_age_s', 'none' if missing else f'{max(ages):.3f}'),
+        ('frames_received', str(cameras.received)),
         ('queue_depth', str(qa.queue_depth)),
         ('prompts_received', str(counters.received)),
         ('prompts_answered', str(counters.answered)),
@@ -54,9 +59,41 @@ def engine_status(engine, qa, frames, model_path: str,
         ('last_time_to_first_token_s',
          '' if last is None else f'{last.time_to_first_token_s:.3f}'),
         ('last_tokens_per_s', '' if last is None else f'{last.decode_tokens_per_s:.1f}'),
+        ('last_answer_frames', describe_frames(qa.last_frames)),
         ('frame_transport', getattr(engine, 'frame_transport', '')),
         ('internal_errors', str(health.error_count if health is not None else 0)),
         ('last_internal_error', '' if last_error is None
          else f'{last_error.thread}: {last_error.text}'),
     ]
     return level, message, values
+
+
+CameraStatus = Tuple[int, str, str, List[Tuple[str, str]]]   # level, camera, message, values
+
+
+def camera_statuses(cameras, max_image_age_s: float) -> List[CameraStatus]:
+    """
+    Describe each camera: (level, camera, message, key/value pairs), in the cameras' order.
+
+    WARN while a camera has sent nothing, or while its latest frame is older than max_image_age
+    (when set): a prompt would wait for it, then fail naming it.
+    """
+    statuses = []
+    for name, rate in cameras.rates().items():
+        found = cameras.latest(name)
+        if found is None:
+            level, message = WARN, 'no frame received'
+        elif max_image_age_s > 0 and found.age_s > max_image_age_s:
+            level, message = WARN, (f'latest frame {found.age_s:.1f} s old, older than '
+                                    f'max_image_age ({max_image_age_s:g} s)')
+        else:
+            level, message = OK, f'latest frame {found.age_s:.3f} s old'
+        statuses.append((level, name, message, [
+            ('frames_received', str(cameras.cache(name).received)),
+            ('rate_hz', f'{rate:.2f}'),
+            ('latest_frame_age_s', 'none' if found is None else f'{found.age_s:.3f}'),
+            ('age_source', '' if found is None else found.age_source),
+            ('latest_stamp', '' if found is None else f'{found.frame.stamp_s:.6f}'),
+            ('frame_id', '' if found is None else found.frame.frame_id),
+        ]))
+    return statuses

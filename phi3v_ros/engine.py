@@ -6,6 +6,7 @@ the GIL through the whole prefill and some of its failures end the process they 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -276,49 +277,64 @@ class Engine:
         result.total_s = time.perf_counter() - start
         return result
 
-    def _processor_images(self, image, result: Result) -> object:
-        bounded = bound_longest_side(image, self.config.max_image_side)
-        result.image_size = bounded.shape[:2]
-        result.image_crops = MAX_CROPS + 1   # the processor pads to 17 crops whatever the image
-        encoded = encode_image(bounded, self.config.image_format, self.config.jpeg_quality)
-        if self._open_bytes is not None:
-            return self._open_bytes(encoded)
-        # Releases before open_bytes only read files: hand them the same self-encoded bytes.
-        suffix = '.png' if self.config.image_format == 'png' else '.jpg'
-        with tempfile.NamedTemporaryFile(suffix=suffix) as f:
-            f.write(encoded)
-            f.flush()
-            return self._og.Images.open(f.name)
+    def _processor_images(self, images, result: Result) -> object:
+        bounded = [bound_longest_side(image, self.config.max_image_side) for image in images]
+        result.image_sizes = tuple(tuple(image.shape[:2]) for image in bounded)
+        # the processor pads every image to 17 crops whatever its size
+        result.image_crops = (MAX_CROPS + 1) * len(bounded)
+        encoded = [encode_image(image, self.config.image_format, self.config.jpeg_quality)
+                   for image in bounded]
+        try:
+            if self._open_bytes is not None:
+                return self._open_bytes(*encoded)
+            # Releases before open_bytes only read files: hand them the same self-encoded bytes.
+            suffix = '.png' if self.config.image_format == 'png' else '.jpg'
+            with contextlib.ExitStack() as files:
+                names = []
+                for data in encoded:
+                    f = files.enter_context(tempfile.NamedTemporaryFile(suffix=suffix))
+                    f.write(data)
+                    f.flush()
+                    names.append(f.name)
+                return self._og.Images.open(*names)
+        except self._genai_errors as exc:
+            if len(encoded) > 1 and 'multiple images' in str(exc):   # 0.4: "Loading multiple..."
+                raise EngineError(
+                    f'onnxruntime-genai {self.genai_version} cannot take several images in one '
+                    f'prompt ({exc}): several cameras (image_topics) need 0.5 or later') from exc
+            raise
 
     def _generate(self, request: Request, result: Result, start: float,
                   on_piece: Optional[Callable[[str], None]],
                   should_stop: Callable[[], bool]) -> None:
         settings = request.settings
         settings.validate()
-        has_image = request.image is not None
-        prompt = build_chat_prompt(request.prompt, has_image=has_image,
-                                   system_prompt=request.system_prompt, history=request.history)
-        image = None
+        prompt = build_chat_prompt(request.prompt, images=len(request.images),
+                                   cameras=request.cameras, system_prompt=request.system_prompt,
+                                   history=request.history)
+        prepared = []    # hd_transform.ImageInputs, one per image (own preprocessing)
         if self.image_preprocessing == 'processor':
             images = None
-            if has_image:
-                images = self._processor_images(request.image, result)
+            if request.images:
+                images = self._processor_images(request.images, result)
                 result.image_prepare_s = time.perf_counter() - start
             inputs = self._processor(prompt, images=images)
             result.prompt_tokens, result.image_tokens = self._count_prompt(
-                inputs, prompt, result.image_size if has_image else None)
+                inputs, prompt, result.image_sizes)
         else:
-            if has_image:
+            for image in request.images:
                 try:
-                    image = prepare_image(request.image, settings.max_crops,
-                                          exact=self.image_preprocessing == 'exact')
+                    prepared.append(prepare_image(image, settings.max_crops,
+                                                  exact=self.image_preprocessing == 'exact'))
                 except Exception as exc:   # noqa: BLE001 - numpy, OpenCV: one bad frame
                     raise EngineError(f'the image could not be prepared for the model '
                                       f'({type(exc).__name__}: {exc})') from exc
-                result.image_size = tuple(request.image.shape[:2])
-                result.image_crops = int(image.pixel_values.shape[0])
+            if prepared:
+                result.image_sizes = tuple(tuple(image.shape[:2]) for image in request.images)
+                result.image_crops = sum(int(one.pixel_values.shape[0]) for one in prepared)
                 result.image_prepare_s = time.perf_counter() - start
-            inputs, result.prompt_tokens, result.image_tokens = self._inputs.build(prompt, image)
+            inputs, result.prompt_tokens, result.image_tokens = self._inputs.build(prompt,
+                                                                                   prepared)
         if result.prompt_tokens >= self.context_length:
             raise EngineError(
                 f'the prompt is {result.prompt_tokens} tokens long, the model takes at most '
@@ -330,9 +346,9 @@ class Engine:
         self.memory_guard.check(result.max_length)
         search = self._search_options(settings, result.max_length)
         try:
-            generator = self._start_adapting_pixels(inputs, search, prompt, image)
+            generator = self._start_adapting_pixels(inputs, search, prompt, prepared)
         except self._genai_errors as exc:
-            if image is None or self._own_image_inputs_worked:
+            if not prepared or self._own_image_inputs_worked:
                 raise
             # The first image through the inputs built here failed, where genai's processor may
             # not (a vision graph needing what only the processor gives): use it from now on.
@@ -343,7 +359,7 @@ class Engine:
             self.image_preprocessing = 'processor'
             self._generate(request, result, start, on_piece, should_stop)
             return
-        if image is not None:
+        if prepared:
             self._own_image_inputs_worked = True
         try:
             if not self._generator_takes_inputs and not self._inputs_readable:
@@ -352,7 +368,7 @@ class Engine:
         finally:
             del generator   # holds the KV cache (and on CUDA a captured graph)
 
-    def _start_adapting_pixels(self, inputs, search: dict, prompt: str, image):
+    def _start_adapting_pixels(self, inputs, search: dict, prompt: str, images: list):
         """
         Start the generator; adapt the pixel values once to what the vision graph declares.
 
@@ -367,16 +383,15 @@ class Engine:
             try:
                 generator = self._start_generator(attempt[0], search)
             except self._genai_errors as exc:
-                fixed = None if image is None else self._inputs.fixed_crop_count(exc)
-                if image is not None and dtype == np.float32 and \
-                        self._inputs.wants_float16(exc):
+                fixed = self._inputs.fixed_crop_count(exc) if images else None
+                if images and dtype == np.float32 and self._inputs.wants_float16(exc):
                     dtype = np.float16
                 elif fixed is not None and pad_to is None:
                     pad_to = fixed
                 else:
                     raise
                 attempt[0] = None
-                attempt[0] = self._inputs.build(prompt, image, pixel_dtype=dtype,
+                attempt[0] = self._inputs.build(prompt, images, pixel_dtype=dtype,
                                                 pad_crops_to=pad_to)[0]
                 continue
             self._inputs.pixel_dtype, self._inputs.pad_crops_to = dtype, pad_to
@@ -411,18 +426,17 @@ class Engine:
                 raise
         return generator
 
-    def _count_prompt(self, inputs, prompt: str, image_size: Optional[tuple]) -> tuple:
+    def _count_prompt(self, inputs, prompt: str, image_sizes: tuple) -> tuple:
         """Return (prompt tokens, image tokens) of the processor's output ``inputs``."""
         if self._inputs_readable:
             image_tokens = 0
-            if image_size is not None:
+            if image_sizes:
                 image_tokens = int(inputs['num_image_tokens'].as_numpy().sum())
             return int(inputs['input_ids'].as_numpy().shape[-1]), image_tokens
         # 0.4-0.6 hide them: the ids the processor built, counted by building them the same way
-        image_tokens = 0 if image_size is None else crop_grid(*image_size).image_tokens
-        input_ids = prompt_token_ids(self._tokenizer.encode, prompt,
-                                     [image_tokens] if image_size is not None else [])
-        return int(input_ids.shape[1]), image_tokens
+        per_image = [crop_grid(*size).image_tokens for size in image_sizes]
+        input_ids = prompt_token_ids(self._tokenizer.encode, prompt, per_image)
+        return int(input_ids.shape[1]), sum(per_image)
 
     def _decode_loop(self, generator, result: Result, start: float,
                      on_piece: Optional[Callable[[str], None]],

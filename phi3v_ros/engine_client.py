@@ -245,12 +245,14 @@ class EngineClient:
                on_piece: Callable[[str], None] = lambda piece: None) -> int:
         """Start a request; returns its id. Raises EngineError when not ready or already busy."""
         self._check_can_submit()
-        # The frame is copied into shared memory outside the lock: only the one thread that
-        # submits (the dispatcher) touches the block while no request is in flight.
-        frame, pixels = self._place_frame(request.image)
+        # The frames are copied into shared memory outside the lock: only the one thread that
+        # submits (the dispatcher) touches the blocks while no request is in flight.
+        placed = [self._place_frame(image, slot) for slot, image in enumerate(request.images)]
         item = WorkItem(prompt=request.prompt, settings=request.settings,
                         system_prompt=request.system_prompt, history=tuple(request.history),
-                        frame=frame, pixels=pixels)
+                        frames=tuple(frame for frame, _ in placed),
+                        pixels=tuple(pixels for _, pixels in placed),
+                        cameras=tuple(request.cameras))
         with self._lock:
             self._check_can_submit_locked()
             request_id = next(self._ids)
@@ -261,19 +263,19 @@ class EngineClient:
         worker.send(('generate', request_id, item))
         return request_id
 
-    def frame_buffer(self, shape: tuple):
+    def frame_buffer(self, shape: tuple, slot: int = 0):
         """
-        Return an array in the shared block frames travel in, or None.
+        Return an array in the shared block image number slot of a request travels in, or None.
 
         The next request's frame can be converted straight into it (submit() then copies nothing).
-        None while a request is in flight (its frame is in the block) and where shared memory
+        None while a request is in flight (its frames are in the blocks) and where shared memory
         cannot be had (the frame then goes through the pipe).
         """
         with self._lock:
             if self._in_flight is not None or self._closing.is_set() or self._shm_problem:
                 return None
         try:
-            return self._frames.buffer(shape)
+            return self._frames.buffer(shape, slot)
         except SharedMemoryUnavailable as exc:
             self._shared_memory_failed(exc)
             return None
@@ -380,13 +382,11 @@ class EngineClient:
 
     # -- frames -------------------------------------------------------------------------------
 
-    def _place_frame(self, image):
+    def _place_frame(self, image, slot: int):
         """Return (FrameRef, None) with the frame in shared memory, or (None, pixels)."""
-        if image is None:
-            return None, None
         if not self._shm_problem:
             try:
-                return self._frames.put(image), None
+                return self._frames.put(image, slot), None
             except SharedMemoryUnavailable as exc:
                 self._shared_memory_failed(exc)
         return None, image

@@ -56,18 +56,19 @@ class FrameConverter:
     """
     Convert a frame's message (Image or CompressedImage) to an RGB array.
 
-    allocate(shape) may give the array to convert a raw frame into (the engine's shared memory,
-    see EngineClient.frame_buffer), or None; compressed and cv_bridge frames get their own array.
+    allocate(shape, slot) may give the array to convert a raw frame into (the engine's shared
+    memory for image number slot of the request, see EngineClient.frame_buffer), or None;
+    compressed and cv_bridge frames get their own array.
     """
 
     def __init__(self, max_pixels: int,
                  fallback: Optional[Callable[[object], np.ndarray]] = None,
-                 allocate: Optional[Callable[[tuple], Optional[np.ndarray]]] = None) -> None:
+                 allocate: Optional[Callable[[tuple, int], Optional[np.ndarray]]] = None) -> None:
         self.max_pixels = max_pixels
         self.fallback = fallback
         self.allocate = allocate
 
-    def __call__(self, frame: Frame) -> np.ndarray:
+    def __call__(self, frame: Frame, slot: int = 0) -> np.ndarray:
         message = frame.message
         if hasattr(message, 'format'):     # sensor_msgs/CompressedImage
             return compressed_to_rgb(message, max_pixels=self.max_pixels)
@@ -80,9 +81,10 @@ class FrameConverter:
                     f'the frame has {message.width}x{message.height} pixels, more than '
                     f'max_image_pixels ({self.max_pixels})')
             return self.fallback(message)
-        return image_to_rgb(message, max_pixels=self.max_pixels, out=self._destination(message))
+        return image_to_rgb(message, max_pixels=self.max_pixels,
+                            out=self._destination(message, slot))
 
-    def _destination(self, message) -> Optional[np.ndarray]:
+    def _destination(self, message, slot: int) -> Optional[np.ndarray]:
         if self.allocate is None:
             return None
         # Only frames image_to_rgb will accept, their data length included: a header that
@@ -91,4 +93,4 @@ class FrameConverter:
             height, width = raw_image_size(message, max_pixels=self.max_pixels)
         except ImageConversionError:
             return None     # image_to_rgb refuses it with the reason
-        return self.allocate((height, width, 3))
+        return self.allocate((height, width, 3), slot)

@@ -1,10 +1,12 @@
 """
-Frames travel from the node to the worker through one shared-memory block, not through the pipe.
+Frames travel from the node to the worker through shared memory, not through the pipe.
+
+One block per image of a request (a request has several with several cameras).
 
 Measured on the 2-core CI machine: a 1920x1080 RGB frame costs 16.7 ms through a multiprocessing
-pipe and 1.4 ms through shared memory (copy in + notify + copy out). The parent owns the block and
-unlinks it on close; the worker only attaches. Only one request is in flight at a time, so the
-parent never rewrites the block while the worker reads it.
+pipe and 1.4 ms through shared memory (copy in + notify + copy out). The parent owns the blocks
+and unlinks them on close; the worker only attaches. Only one request is in flight at a time, so
+the parent never rewrites a block while the worker reads it.
 
 The block's pages are reserved when it is created (posix_fallocate): a block created sparse, as
 multiprocessing does it, gets its pages only when they are first written, and the first page past
@@ -18,7 +20,7 @@ import mmap
 from multiprocessing import shared_memory
 import os
 import threading
-from typing import Optional, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 
@@ -54,68 +56,73 @@ def _reserved_block(size: int) -> shared_memory.SharedMemory:
 
 class FrameSender:
     """
-    Parent side: copies a frame into a shared block that grows as needed.
+    Parent side: copies frames into shared blocks that grow as needed, one block per image slot.
 
-    buffer() hands out the block itself, so that a frame can be converted straight into it; put()
-    of that very array then copies nothing (a 1920x1080 frame: one 6 MB copy less, ~1 ms here).
+    A request with several images (cameras) puts image k in slot k. buffer() hands out a slot's
+    block itself, so that a frame can be converted straight into it; put() of that very array
+    then copies nothing (a 1920x1080 frame: one 6 MB copy less, ~1 ms here).
     """
 
     def __init__(self) -> None:
-        self._block: Optional[shared_memory.SharedMemory] = None
-        # The dispatcher uses the block while close() may come from the node's shutdown: after
+        self._blocks: Dict[int, shared_memory.SharedMemory] = {}
+        # The dispatcher uses the blocks while close() may come from the node's shutdown: after
         # close() no block is created any more (it would never be unlinked).
         self._lock = threading.Lock()
         self._closed = False
 
-    def _reserve(self, nbytes: int) -> None:
+    def _reserve(self, slot: int, nbytes: int) -> shared_memory.SharedMemory:
         if self._closed:
             raise SharedMemoryUnavailable('the frame sender is closed')
-        if self._block is None or self._block.size < nbytes:
-            self._release()
+        block = self._blocks.get(slot)
+        if block is None or block.size < nbytes:
+            self._release(slot)
             # Round up so that a stream of slightly different sizes does not reallocate every time.
-            size = max(nbytes, 1) + (1 << 20)
-            self._block = _reserved_block(size)
+            block = self._blocks[slot] = _reserved_block(max(nbytes, 1) + (1 << 20))
+        return block
 
-    def buffer(self, shape: Tuple[int, ...]) -> np.ndarray:
+    def buffer(self, shape: Tuple[int, ...], slot: int = 0) -> np.ndarray:
         """
-        Return a writable uint8 array of this shape in the shared block.
+        Return a writable uint8 array of this shape in the slot's shared block.
 
-        It is valid until the next buffer/put. Raises SharedMemoryUnavailable.
+        It is valid until the slot's next buffer/put. Raises SharedMemoryUnavailable.
         """
         with self._lock:
-            self._reserve(int(np.prod(shape)))
-            return np.ndarray(shape, np.uint8, self._block.buf)
+            block = self._reserve(slot, int(np.prod(shape)))
+            return np.ndarray(shape, np.uint8, block.buf)
 
-    def put(self, frame: np.ndarray) -> FrameRef:
-        """Copy frame into the block (unless it is in it); raises SharedMemoryUnavailable."""
+    def put(self, frame: np.ndarray, slot: int = 0) -> FrameRef:
+        """Copy frame into the slot's block unless it is there; raises SharedMemoryUnavailable."""
         if frame.dtype != np.uint8:
             raise ValueError(f'frames must be uint8, not {frame.dtype}')
         with self._lock:
-            if not self._holds(frame):
-                self._reserve(frame.nbytes)
-                np.ndarray(frame.shape, np.uint8, self._block.buf)[...] = frame
-            return self._block.name, tuple(frame.shape)
+            if not self._holds(frame, slot):
+                block = self._reserve(slot, frame.nbytes)
+                np.ndarray(frame.shape, np.uint8, block.buf)[...] = frame
+            return self._blocks[slot].name, tuple(frame.shape)
 
-    def _holds(self, frame: np.ndarray) -> bool:
-        """Check that frame is a buffer() of the current block, laid out as put() writes it."""
-        if self._block is None or not frame.flags.c_contiguous:
+    def _holds(self, frame: np.ndarray, slot: int) -> bool:
+        """Check that frame is a buffer() of the slot's block, laid out as put() writes it."""
+        block = self._blocks.get(slot)
+        if block is None or not frame.flags.c_contiguous:
             return False
-        start = np.ndarray((1,), np.uint8, self._block.buf).ctypes.data
-        return frame.ctypes.data == start and frame.nbytes <= self._block.size
+        start = np.ndarray((1,), np.uint8, block.buf).ctypes.data
+        return frame.ctypes.data == start and frame.nbytes <= block.size
 
     @property
-    def name(self) -> Optional[str]:
-        return None if self._block is None else self._block.name
+    def names(self) -> Tuple[str, ...]:
+        """Return the shared blocks' names, by slot."""
+        return tuple(self._blocks[slot].name for slot in sorted(self._blocks))
 
     def close(self) -> None:
-        """Unlink the block; later buffer()/put() raise SharedMemoryUnavailable."""
+        """Unlink every block; later buffer()/put() raise SharedMemoryUnavailable."""
         with self._lock:
             self._closed = True
-            self._release()
+            for slot in list(self._blocks):
+                self._release(slot)
 
-    def _release(self) -> None:
-        if self._block is not None:
-            block, self._block = self._block, None
+    def _release(self, slot: int) -> None:
+        block = self._blocks.pop(slot, None)
+        if block is not None:
             try:
                 block.close()
             except BufferError:
@@ -129,7 +136,7 @@ class FrameSender:
 
 class FrameReceiver:
     """
-    Worker side: maps the parent's block (kept across requests) read-only and views the frame.
+    Worker side: maps the parent's blocks (kept across requests) read-only and views frames.
 
     It maps /dev/shm/<name> itself rather than through SharedMemory: on Python < 3.13 attaching
     registers the block with a resource tracker of the worker's own (the worker is not a
@@ -137,25 +144,28 @@ class FrameReceiver:
     """
 
     def __init__(self) -> None:
-        self._name: Optional[str] = None
-        self._map: Optional[mmap.mmap] = None
+        self._maps: Dict[int, Tuple[str, mmap.mmap]] = {}    # slot -> (block name, its map)
 
-    def view(self, ref: FrameRef) -> np.ndarray:
+    def view(self, ref: FrameRef, slot: int = 0) -> np.ndarray:
         name, shape = ref
-        if self._map is None or self._name != name:
-            self.close()
+        mapped = self._maps.get(slot)
+        if mapped is None or mapped[0] != name:
+            self._unmap(slot)
             fd = os.open(f'/dev/shm/{name.lstrip("/")}', os.O_RDONLY)
             try:
-                self._map = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+                mapped = self._maps[slot] = (name, mmap.mmap(fd, 0, prot=mmap.PROT_READ))
             finally:
                 os.close(fd)
-            self._name = name
-        return np.ndarray(shape, np.uint8, self._map)
+        return np.ndarray(shape, np.uint8, mapped[1])
 
     def close(self) -> None:
-        if self._map is not None:
-            mapped, self._map = self._map, None
+        for slot in list(self._maps):
+            self._unmap(slot)
+
+    def _unmap(self, slot: int) -> None:
+        mapped = self._maps.pop(slot, None)
+        if mapped is not None:
             try:
-                mapped.close()
+                mapped[1].close()
             except BufferError:
                 pass    # a view is still alive: unmapped when it goes

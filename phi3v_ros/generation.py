@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 
 class StopReason(str, enum.Enum):
@@ -58,11 +58,16 @@ class Turn:
 
 @dataclasses.dataclass
 class Request:
-    """One question for the engine. image is an RGB uint8 array (H, W, 3) or None for text only."""
+    """
+    One question for the engine, about images (RGB uint8 arrays (H, W, 3)), or text only.
+
+    cameras, when given, names each image's camera (its topic) for the model, in the same order.
+    """
 
     prompt: str
-    # numpy.ndarray; typed loosely so this module needs no numpy
-    image: Optional[object] = None
+    # numpy.ndarrays; typed loosely so this module needs no numpy
+    images: Tuple[object, ...] = ()
+    cameras: Tuple[str, ...] = ()
     settings: GenerationSettings = dataclasses.field(default_factory=GenerationSettings)
     system_prompt: str = ''
     history: Tuple[Turn, ...] = ()
@@ -83,8 +88,10 @@ class Result:
     time_to_first_token_s: float = 0.0  # processor + set_inputs (vision + prefill) + first token
     decode_tokens_per_s: float = 0.0    # tokens after the first, over the time after the first
     total_s: float = 0.0
-    image_size: Tuple[int, int] = (0, 0)  # (height, width) of the frame the inputs came from
-    image_crops: int = 0                # crops through the vision encoder (global view included)
+    # (height, width) of each frame the inputs came from, in image order
+    image_sizes: Tuple[Tuple[int, int], ...] = ()
+    # crops through the vision encoder, all images together (global views included)
+    image_crops: int = 0
     # the model's image inputs built from the frame (own tensors), or bounding + PNG/JPEG encoding
     # for genai's processor, in the worker
     image_prepare_s: float = 0.0

@@ -11,8 +11,10 @@ encoding in between and a budget of 1-16 crops:
   N copies of -k; int64 ids would be misread;
 - ``pixel_values`` [images, crops, 3, 336, 336], float32 (or float16 for an fp16 vision graph:
   nothing casts NamedTensors for us);
-- ``image_sizes`` int64 [[H, W]] (the padded size) and ``num_image_tokens`` int64 [[N]], where N
-  must equal the rows the vision graph emits, or generation fails.
+- ``image_sizes`` int64 [images, 2] (each padded size [H, W]) and ``num_image_tokens`` int64
+  [images, 1], where each N must equal the rows the vision graph emits for that image, or
+  generation fails. Several images are stacked with zero crops up to the largest crop count, as
+  the processor does (its pixel_values are [images, 17, ...]).
 
 NamedTensors filled from numpy came in onnxruntime-genai 0.7 (0.4-0.6 cannot construct them):
 takes_own_inputs() says whether the installed release can; the engine falls back to the processor
@@ -105,27 +107,35 @@ class InputBuilder:
         found = _FIXED_CROPS.search(str(error))
         return int(found.group(1)) if found else None
 
-    def build(self, prompt: str, image: Optional[ImageInputs], pixel_dtype=None,
+    def build(self, prompt: str, images: Sequence[ImageInputs], pixel_dtype=None,
               pad_crops_to: Optional[int] = None) -> tuple:
         """
-        Return (NamedTensors, prompt tokens, image tokens) for prompt and at most one image.
+        Return (NamedTensors, prompt tokens, image tokens) for prompt and its images (maybe none).
 
-        pixel_dtype and pad_crops_to override self.pixel_dtype and self.pad_crops_to for this call.
+        Images of different crop counts are stacked with zero crops appended to the largest
+        count, as the processor pads them; the vision graph reads each image's real crops from
+        image_sizes. pixel_dtype and pad_crops_to override self.pixel_dtype and
+        self.pad_crops_to for this call.
         """
-        image_tokens = [image.num_image_tokens] if image is not None else []
+        image_tokens = [image.num_image_tokens for image in images]
         input_ids = prompt_token_ids(self._tokenizer.encode, prompt, image_tokens)
         named = self._og.NamedTensors()
         named['input_ids'] = input_ids
-        if image is not None:
-            crops = image.pixel_values.shape[0]
-            total = max(crops, pad_crops_to or self.pad_crops_to or crops)
+        if images:
+            crops = [image.pixel_values.shape[0] for image in images]
+            total = max(max(crops), pad_crops_to or self.pad_crops_to or 0)
             dtype = pixel_dtype or self.pixel_dtype
-            if total == crops:   # no copy when the type is already right
-                pixel_values = np.ascontiguousarray(image.pixel_values[np.newaxis], dtype=dtype)
+            crop_shape = images[0].pixel_values.shape[1:]
+            if len(images) == 1 and total == crops[0]:   # no copy when the type is already right
+                pixel_values = np.ascontiguousarray(images[0].pixel_values[np.newaxis],
+                                                    dtype=dtype)
             else:
-                pixel_values = np.zeros((1, total) + image.pixel_values.shape[1:], dtype=dtype)
-                pixel_values[0, :crops] = image.pixel_values
+                pixel_values = np.zeros((len(images), total) + crop_shape, dtype=dtype)
+                for index, image in enumerate(images):
+                    pixel_values[index, :crops[index]] = image.pixel_values
             named['pixel_values'] = pixel_values
-            named['image_sizes'] = np.asarray([image.image_size], dtype=np.int64)
-            named['num_image_tokens'] = np.asarray([[image.num_image_tokens]], dtype=np.int64)
+            named['image_sizes'] = np.asarray([image.image_size for image in images],
+                                              dtype=np.int64)
+            named['num_image_tokens'] = np.asarray([[count] for count in image_tokens],
+                                                   dtype=np.int64)
         return named, int(input_ids.shape[1]), int(sum(image_tokens))

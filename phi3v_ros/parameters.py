@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Optional, Tuple
 
 from phi3v_ros.engine import IMAGE_PREPROCESSING, PROVIDERS
+from phi3v_ros.frame_cache import AGE_SOURCES
 from phi3v_ros.generation import GenerationSettings
 from phi3v_ros.image_preparation import IMAGE_FORMATS
 from phi3v_ros.model_paths import default_model_path
@@ -73,9 +74,18 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   read_only=True, value_range=(1.0, 7200.0)),
     # -- topics --
     ParameterSpec('image_topic', 'image', 'camera topic (sensor_msgs/Image)', read_only=True),
+    ParameterSpec('image_topics', [],
+                  'several cameras: their topics, replacing image_topic; every prompt is '
+                  'answered from the latest frame of each, and the model is told which image '
+                  'comes from which topic', read_only=True),
     ParameterSpec('use_compressed', False,
-                  'subscribe <image_topic>/compressed (sensor_msgs/CompressedImage) instead',
-                  read_only=True),
+                  'subscribe <image_topic>/compressed (sensor_msgs/CompressedImage) instead (each '
+                  'of image_topics likewise)', read_only=True),
+    ParameterSpec('frame_age_source', 'stamp',
+                  "how a frame's age is measured: stamp (its header stamp against the node's "
+                  'clock, simulated time under use_sim_time; a zero stamp, or one ahead of the '
+                  'clock by more than 0.5 s, falls back to arrival) or arrival (on this machine)',
+                  read_only=True, choices=AGE_SOURCES),
     ParameterSpec('image_reliability', 'best_effort',
                   'camera QoS reliability: best_effort or reliable',
                   read_only=True, choices=('best_effort', 'reliable')),
@@ -136,7 +146,8 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
 BY_NAME = {spec.name: spec for spec in PARAMETERS}
 
 # What each parameter type is called in messages.
-_TYPE_NAMES = {bool: 'a boolean', int: 'an integer', float: 'a double', str: 'a string'}
+_TYPE_NAMES = {bool: 'a boolean', int: 'an integer', float: 'a double', str: 'a string',
+               list: 'a list of strings'}
 
 
 def default_for(name: str, values: dict) -> Any:
@@ -154,6 +165,11 @@ def type_mismatch(name: str, value: Any) -> Optional[str]:
     """
     expected = type(BY_NAME[name].default)
     given = type(value)
+    if expected is list:    # a string array; an empty one comes as rclpy's typeless []
+        if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+            return None
+        return f'{name} must be a list of strings such as "[front/image, rear/image]", not ' \
+               f'{value!r}'
     if given is expected:
         return None
     wanted = f'{name} must be {_TYPE_NAMES[expected]}'
@@ -172,6 +188,12 @@ def type_mismatch(name: str, value: Any) -> Optional[str]:
 def check_value(name: str, value: Any) -> Optional[str]:
     """None if value is allowed for the parameter, else the reason (ranges, choices)."""
     spec = BY_NAME[name]
+    if name == 'image_topics':
+        if any(not topic.strip() for topic in value):
+            return 'image_topics must not contain an empty topic name'
+        if len(set(value)) != len(value):
+            return f'image_topics names a topic twice: {list(value)}'
+        return None
     if spec.choices and value not in spec.choices:
         return f'{name} must be one of {", ".join(spec.choices)}, not {value!r}'
     if spec.value_range is not None and not spec.value_range[0] <= value <= spec.value_range[1]:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from phi3v_ros.errors import PromptError
 from phi3v_ros.generation import Turn
 
-IMAGE_TAG = '<|image_1|>'
+IMAGE_TAG = '<|image_{}|>'
 
 # Any `<|name|>` in user text would be read by the processor as a chat or image tag: an injected
 # `<|image_1|>` adds an image slot (and fails the request), an injected `<|end|>` ends the turn.
@@ -38,12 +38,30 @@ def validate_question(text: str, max_chars: int) -> str:
     return question
 
 
-def build_chat_prompt(question: str, *, has_image: bool, system_prompt: str = '',
-                      history: Iterable[Turn] = ()) -> str:
+def image_tags(images: int, cameras: Sequence[str] = ()) -> str:
+    """
+    Return the current turn's image tags, each introduced by its camera when cameras name them.
+
+    One unnamed image is the bare tag, as the model card's prompts have it; with cameras (one name
+    per image), 'Image 1, from camera /head/image_raw:' precedes each tag, so that a question
+    can name a camera and the model knows which image that is.
+    """
+    if cameras and len(cameras) != images:
+        raise ValueError(f'{images} images but {len(cameras)} camera names')
+    lines = []
+    for number in range(1, images + 1):
+        if cameras:
+            lines.append(f'Image {number}, from camera {neutralize(cameras[number - 1])}:\n')
+        lines.append(IMAGE_TAG.format(number) + '\n')
+    return ''.join(lines)
+
+
+def build_chat_prompt(question: str, *, images: int = 0, cameras: Sequence[str] = (),
+                      system_prompt: str = '', history: Iterable[Turn] = ()) -> str:
     """
     Build the prompt in the Phi-3 chat format.
 
-    The image tag goes into the current turn only (earlier turns are text).
+    The image tags go into the current turn only (earlier turns are text).
     """
     parts = []
     if system_prompt.strip():
@@ -51,6 +69,6 @@ def build_chat_prompt(question: str, *, has_image: bool, system_prompt: str = ''
     for turn in history:
         parts.append(f'<|user|>\n{neutralize(turn.question)}<|end|>\n')
         parts.append(f'<|assistant|>\n{neutralize(turn.answer)}<|end|>\n')
-    image = f'{IMAGE_TAG}\n' if has_image else ''
-    parts.append(f'<|user|>\n{image}{neutralize(question)}<|end|>\n<|assistant|>\n')
+    tags = image_tags(images, cameras)
+    parts.append(f'<|user|>\n{tags}{neutralize(question)}<|end|>\n<|assistant|>\n')
     return ''.join(parts)

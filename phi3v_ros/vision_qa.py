@@ -2,15 +2,15 @@
 The question-answering service behind the node, without ROS: prompts in, one reply each out.
 
 A prompt is validated on arrival, waits in a bounded queue while the engine is busy or loading,
-gets the latest fresh frame bound to it when its turn comes, and is answered by the engine in the
-worker process. Every prompt gets exactly one reply: the answer, or a sentence starting with
-ERROR_PREFIX.
+gets the latest fresh frame of every camera bound to it when its turn comes (cameras.py), and is
+answered by the engine in the worker process. Every prompt gets exactly one reply: the answer,
+or a sentence starting with ERROR_PREFIX.
 
 Threads (the concurrency model):
 - ROS callbacks call ask(), cancel(), reset_history(), configure(): they never block on the
   engine; ask() replies at once to a prompt it refuses (from the caller's thread).
 - The dispatcher thread ('phi3v-dispatcher', guarded: see guarded_thread.py) takes one prompt at
-  a time, binds a frame to it, submits it to the engine and waits for the result. Every wait it
+  a time, binds the frames to it, submits it to the engine and waits for the result. Every wait it
   does is bounded (engine_wait_timeout, image_wait_timeout, and for the result: no progress for
   the engine's stall_timeout plus RESULT_GRACE_S) and ends in an ERROR reply; an unexpected
   exception while serving a prompt is that prompt's ERROR reply ('internal error').
@@ -23,11 +23,12 @@ import dataclasses
 import itertools
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
+from phi3v_ros.cameras import BoundFrame, Cameras, CamerasNotReady
 from phi3v_ros.engine_client import EngineState
 from phi3v_ros.errors import EngineError, ImageConversionError, PromptError
-from phi3v_ros.frame_cache import Frame, FrameCache
+from phi3v_ros.frame_cache import Frame
 from phi3v_ros.generation import GenerationSettings, Request, Result, StopReason
 from phi3v_ros.guarded_thread import start_guarded, ThreadHealth
 from phi3v_ros.history import ConversationHistory
@@ -75,7 +76,7 @@ class Reply:
     text: str
     outcome: str
     result: Optional[Result] = None
-    frame: Optional[Frame] = None
+    frames: Tuple[BoundFrame, ...] = ()     # one per camera, in image order; () for text only
     # Where the node's own time went, in seconds (see VisionQA._serve), plus 'stream_messages'
     # (a count).
     timings: Dict[str, float] = dataclasses.field(default_factory=dict)
@@ -112,9 +113,15 @@ class _Failed(Exception):
 
 
 class VisionQA:
-    """Owns the queue and the dispatcher thread; the engine and the frame source are given."""
+    """
+    Owns the queue and the dispatcher thread; the engine and the cameras are given.
 
-    def __init__(self, engine, frames: FrameCache, convert_frame: Callable[[Frame], object],
+    convert_frame(frame, slot) returns the RGB array of a camera's frame; slot is the image's
+    place in the request (0, 1, ...), for a converter that writes into per-image buffers.
+    """
+
+    def __init__(self, engine, cameras: Cameras,
+                 convert_frame: Callable[[Frame, int], object],
                  on_reply: Callable[[Reply], None],
                  on_piece: Callable[[Ticket, str], None] = lambda ticket, piece: None,
                  options: QAOptions = QAOptions(),
@@ -122,7 +129,7 @@ class VisionQA:
                  health: Optional[ThreadHealth] = None,
                  result_grace_s: float = RESULT_GRACE_S) -> None:
         self._engine = engine
-        self._frames = frames
+        self._cameras = cameras
         self._convert_frame = convert_frame
         self._on_reply = on_reply
         self._on_piece = on_piece
@@ -138,6 +145,7 @@ class VisionQA:
         self._current: Optional[_Current] = None
         self.counters = Counters()
         self.last_result: Optional[Result] = None
+        self.last_frames: Tuple[BoundFrame, ...] = ()   # the frames of the last answer
         self._thread: Optional[threading.Thread] = None
 
     # -- called from ROS callbacks --------------------------------------------------------------
@@ -257,42 +265,44 @@ class VisionQA:
         """
         Answer one taken prompt.
 
-        timings (seconds): queue = arrival to taken; wait = for the engine and a fresh frame;
-        convert = the frame to RGB; to_worker = into shared memory + the request down the pipe;
+        timings (seconds): queue = arrival to taken; wait = for the engine and fresh frames;
+        convert = the frames to RGB; to_worker = into shared memory + the request down the pipe;
         handoff = worker round trip outside Engine.generate; reply = result to reply.
         """
         ticket = current.ticket
         options = self._options
-        frame = None
+        frames = ()
         timings = {'queue': time.monotonic() - ticket.received}
         try:
             start = time.monotonic()
             self._wait_for_engine(current, options)
-            frame = self._bind_frame(current, options)
+            frames = self._bind_frames(current, options)
             bound = time.monotonic()
-            image = None if frame is None else self._convert(frame)
+            images = tuple(self._convert(bound_frame, slot)
+                           for slot, bound_frame in enumerate(frames))
             timings.update(wait=bound - start, convert=time.monotonic() - bound)
             history, epoch = self._history.turns()
-            result = self._run(current, image, history, options, timings)
+            result = self._run(current, images, history, options, timings)
         except _Cancelled:
-            self._reply(ticket, self._cancel_reason(), 'failed', frame=frame, timings=timings)
+            self._reply(ticket, self._cancel_reason(), 'failed', frames=frames, timings=timings)
             return
         except _Failed as exc:
-            self._reply(ticket, str(exc), 'failed', frame=frame, timings=timings)
+            self._reply(ticket, str(exc), 'failed', frames=frames, timings=timings)
             return
         self.last_result = result
         if result.stop_reason == StopReason.CANCELLED or (self._closing.is_set()
                                                           and not result.ok):
-            self._reply(ticket, self._cancel_reason(), 'failed', result, frame, timings)
+            self._reply(ticket, self._cancel_reason(), 'failed', result, frames, timings)
         elif result.stop_reason == StopReason.ERROR:
-            self._reply(ticket, f'the model failed: {result.error}', 'failed', result, frame,
+            self._reply(ticket, f'the model failed: {result.error}', 'failed', result, frames,
                         timings)
         elif not result.text.strip():
             self._reply(ticket, 'the model ended its answer without any text.', 'failed', result,
-                        frame, timings)
+                        frames, timings)
         else:
             self._history.add(ticket.question, result.text.strip(), epoch)
-            self._reply(ticket, result.text, 'answered', result, frame, timings)
+            self.last_frames = frames
+            self._reply(ticket, result.text, 'answered', result, frames, timings)
 
     def _wait_for_engine(self, current: _Current, options: QAOptions) -> None:
         deadline = time.monotonic() + options.engine_wait_timeout_s
@@ -315,29 +325,24 @@ class VisionQA:
             except EngineError as exc:
                 raise _Failed(f'the model is not available: {exc}.') from None
 
-    def _bind_frame(self, current: _Current, options: QAOptions) -> Optional[Frame]:
-        frame = self._frames.wait_for_fresh(options.max_image_age_s, 0.0)
-        deadline = time.monotonic() + options.image_wait_timeout_s
-        while frame is None and time.monotonic() < deadline:
-            self._check_cancel(current)
-            frame = self._frames.wait_for_fresh(options.max_image_age_s,
-                                                min(0.1, deadline - time.monotonic()))
-        if frame is not None or options.allow_text_only:
-            return frame
-        if self._frames.latest() is None:
-            raise _Failed(
-                f'no camera image has arrived (waited {options.image_wait_timeout_s:g} s).')
-        raise _Failed(f'the latest camera image is {self._frames.latest().age_s():.1f} s old, '
-                      f'older than max_image_age ({options.max_image_age_s:g} s), and no newer '
-                      f'one arrived within {options.image_wait_timeout_s:g} s.')
-
-    def _convert(self, frame: Frame):
+    def _bind_frames(self, current: _Current, options: QAOptions) -> Tuple[BoundFrame, ...]:
+        """Every camera's fresh frame; () when allow_text_only and not every camera has one."""
         try:
-            return self._convert_frame(frame)
-        except ImageConversionError as exc:
-            raise _Failed(f'the camera image could not be used: {exc}') from None
+            return self._cameras.bind(options.max_image_age_s, options.image_wait_timeout_s,
+                                      lambda: self._check_cancel(current))
+        except CamerasNotReady as exc:
+            if options.allow_text_only:
+                return ()
+            raise _Failed(str(exc)) from None
 
-    def _run(self, current: _Current, image, history, options: QAOptions,
+    def _convert(self, bound: BoundFrame, slot: int):
+        try:
+            return self._convert_frame(bound.frame, slot)
+        except ImageConversionError as exc:
+            camera = f' from {bound.camera}' if self._cameras.labelled else ''
+            raise _Failed(f'the camera image{camera} could not be used: {exc}') from None
+
+    def _run(self, current: _Current, images: tuple, history, options: QAOptions,
              timings: Dict[str, float]) -> Result:
         ticket = current.ticket
         done = threading.Event()
@@ -356,8 +361,10 @@ class VisionQA:
             stream_messages[0] += 1
             self._on_piece(ticket, piece)
 
-        request = Request(prompt=ticket.question, image=image, settings=options.settings,
-                          system_prompt=options.system_prompt, history=history)
+        request = Request(prompt=ticket.question, images=images,
+                          cameras=self._cameras.labels if images else (),
+                          settings=options.settings, system_prompt=options.system_prompt,
+                          history=history)
         self._check_cancel(current)
         start = time.monotonic()
         try:
@@ -397,11 +404,12 @@ class VisionQA:
             raise _Cancelled()
 
     def _reply(self, ticket: Ticket, text: str, outcome: str, result: Optional[Result] = None,
-               frame: Optional[Frame] = None, timings: Optional[Dict[str, float]] = None) -> None:
+               frames: Tuple[BoundFrame, ...] = (),
+               timings: Optional[Dict[str, float]] = None) -> None:
         if outcome != 'answered':
             text = ERROR_PREFIX + text
         with self._lock:
             setattr(self.counters, outcome, getattr(self.counters, outcome) + 1)
             if self._current is not None and self._current.ticket is ticket:
                 self._current.replied = True
-        self._on_reply(Reply(ticket, text, outcome, result, frame, dict(timings or {})))
+        self._on_reply(Reply(ticket, text, outcome, result, tuple(frames), dict(timings or {})))

@@ -20,11 +20,12 @@ import time
 import traceback
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from phi3v_ros.diagnostics import engine_status
+from phi3v_ros.cameras import Cameras, describe_frames
+from phi3v_ros.diagnostics import camera_statuses, engine_status
 from phi3v_ros.engine import EngineConfig
 from phi3v_ros.engine_client import EngineClient, EngineState
 from phi3v_ros.errors import ConfigurationError
-from phi3v_ros.frame_cache import FrameCache
+from phi3v_ros.frame_cache import FrameAge
 from phi3v_ros.frame_conversion import FrameConverter, load_cv_bridge_converter
 from phi3v_ros.guarded_thread import ThreadHealth
 from phi3v_ros.parameters import (check_value, default_for, PARAMETERS, qa_options,
@@ -33,6 +34,7 @@ from phi3v_ros.vision_qa import Reply, Ticket, VisionQA
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 import rclpy
+from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -64,6 +66,10 @@ REPLIES_ACKED_TIMEOUT_S = 3.0
 
 def _descriptor(spec) -> ParameterDescriptor:
     descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+    if isinstance(spec.default, list):
+        # rclpy types an empty [] default as a byte array and would then refuse a list of
+        # strings (ros2/rclpy#912): typed dynamically, checked by parameters.type_mismatch.
+        descriptor.dynamic_typing = True
     if spec.choices:
         descriptor.additional_constraints = 'one of: ' + ', '.join(spec.choices)
     if spec.value_range is not None:
@@ -106,14 +112,18 @@ class VisionQANode(Node):
             self._values[spec.name] = value
         v = self._values
         for name in TOPIC_PARAMETERS:
-            try:
-                self.resolve_topic_name(v[name])
-            except (RuntimeError, ValueError) as exc:
-                raise ConfigurationError(f'{name} {v[name]!r} is not a valid topic name: '
-                                         f'{str(exc).split(", at ")[0]}') from None
+            self._check_topic(name, v[name])
+        for topic in v['image_topics']:
+            self._check_topic('image_topics', topic)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._frames = FrameCache()
+        # One camera per topic of image_topics, or the one of image_topic (its name not told to
+        # the model, as before image_topics existed); named by resolved topic.
+        topics = list(v['image_topics']) or [v['image_topic']]
+        self._cameras = Cameras(
+            [self._resolved(topic) for topic in topics],
+            FrameAge(v['frame_age_source'], self._clock_s, log=self.get_logger().warning),
+            labelled=bool(v['image_topics']))
         # A measurement hook for the benchmarks (bench/responsiveness.py): at debug level, every
         # frame's delay from its header stamp to the image callback is logged. Decided once, so
         # that the callback costs one attribute read otherwise. Meaningful only when the camera
@@ -132,7 +142,7 @@ class VisionQANode(Node):
             on_state=self._on_engine_state, log=self.get_logger().info, health=self.health)
         converter = FrameConverter(v['max_image_pixels'], fallback,
                                    allocate=self._engine.frame_buffer)
-        self._qa = VisionQA(self._engine, self._frames, converter,
+        self._qa = VisionQA(self._engine, self._cameras, converter,
                             on_reply=self._publish_reply, on_piece=self._publish_piece,
                             options=qa_options(v), log=self.get_logger().info,
                             health=self.health)
@@ -146,12 +156,10 @@ class VisionQANode(Node):
             history=HistoryPolicy.KEEP_LAST, depth=v['image_qos_depth'],
             reliability=(ReliabilityPolicy.RELIABLE if v['image_reliability'] == 'reliable'
                          else ReliabilityPolicy.BEST_EFFORT))
-        on_image = self._guarded(self._on_image)
-        if v['use_compressed']:
-            self.create_subscription(CompressedImage, v['image_topic'] + '/compressed',
-                                     on_image, image_qos)
-        else:
-            self.create_subscription(Image, v['image_topic'], on_image, image_qos)
+        suffix = '/compressed' if v['use_compressed'] else ''
+        for topic, camera in zip(topics, self._cameras.names):
+            self.create_subscription(CompressedImage if suffix else Image, topic + suffix,
+                                     self._guarded(self._image_callback(camera)), image_qos)
         self.create_subscription(String, v['prompt_topic'], self._guarded(self._on_prompt),
                                  PROMPT_DEPTH)
         service_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=SERVICE_DEPTH,
@@ -161,14 +169,16 @@ class VisionQANode(Node):
                             qos_profile=service_qos)
         self.create_service(Trigger, '~/reset', self._guarded_service(self._on_reset),
                             qos_profile=service_qos)
-        self.create_timer(v['diagnostics_period'], self._guarded(self._publish_diagnostics))
+        # On the steady clock: under use_sim_time a ROS-time timer stops with a paused /clock,
+        # and diagnostics are most wanted then.
+        self.create_timer(v['diagnostics_period'], self._guarded(self._publish_diagnostics),
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
 
         self._engine.start()
         self._qa.start()
-        suffix = '/compressed' if v['use_compressed'] else ''
+        cameras = ', '.join(camera + suffix for camera in self._cameras.names)
         self.get_logger().info(
-            f'listening on {self._resolved(v["image_topic"])}{suffix} and '
-            f'{self._resolved(v["prompt_topic"])}, '
+            f'listening on {cameras} and {self._resolved(v["prompt_topic"])}, '
             f'answering on {self._resolved(v["answer_topic"])}; '
             f'loading {v["model_path"]} (provider {v["provider"]})')
 
@@ -183,8 +193,19 @@ class VisionQANode(Node):
             self.get_logger().warning(
                 f'parameter {name} is not a parameter of this node and is ignored: {advice}')
 
+    def _check_topic(self, parameter: str, topic: str) -> None:
+        try:
+            self.resolve_topic_name(topic)
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigurationError(f'{parameter} {topic!r} is not a valid topic name: '
+                                     f'{str(exc).split(", at ")[0]}') from None
+
     def _resolved(self, topic: str) -> str:
         return self.resolve_topic_name(topic)
+
+    def _clock_s(self) -> float:
+        """Return the node's clock in seconds: ROS time, simulated time under use_sim_time."""
+        return self.get_clock().now().nanoseconds * 1e-9
 
     @property
     def dead_threads(self):
@@ -218,14 +239,19 @@ class VisionQANode(Node):
 
     # -- callbacks ----------------------------------------------------------------------------
 
-    def _on_image(self, message) -> None:
-        arrived = time.time()
-        stamp = message.header.stamp
-        stamp_s = stamp.sec + stamp.nanosec * 1e-9
-        self._frames.store(message, stamp_s)
-        if self._trace_frames:   # only with --log-level debug (see __init__)
-            self.get_logger().debug(f'frame #{self._frames.received}: header stamp to image '
-                                    f'callback {(arrived - stamp_s) * 1e3:.2f} ms')
+    def _image_callback(self, camera: str):
+        cache = self._cameras.cache(camera)
+
+        def on_image(message) -> None:
+            arrived = time.time()
+            stamp = message.header.stamp
+            stamp_s = stamp.sec + stamp.nanosec * 1e-9
+            cache.store(message, stamp_s)
+            if self._trace_frames:   # only with --log-level debug (see __init__)
+                self.get_logger().debug(f'{camera} frame #{cache.received}: header stamp to '
+                                        f'image callback {(arrived - stamp_s) * 1e3:.2f} ms')
+        on_image.__name__ = f'on_image({camera})'
+        return on_image
 
     def _on_prompt(self, message: String) -> None:
         self._qa.ask(message.data)
@@ -290,10 +316,7 @@ class VisionQANode(Node):
         self._publish(self._answer_pub, reply.text)
         published = time.monotonic()
         logger = self.get_logger()
-        frame = reply.frame
-        used = 'no frame' if frame is None else (
-            f'frame stamp {frame.stamp_s:.3f} (age {frame.age_s():.3f} s when answered, '
-            f'#{frame.sequence})')
+        used = 'frames: ' + describe_frames(reply.frames) if reply.frames else 'no frame'
         result = reply.result
         cost = '' if result is None else (
             f' in {result.total_s:.4f} s (first token {result.time_to_first_token_s:.4f} s, '
@@ -317,13 +340,18 @@ class VisionQANode(Node):
             self.get_logger().debug(f'could not publish: {exc}')
 
     def _publish_diagnostics(self) -> None:
-        level, message, values = engine_status(self._engine, self._qa, self._frames,
+        node = self.get_fully_qualified_name()
+        level, message, values = engine_status(self._engine, self._qa, self._cameras,
                                                self._values['model_path'], self.health)
-        status = DiagnosticStatus(level=bytes([level]),
-                                  name=f'{self.get_fully_qualified_name()}: engine',
-                                  message=message, hardware_id=self._values['model_path'],
-                                  values=[KeyValue(key=k, value=v) for k, v in values])
-        array = DiagnosticArray(status=[status])
+        statuses = [DiagnosticStatus(level=bytes([level]), name=f'{node}: engine',
+                                     message=message, hardware_id=self._values['model_path'],
+                                     values=[KeyValue(key=k, value=v) for k, v in values])]
+        for level, camera, message, values in camera_statuses(
+                self._cameras, self._qa.options.max_image_age_s):
+            statuses.append(DiagnosticStatus(
+                level=bytes([level]), name=f'{node}: camera {camera}', message=message,
+                hardware_id=camera, values=[KeyValue(key=k, value=v) for k, v in values]))
+        array = DiagnosticArray(status=statuses)
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(array)
 

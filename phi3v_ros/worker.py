@@ -35,23 +35,25 @@ class WorkItem:
     """
     A Request as it crosses the pipe.
 
-    The frame waits in shared memory (frame, see frame_transport.py), or, where no shared memory
-    can be had, travels in the message itself (pixels, an RGB uint8 array).
+    Image k waits in shared memory (frames[k], see frame_transport.py), or, where no shared
+    memory can be had, travels in the message itself (pixels[k], an RGB uint8 array); the other
+    of the two is None. cameras names the images' cameras for the model (Request.cameras).
     """
 
     prompt: str
     settings: GenerationSettings
     system_prompt: str = ''
     history: Tuple[Turn, ...] = ()
-    frame: Optional[FrameRef] = None
-    pixels: Optional[object] = None
+    frames: Tuple[Optional[FrameRef], ...] = ()
+    pixels: Tuple[Optional[object], ...] = ()
+    cameras: Tuple[str, ...] = ()
 
 
 def _warm_up(engine: Engine) -> None:
     # the worker has numpy anyway (image preparation); imported late to start fast
     import numpy as np
     image = np.full((WARMUP_IMAGE_SIDE, WARMUP_IMAGE_SIDE, 3), 127, np.uint8)
-    result = engine.generate(Request(prompt=WARMUP_PROMPT, image=image,
+    result = engine.generate(Request(prompt=WARMUP_PROMPT, images=(image,),
                                      settings=GenerationSettings(max_new_tokens=2)))
     if result.stop_reason == StopReason.ERROR:
         # A folder whose files load but do not fit together (a genai_config.json that does not
@@ -150,16 +152,18 @@ def _answer(engine: Engine, frames: FrameReceiver, inbox: _Inbox, request_id: in
     # decoding.
     pieces = PieceCoalescer(lambda text: conn.send(('piece', request_id, text)),
                             engine.config.stream_interval_s)
-    image = request = None
+    images = request = None
     try:
-        image = item.pixels if item.frame is None else frames.view(item.frame)
-        request = Request(prompt=item.prompt, image=image, settings=item.settings,
-                          system_prompt=item.system_prompt, history=item.history)
+        images = tuple(pixels if frame is None else frames.view(frame, slot)
+                       for slot, (frame, pixels) in enumerate(zip(item.frames, item.pixels)))
+        request = Request(prompt=item.prompt, images=images, cameras=item.cameras,
+                          settings=item.settings, system_prompt=item.system_prompt,
+                          history=item.history)
         return engine.generate(request, on_piece=pieces.add,
                                should_stop=lambda: inbox.is_cancelled(request_id))
     except Exception as exc:  # noqa: BLE001 - a bug must cost one request, not the worker
         return Result(stop_reason=StopReason.ERROR,
                       error=f'internal error: {type(exc).__name__}: {exc}')
     finally:
-        del request, image   # release the shared-memory view before the block can be closed
+        del request, images   # release the shared-memory views before a block can be closed
         pieces.flush()       # before the result: the pieces of an answer all come before it

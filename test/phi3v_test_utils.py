@@ -109,3 +109,13 @@ def genai_then_engine_error(model, genai_error, genai_type=Exception):
     with pytest.raises(ModelLoadError) as info:
         Engine(EngineConfig(model_path=str(model), provider='cpu'))
     return str(info.value)
+
+
+class SettableClock:
+    """A clock in seconds that stands still until a test sets it (FrameAge's clock_s)."""
+
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now

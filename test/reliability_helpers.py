@@ -18,8 +18,8 @@ class NodePeer(RosPeer):
 
     def __init__(self, namespace='', node_name='vision_qa'):
         super().__init__(namespace=namespace, node_name=node_name)
-        prefix = f'{namespace.rstrip("/")}/{node_name}' if namespace else f'/{node_name}'
-        self.status_name = f'{prefix}: engine'
+        self.prefix = f'{namespace.rstrip("/")}/{node_name}' if namespace else f'/{node_name}'
+        self.status_name = f'{self.prefix}: engine'
 
     def _mine(self):
         return [d for d in self.diagnostics if d.status and d.status[0].name == self.status_name]
@@ -55,6 +55,27 @@ class NodePeer(RosPeer):
     def wait_ready(self, timeout=60.0):
         assert self.wait_diagnostic(lambda v: v.get('engine_state') == 'ready', timeout), (
             f'engine of {self.status_name} not ready: {self.latest_diagnostic("engine_detail")}')
+
+    def camera_values(self, camera):
+        """Return the key/value pairs of this node's latest status of camera (its topic)."""
+        with self.changed:
+            for array in reversed(self._mine()):
+                for status in array.status:
+                    if status.name == f'{self.prefix}: camera {camera}':
+                        return dict(level=status.level[0], message=status.message,
+                                    **{pair.key: pair.value for pair in status.values})
+        return {}
+
+    def deliver_to(self, publisher, camera, rgb, stamp_s=None, frame_id='', timeout=10.0):
+        """Publish a frame on a camera's topic until the node counts one more from that camera."""
+        before = int(self.camera_values(camera).get('frames_received') or 0)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.publish_frame(rgb, stamp_s=stamp_s, publisher=publisher, frame_id=frame_id)
+            if self.wait_for(lambda: int(self.camera_values(camera).get('frames_received')
+                                         or 0) > before, 0.5):
+                return
+        raise AssertionError(f'the node did not receive the frame of {camera}')
 
     def counters(self):
         return {key: int(self.latest_diagnostic(f'prompts_{key}') or 0)

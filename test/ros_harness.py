@@ -309,20 +309,25 @@ class RosPeer:
         with self.changed:
             return None if not self.diagnostics else self.engine_value(self.diagnostics[-1], key)
 
-    def publish_frame(self, rgb, encoding='rgb8', stamp_s=None):
+    def camera_publisher(self, topic):
+        """Return a publisher of Image on topic, with the QoS of the peer's own image publisher."""
+        return self.node.create_publisher(self._Image, topic, self.image_pub.qos_profile)
+
+    def publish_frame(self, rgb, encoding='rgb8', stamp_s=None, publisher=None, frame_id=''):
         import numpy as np
         message = self._Image(height=rgb.shape[0], width=rgb.shape[1], encoding=encoding,
                               is_bigendian=0, step=rgb.shape[1] * 3)
         message.data = np.ascontiguousarray(rgb).tobytes()
+        message.header.frame_id = frame_id
         if stamp_s is None:
             message.header.stamp = self.node.get_clock().now().to_msg()
         else:
             message.header.stamp.sec = int(stamp_s)
             message.header.stamp.nanosec = int(stamp_s % 1 * 1e9)
-        self.image_pub.publish(message)
+        (publisher or self.image_pub).publish(message)
         return message
 
-    def deliver_frame(self, rgb, encoding='rgb8', timeout=10.0):
+    def deliver_frame(self, rgb, encoding='rgb8', timeout=10.0, stamp_s=None):
         """
         Publish until the node's diagnostics count one more frame.
 
@@ -331,7 +336,7 @@ class RosPeer:
         before = int(self.latest_diagnostic('frames_received') or 0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.publish_frame(rgb, encoding)
+            self.publish_frame(rgb, encoding, stamp_s)
             received = self.wait_for(
                 lambda: int(self.latest_diagnostic('frames_received') or 0) > before, 0.5)
             if received:

@@ -35,38 +35,39 @@ def test_text_only_question_is_answered(engine):
 @pytest.mark.parametrize('height,width',
                          [(16, 16), (480, 640), (1080, 1920), (1920, 480), (300, 2000), (1, 1)])
 def test_one_image_of_any_size_and_aspect_is_answered(engine, height, width):
-    result = engine.generate(Request(prompt='What is this?', image=gradient_image(height, width),
+    result = engine.generate(Request(prompt='What is this?',
+                                     images=(gradient_image(height, width),),
                                      settings=GREEDY_16))
     assert result.ok, result.error
     assert result.generated_tokens > 0
     # The HD transform fills up to 16 crops of 336 px whatever the size: about 1,900-2,500 tokens.
     assert 1500 < result.image_tokens < 3000
     if engine.image_preprocessing == 'processor':   # bounded before encoding (max_image_side)
-        assert max(result.image_size) == min(max(height, width), 1344)
+        assert max(result.image_sizes[0]) == min(max(height, width), 1344)
     else:                                            # the inputs come from the frame as it is
-        assert result.image_size == (height, width)
+        assert result.image_sizes[0] == (height, width)
     assert result.prompt_tokens > result.image_tokens
 
 
 def test_large_frames_are_bounded_before_encoding_for_the_processor(tiny_model):
     small = Engine(EngineConfig(model_path=tiny_model, provider='cpu', max_image_side=336,
                                 image_preprocessing='processor'))
-    result = small.generate(Request(prompt='What is this?', image=gradient_image(1080, 1920),
+    result = small.generate(Request(prompt='What is this?', images=(gradient_image(1080, 1920),),
                                     settings=GenerationSettings(max_new_tokens=2)))
     assert result.ok, result.error
-    assert result.image_size == (189, 336)
+    assert result.image_sizes[0] == (189, 336)
 
 
 def test_stops_at_end_of_text(tiny_model_that_ends):
     engine = Engine(EngineConfig(model_path=tiny_model_that_ends, provider='cpu'))
-    result = engine.generate(Request(prompt='What is this?', image=gradient_image(64, 64),
+    result = engine.generate(Request(prompt='What is this?', images=(gradient_image(64, 64),),
                                      settings=GREEDY_16))
     assert result.stop_reason == StopReason.END_OF_TEXT
     assert result.generated_tokens == 0 and result.text == ''
 
 
 def test_stops_at_max_new_tokens_with_max_length_sized_per_request(engine):
-    result = engine.generate(Request(prompt='What is this?', image=gradient_image(480, 640),
+    result = engine.generate(Request(prompt='What is this?', images=(gradient_image(480, 640),),
                                      settings=GenerationSettings(max_new_tokens=5)))
     assert result.stop_reason == StopReason.LENGTH
     assert result.generated_tokens == 5
@@ -95,7 +96,7 @@ def test_prompt_longer_than_the_context_is_an_error_not_a_crash(engine):
 
 def test_streamed_pieces_join_to_the_final_text(engine):
     pieces = []
-    result = engine.generate(Request(prompt='Describe it.', image=gradient_image(240, 320),
+    result = engine.generate(Request(prompt='Describe it.', images=(gradient_image(240, 320),),
                                      settings=GenerationSettings(max_new_tokens=24)),
                              on_piece=pieces.append)
     assert result.ok and len(pieces) > 1
@@ -114,7 +115,7 @@ def test_cancel_between_tokens(engine):
 def test_greedy_output_is_repeatable_and_depends_on_the_image(engine):
     def answer(seed):
         return engine.generate(Request(prompt='What is this?',
-                                       image=gradient_image(480, 640, seed),
+                                       images=(gradient_image(480, 640, seed),),
                                        settings=GREEDY_16)).text
     first = answer(seed=1)
     assert answer(seed=1) == first

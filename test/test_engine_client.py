@@ -61,7 +61,7 @@ def client(tiny_model):
 
 
 def test_answers_with_an_image_and_streams(client):
-    reply = ask(client, Request(prompt='What is this?', image=gradient_image(480, 640),
+    reply = ask(client, Request(prompt='What is this?', images=(gradient_image(480, 640),),
                                 settings=GenerationSettings(max_new_tokens=12)))
     result = reply.wait()
     assert result.ok, result.error
@@ -79,8 +79,8 @@ def test_frames_of_changing_sizes_reach_the_worker_intact(client, tiny_model):
         image = gradient_image(height, width, seed)
         settings = GenerationSettings(max_new_tokens=8)
         through_worker = ask(client,
-                             Request(prompt='What?', image=image, settings=settings)).wait()
-        in_process = direct.generate(Request(prompt='What?', image=image, settings=settings))
+                             Request(prompt='What?', images=(image,), settings=settings)).wait()
+        in_process = direct.generate(Request(prompt='What?', images=(image,), settings=settings))
         assert through_worker.text == in_process.text
         assert through_worker.image_tokens == in_process.image_tokens
 
@@ -103,7 +103,7 @@ def test_cancel_mid_stream(client):
             cancelled.set()
             assert client.cancel()
 
-    client.submit(Request(prompt='Describe it.', image=gradient_image(240, 320),
+    client.submit(Request(prompt='Describe it.', images=(gradient_image(240, 320),),
                           settings=GenerationSettings(max_new_tokens=4000)),
                   on_result=reply.on_result, on_piece=on_piece)
     result = reply.wait()
@@ -123,7 +123,7 @@ def kill_when_streaming(client, reply):
 
 def test_worker_killed_mid_generation_fails_the_request_at_once_then_restarts(client):
     old_pid = client.pid
-    reply = ask(client, Request(prompt='Describe it.', image=gradient_image(240, 320),
+    reply = ask(client, Request(prompt='Describe it.', images=(gradient_image(240, 320),),
                                 settings=GenerationSettings(max_new_tokens=100000)))
     kill_when_streaming(client, reply)
     killed_at = time.monotonic()
@@ -181,10 +181,10 @@ def test_close_stops_the_worker_and_frees_shared_memory(tiny_model):
     client = EngineClient(EngineConfig(model_path=tiny_model, provider='cpu'), warmup=False)
     client.start()
     assert client.wait_ready(READY_TIMEOUT_S)
-    reply = ask(client, Request(prompt='What?', image=gradient_image(64, 64),
+    reply = ask(client, Request(prompt='What?', images=(gradient_image(64, 64),),
                                 settings=GenerationSettings(max_new_tokens=100000)))
     kill_pid = client.pid
-    block = client._frames.name
+    block = client._frames.names[0]
     assert os.path.exists(f'/dev/shm/{block}')
     client.close()
     # the request in flight still gets its reply

@@ -214,11 +214,11 @@ def test_frames_go_through_the_pipe_when_no_shared_memory_can_be_had(make_client
     assert client.wait_ready(READY_TIMEOUT_S)
     image = gradient_image(240, 320)
     assert client.frame_buffer(image.shape) is None
-    result = ask(client, Request(prompt='What?', image=image, settings=SHORT)).wait()
+    result = ask(client, Request(prompt='What?', images=(image,), settings=SHORT)).wait()
     assert result.ok and result.image_tokens > 0, result.error
     assert client.frame_transport.startswith('pipe (cannot create a')
     assert sum('through the pipe' in line for line in logged) == 1
-    assert ask(client, Request(prompt='Again?', image=image, settings=SHORT)).wait().ok
+    assert ask(client, Request(prompt='Again?', images=(image,), settings=SHORT)).wait().ok
     assert sum('through the pipe' in line for line in logged) == 1   # said once
 
 

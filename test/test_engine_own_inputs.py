@@ -56,7 +56,7 @@ def test_input_ids_are_the_processors(tiny_model, question, system, history, wit
     model = og.Model(tiny_model)
     processor = model.create_multimodal_processor()
     tokenizer = og.Tokenizer(model)
-    prompt = build_chat_prompt(question, has_image=with_image, system_prompt=system,
+    prompt = build_chat_prompt(question, images=int(with_image), system_prompt=system,
                                history=history)
     images, tokens = None, []
     if with_image:
@@ -74,7 +74,7 @@ def test_input_ids_are_the_processors(tiny_model, question, system, history, wit
 @pytest.mark.parametrize('height,width', FRAMES)
 def test_exact_mode_answers_as_the_processor(engines, height, width):
     frame = noisy_image(height, width, height * 7 + width)
-    answers = {mode: engines[mode].generate(Request(prompt='What is this?', image=frame,
+    answers = {mode: engines[mode].generate(Request(prompt='What is this?', images=(frame,),
                                                     settings=SETTINGS))
                for mode in ('exact', 'processor')}
     exact, processor = answers['exact'], answers['processor']
@@ -90,9 +90,9 @@ def test_exact_mode_answers_as_the_processor(engines, height, width):
 @pytest.mark.parametrize('height,width', FRAMES)
 def test_fast_mode_gives_the_same_greedy_answer(engines, height, width):
     frame = noisy_image(height, width, height * 7 + width)
-    fast = engines['fast'].generate(Request(prompt='What is this?', image=frame,
+    fast = engines['fast'].generate(Request(prompt='What is this?', images=(frame,),
                                             settings=SETTINGS))
-    processor = engines['processor'].generate(Request(prompt='What is this?', image=frame,
+    processor = engines['processor'].generate(Request(prompt='What is this?', images=(frame,),
                                                       settings=SETTINGS))
     assert fast.ok, fast.error
     assert fast.prompt_tokens == processor.prompt_tokens
@@ -105,12 +105,12 @@ def test_fast_mode_gives_the_same_greedy_answer(engines, height, width):
 def test_the_crop_budget_sets_the_image_tokens(engines, max_crops, image_tokens, crops):
     frame = noisy_image(480, 640, 3)   # 4:3
     # the processor's prompt (always 16 crops) gives the text tokens around the image
-    reference = engines['processor'].generate(Request(prompt='What is this?', image=frame,
+    reference = engines['processor'].generate(Request(prompt='What is this?', images=(frame,),
                                                       settings=SETTINGS))
     text_tokens = reference.prompt_tokens - reference.image_tokens
     settings = GenerationSettings(max_new_tokens=12, max_crops=max_crops)
     for mode in ('fast', 'exact'):
-        result = engines[mode].generate(Request(prompt='What is this?', image=frame,
+        result = engines[mode].generate(Request(prompt='What is this?', images=(frame,),
                                                 settings=settings))
         assert result.ok, result.error
         assert result.image_tokens == image_tokens and result.image_crops == crops
@@ -122,7 +122,7 @@ def test_the_crop_budget_sets_the_image_tokens(engines, max_crops, image_tokens,
 def test_fewer_crops_give_another_answer_than_sixteen(engines):
     frame = noisy_image(480, 640, 4)
     texts = {crops: engines['exact'].generate(Request(
-        prompt='What is this?', image=frame,
+        prompt='What is this?', images=(frame,),
         settings=GenerationSettings(max_new_tokens=24, max_crops=crops))).text
         for crops in (16, 1)}
     assert texts[16] and texts[1] and texts[16] != texts[1]   # the model saw other inputs
@@ -179,13 +179,13 @@ def test_the_pixel_values_adapt_to_what_the_vision_graph_declares(tiny_model, tm
     own = Engine(EngineConfig(model_path=model, provider='cpu', image_preprocessing='exact'))
     processor = Engine(EngineConfig(model_path=model, provider='cpu', max_image_side=0,
                                     image_preprocessing='processor'))
-    reference = processor.generate(Request(prompt='What is this?', image=frame,
+    reference = processor.generate(Request(prompt='What is this?', images=(frame,),
                                            settings=SETTINGS))
-    first = own.generate(Request(prompt='What is this?', image=frame, settings=SETTINGS))
+    first = own.generate(Request(prompt='What is this?', images=(frame,), settings=SETTINGS))
     assert first.ok, first.error   # refused once, then adapted
-    second = own.generate(Request(prompt='What is this?', image=frame, settings=SETTINGS))
+    second = own.generate(Request(prompt='What is this?', images=(frame,), settings=SETTINGS))
     assert first.text == second.text == reference.text
-    fewer = own.generate(Request(prompt='What is this?', image=frame,
+    fewer = own.generate(Request(prompt='What is this?', images=(frame,),
                                  settings=GenerationSettings(max_new_tokens=12, max_crops=4)))
     assert fewer.ok and fewer.image_tokens == crop_grid(480, 640, 4).image_tokens, fewer.error
 
@@ -210,16 +210,16 @@ def test_a_vision_graph_that_refuses_our_inputs_falls_back_to_the_processor(tiny
     own = Engine(EngineConfig(model_path=model, provider='cpu', max_image_side=0), log=said.append)
     processor = Engine(EngineConfig(model_path=model, provider='cpu', max_image_side=0,
                                     image_preprocessing='processor'))
-    first = own.generate(Request(prompt='What is this?', image=frame, settings=SETTINGS))
+    first = own.generate(Request(prompt='What is this?', images=(frame,), settings=SETTINGS))
     assert first.ok, first.error
     assert own.image_preprocessing == 'processor' and first.image_crops == 17
     assert any("using onnxruntime-genai's processor from now on" in line for line in said), said
-    reference = processor.generate(Request(prompt='What is this?', image=frame,
+    reference = processor.generate(Request(prompt='What is this?', images=(frame,),
                                            settings=SETTINGS))
     assert first.text == reference.text
     # a model that takes our inputs never falls back: a bad request stays that request's error
     fine = Engine(EngineConfig(model_path=tiny_model, provider='cpu'))
-    assert fine.generate(Request(prompt='What is this?', image=frame, settings=SETTINGS)).ok
+    assert fine.generate(Request(prompt='What is this?', images=(frame,), settings=SETTINGS)).ok
     assert fine.image_preprocessing == 'fast'
 
 
@@ -236,6 +236,6 @@ def test_releases_that_cannot_take_own_inputs_use_the_processor(tiny_model):
         return
     assert engine.image_preprocessing == 'processor'
     assert any('NamedTensors from numpy came in 0.7' in line for line in said), said
-    result = engine.generate(Request(prompt='What is this?', image=noisy_image(480, 640, 6),
+    result = engine.generate(Request(prompt='What is this?', images=(noisy_image(480, 640, 6),),
                                      settings=GenerationSettings(max_new_tokens=4, max_crops=4)))
     assert result.ok and result.image_crops == 17   # the processor's 16 crops whatever is set

@@ -62,12 +62,13 @@ def test_a_folder_of_the_other_layout_names_what_reads_it(tmp_path):
 def test_max_length_is_exactly_the_prompt_plus_the_new_tokens(engine, height, width):
     # Before 0.7 the engine counts the prompt itself (tokenizer + HD transform) and reads the
     # generator's sequence afterwards: max_length == prompt + 3 holds only if both agree.
-    result = engine.generate(Request(prompt='What is this?', image=gradient_image(height, width),
+    result = engine.generate(Request(prompt='What is this?',
+                                     images=(gradient_image(height, width),),
                                      settings=GenerationSettings(max_new_tokens=3)))
     assert result.stop_reason == StopReason.LENGTH, result.error
     assert result.generated_tokens == 3
     assert result.max_length == result.prompt_tokens + 3
-    assert result.image_tokens == crop_grid(*result.image_size).image_tokens
+    assert result.image_tokens == crop_grid(*result.image_sizes[0]).image_tokens
 
 
 def test_text_only_prompts_are_counted_exactly_too(engine):

@@ -1,7 +1,9 @@
 import threading
 import time
 
-from phi3v_ros.frame_cache import FrameCache
+from phi3v_ros.frame_cache import FrameAge, FrameCache
+from phi3v_test_utils import SettableClock
+import pytest
 
 
 def test_keeps_only_the_latest_message_untouched():
@@ -26,32 +28,68 @@ def test_store_is_constant_time_whatever_the_frame_size():
     assert cache.latest().message is big
 
 
-def test_wait_for_fresh_returns_a_fresh_frame_at_once():
+def test_wait_newer_returns_a_newer_frame_at_once_and_none_without_one():
     cache = FrameCache()
+    assert cache.wait_newer(0, timeout_s=0.01) is None
     cache.store('frame', 0.0)
-    assert cache.wait_for_fresh(max_age_s=10.0, timeout_s=0.0).message == 'frame'
-    assert cache.wait_for_fresh(max_age_s=0.0, timeout_s=0.0).message == 'frame'   # 0 = any age
+    assert cache.wait_newer(0, timeout_s=0.0).message == 'frame'
+    assert cache.wait_newer(1, timeout_s=0.05) is None     # frame 1 is the latest
 
 
-def test_wait_for_fresh_gives_none_when_only_a_stale_frame_exists():
+def test_wait_newer_wakes_when_a_new_frame_arrives():
     cache = FrameCache()
     cache.store('old', 0.0)
-    time.sleep(0.05)
-    assert cache.wait_for_fresh(max_age_s=0.01, timeout_s=0.05) is None
-    assert FrameCache().wait_for_fresh(max_age_s=0.0, timeout_s=0.01) is None
-
-
-def test_wait_for_fresh_wakes_when_a_new_frame_arrives():
-    cache = FrameCache()
-    stored = threading.Event()
+    waiting = threading.Event()
 
     def publish_later():
-        stored.wait()
+        waiting.wait()
         cache.store('new', 0.0)
 
     thread = threading.Thread(target=publish_later)
     thread.start()
-    stored.set()
-    frame = cache.wait_for_fresh(max_age_s=1.0, timeout_s=10.0)
+    waiting.set()
+    frame = cache.wait_newer(1, timeout_s=10.0)
     thread.join()
-    assert frame is not None and frame.message == 'new'
+    assert frame is not None and frame.message == 'new' and frame.sequence == 2
+
+
+def test_the_age_is_the_clock_less_the_stamp_and_follows_the_clock():
+    clock = SettableClock(1000.0)
+    age = FrameAge('stamp', clock)
+    cache = FrameCache()
+    cache.store('frame', 970.0)    # taken 30 s ago, delivered now
+    assert age.measure('/cam', cache.latest()) == (30.0, 'stamp')
+    clock.now = 1002.5             # a simulated clock that moved on
+    assert age.measure('/cam', cache.latest()) == (32.5, 'stamp')
+
+
+def test_arrival_ages_ignore_the_stamp():
+    cache = FrameCache()
+    cache.store('frame', 1.0)
+    found, source = FrameAge('arrival', SettableClock(1e9)).measure('/cam', cache.latest())
+    assert source == 'arrival' and 0.0 <= found < 5.0
+
+
+def test_a_zero_stamp_is_aged_by_arrival():
+    cache = FrameCache()
+    cache.store('frame', 0.0)
+    found, source = FrameAge('stamp', SettableClock(1e9)).measure('/cam', cache.latest())
+    assert source == 'arrival' and found < 5.0
+
+
+def test_a_stamp_ahead_of_the_clock_is_aged_by_arrival_and_said_once_per_camera():
+    said = []
+    age = FrameAge('stamp', SettableClock(100.0), log=said.append)
+    cache = FrameCache()
+    cache.store('frame', 100.4)    # within the tolerance: now
+    assert age.measure('/a', cache.latest()) == (0.0, 'stamp')
+    cache.store('frame', 105.0)    # 5 s ahead
+    for _ in range(3):
+        assert age.measure('/a', cache.latest())[1] == 'arrival'
+    age.measure('/b', cache.latest())
+    assert len(said) == 2 and '/a' in said[0] and '5.000 s ahead' in said[0] and '/b' in said[1]
+
+
+def test_an_unknown_age_source_is_refused():
+    with pytest.raises(ValueError, match='stamp, arrival'):
+        FrameAge('header')

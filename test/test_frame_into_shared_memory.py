@@ -1,5 +1,7 @@
 """Frames converted straight into the shared block the worker reads (a 6 MB copy less at 1080p)."""
 
+import os
+
 import numpy as np
 from phi3v_ros.errors import ImageConversionError
 from phi3v_ros.frame_cache import Frame
@@ -81,14 +83,17 @@ def test_closing_while_a_buffer_is_alive_does_not_raise():
 def test_the_frame_converter_converts_raw_frames_into_what_allocate_gives():
     given = []
 
-    def allocate(shape):
+    slots = []
+
+    def allocate(shape, slot):
         given.append(np.zeros(shape, np.uint8))
+        slots.append(slot)
         return given[-1]
 
     converter = FrameConverter(max_pixels=1000, allocate=allocate)
     msg = message('bgr8', 6, 8)
     rgb = converter(Frame(msg, 0.0, 0.0, 1))
-    assert rgb is given[0]
+    assert rgb is given[0] and slots == [0]
     np.testing.assert_array_equal(rgb, image_to_rgb(msg))
     # too many pixels, unsupported encodings, nonsense sizes: no allocation, the usual error
     # or result
@@ -97,8 +102,10 @@ def test_the_frame_converter_converts_raw_frames_into_what_allocate_gives():
         with pytest.raises(ImageConversionError):
             converter(Frame(bad, 0.0, 0.0, 1))
     assert len(given) == 1
+    converter(Frame(msg, 0.0, 0.0, 1), slot=1)    # the second image of a request: its own slot
+    assert slots == [0, 1]
     # allocate may say no (a request in flight): the frame gets its own array
-    converter.allocate = lambda shape: None
+    converter.allocate = lambda shape, slot: None
     np.testing.assert_array_equal(converter(Frame(msg, 0.0, 0.0, 1)), image_to_rgb(msg))
 
 
@@ -118,7 +125,7 @@ def test_the_engine_client_hands_out_its_block_only_while_idle(tiny_model):
         for out in (client.frame_buffer((120, 160, 3)), None):
             image = image_to_rgb(msg, out=out)
             done = threading.Event()
-            client.submit(Request('Describe the image.', image=image,
+            client.submit(Request('Describe the image.', images=(image,),
                                   settings=GenerationSettings(max_new_tokens=400)),
                           on_result=lambda result: (answers.append(result), done.set()))
             if out is not None:
@@ -129,11 +136,72 @@ def test_the_engine_client_hands_out_its_block_only_while_idle(tiny_model):
         client.close()
 
 
+def test_each_image_of_a_request_has_its_own_block():
+    sender = FrameSender()
+    try:
+        first = sender.buffer((4, 5, 3), slot=0)
+        second = sender.buffer((6, 7, 3), slot=1)
+        first[...] = 1
+        second[...] = 2
+        refs = [sender.put(first, slot=0), sender.put(second, slot=1)]
+        assert refs[0][0] != refs[1][0] and len(sender.names) == 2
+        receiver = FrameReceiver()
+        views = [receiver.view(ref, slot) for slot, ref in enumerate(refs)]
+        assert (views[0] == 1).all() and views[0].shape == (4, 5, 3)
+        assert (views[1] == 2).all() and views[1].shape == (6, 7, 3)
+        del views
+        receiver.close()
+    finally:
+        names = sender.names
+        sender.close()
+    assert not any(os.path.exists(f'/dev/shm/{name}') for name in names)
+
+
+def test_two_images_through_shared_memory_answer_as_in_process(tiny_model):
+    og = pytest.importorskip('onnxruntime_genai')
+    from phi3v_ros.genai_releases import version_tuple
+    if version_tuple(og.__version__) < (0, 5):
+        pytest.skip('several images in a prompt came in onnxruntime-genai 0.5')
+    import threading
+
+    from phi3v_ros.engine import Engine, EngineConfig
+    from phi3v_ros.engine_client import EngineClient
+    from phi3v_ros.generation import GenerationSettings, Request
+
+    config = EngineConfig(model_path=tiny_model, provider='cpu')
+    settings = GenerationSettings(max_new_tokens=12)
+    pictures = [image_to_rgb(message('bgr8', 120, 160, seed=4)),
+                image_to_rgb(message('bgr8', 90, 200, seed=5))]
+    expected = Engine(config).generate(Request('Which is which?', images=tuple(pictures),
+                                               cameras=('/head', '/wrist'), settings=settings))
+    client = EngineClient(config, warmup=False)
+    client.start()
+    try:
+        assert client.wait_ready(60)
+        images = []
+        for slot, picture in enumerate(pictures):
+            block = client.frame_buffer(picture.shape, slot)
+            block[...] = picture
+            images.append(block)
+        done = threading.Event()
+        answers = []
+        client.submit(Request('Which is which?', images=tuple(images),
+                              cameras=('/head', '/wrist'), settings=settings),
+                      on_result=lambda result: (answers.append(result), done.set()))
+        assert done.wait(60)
+        assert client.frame_transport == 'shared memory'
+    finally:
+        client.close()
+    assert expected.ok and answers[0].ok, (expected.error, answers[0].error)
+    assert answers[0].text == expected.text
+    assert answers[0].image_tokens == expected.image_tokens > 0
+
+
 def test_a_header_that_lies_about_its_size_never_sizes_the_shared_block():
     """A 1-byte Image claiming 6000x6000 used to grow the block to 109 MB before being refused."""
     asked = []
 
-    def allocate(shape):
+    def allocate(shape, slot):
         asked.append(shape)
         return np.zeros(shape, np.uint8)
     converter = FrameConverter(max_pixels=40_000_000, allocate=allocate)

@@ -31,6 +31,7 @@ def test_a_hanging_test_fails_the_run_with_its_stack_and_kills_its_children(tmp_
     (tmp_path / 'test_suite.py').write_text(textwrap.dedent(HANGING_SUITE))
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, PYTHONPATH=here, PHI3V_TEST_LIMIT_S='2')
+    env.pop('PYTEST_ADDOPTS', None)   # colcon test passes its options (-q, junit) this way
     run = subprocess.run([sys.executable, '-m', 'pytest', '-p', 'hang_watchdog', '-p',
                           'no:cacheprovider', '-s', '-q', str(tmp_path / 'test_suite.py')],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

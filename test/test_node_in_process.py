@@ -42,6 +42,6 @@ def test_a_dead_thread_makes_the_node_exit_1_and_diagnostics_say_error(node_and_
     stop.received = ''
     node.health.mark_dead('phi3v-dispatcher')
     assert spin_until_stopped(executor, node, stop) == 1
-    level, message, _ = engine_status(node._engine, node._qa, node._frames, 'model',
+    level, message, _ = engine_status(node._engine, node._qa, node._cameras, 'model',
                                       node.health)
     assert level == ERROR and message.startswith('thread phi3v-dispatcher ended')

@@ -63,7 +63,7 @@ def test_answers_a_question_about_a_published_frame_and_streams_it(clean, node):
     # Pieces and answers travel on two topics: the last pieces may land just after the answer.
     assert clean.wait_for(lambda: ''.join(p.data for p in clean.pieces) == answer, 5), clean.pieces
     line = node.wait_for_line('prompt #')
-    assert 'answered' in line and 'frame stamp' in line
+    assert 'answered' in line and 'frames: /image stamp ' in line
 
 
 def test_every_prompt_gets_one_reply_including_invalid_ones(clean, node):

@@ -16,9 +16,13 @@ def read(path):
 
 def test_parameter_file_lists_every_parameter_with_its_default():
     values = yaml.safe_load(read('config/vision_qa.yaml'))['/**']['ros__parameters']
-    expected = {spec.name: spec.default for spec in PARAMETERS if spec.name != 'model_path'}
+    # model_path's default depends on provider; image_topics' is an empty list, which rcl's
+    # parameter file parser cannot type: both are shown as comments
+    commented = ('model_path', 'image_topics')
+    expected = {spec.name: spec.default for spec in PARAMETERS if spec.name not in commented}
     assert values == expected
-    assert '# model_path' in read('config/vision_qa.yaml')
+    for name in commented:
+        assert f'# {name}' in read('config/vision_qa.yaml')
 
 
 def test_readme_documents_every_parameter_with_its_default():

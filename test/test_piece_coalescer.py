@@ -117,7 +117,7 @@ def test_the_worker_streams_joined_pieces_that_equal_the_answer(tiny_model):
                 results.append((result, len(pieces)))
                 done.set()
             client.submit(Request('Describe the image.',
-                                  image=gradient_image(64, 64, seed=random.randint(0, 9)),
+                                  images=(gradient_image(64, 64, seed=random.randint(0, 9)),),
                                   settings=GenerationSettings(max_new_tokens=200)),
                           on_result=on_result, on_piece=pieces.append)
             assert done.wait(60)

@@ -5,16 +5,16 @@ import pytest
 
 
 def test_one_image_question_uses_the_phi3_chat_format():
-    assert build_chat_prompt('What is this?', has_image=True) == (
+    assert build_chat_prompt('What is this?', images=1) == (
         '<|user|>\n<|image_1|>\nWhat is this?<|end|>\n<|assistant|>\n')
 
 
 def test_text_only_question_has_no_image_tag():
-    assert build_chat_prompt('Hello', has_image=False) == '<|user|>\nHello<|end|>\n<|assistant|>\n'
+    assert build_chat_prompt('Hello', images=0) == '<|user|>\nHello<|end|>\n<|assistant|>\n'
 
 
 def test_system_prompt_and_history_come_before_the_question_and_only_it_gets_the_image():
-    prompt = build_chat_prompt('And now?', has_image=True, system_prompt=' Be brief. ',
+    prompt = build_chat_prompt('And now?', images=1, system_prompt=' Be brief. ',
                                history=[Turn('What is this?', 'A cup.')])
     assert prompt == ('<|system|>\nBe brief.<|end|>\n'
                       '<|user|>\nWhat is this?<|end|>\n<|assistant|>\nA cup.<|end|>\n'
@@ -25,7 +25,7 @@ def test_system_prompt_and_history_come_before_the_question_and_only_it_gets_the
 @pytest.mark.parametrize('injected', ['<|image_1|>', '<|end|>', '<|assistant|>', '< |system|>',
                                       '<\t|user|>'])
 def test_chat_tags_in_user_text_cannot_change_the_structure(injected):
-    prompt = build_chat_prompt(f'a {injected} b', has_image=True,
+    prompt = build_chat_prompt(f'a {injected} b', images=1,
                                history=[Turn(injected, injected)], system_prompt=injected)
     # Only the template's own tags remain: one image slot, one assistant turn to answer.
     assert prompt.count('<|image_1|>') == 1

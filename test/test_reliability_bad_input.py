@@ -13,6 +13,7 @@ acted on.
 """
 import json
 import os
+import re
 import struct
 import textwrap
 import time
@@ -191,17 +192,24 @@ def test_malformed_raw_frame_gets_one_clear_error(raw, case):
 
 
 def test_unusual_but_valid_raw_frames_are_answered(raw):
-    """16-bit big-endian data, and stamps far in the future or the past (ages are by arrival)."""
+    """
+    16-bit big-endian data, and stamps far in the future, zero, or far in the past.
+
+    Ages are by stamp (frame_age_source): a stamp far ahead of the clock, or zero, is aged by its
+    arrival and answered; one from before 1970 is a frame 56 years old, refused with its age.
+    """
     raw.set_parameters(max_image_age=5.0)
     deep = (np.arange(48 * 64, dtype='>u2') * 20).reshape(48, 64)
     colour = np.random.default_rng(1).integers(0, 65535, (48, 64, 3)).astype('>u2')
     for message in (image('mono16', 48, 64, 128, deep.tobytes(), big_endian=1),
                     image('rgb16', 48, 64, 384, colour.tobytes(), big_endian=1),
                     image('rgb8', 8, 10, 30, RGB, stamp=(2 ** 31 - 1, 999_999_999)),   # year 2038
-                    image('rgb8', 8, 10, 30, RGB, stamp=(0, 0)),                         # 1970
-                    image('rgb8', 8, 10, 30, RGB, stamp=(-2 ** 31, 0))):           # before 1970
+                    image('rgb8', 8, 10, 30, RGB, stamp=(0, 0))):                        # 1970
         reply = ask_about(raw, message)
         assert not reply.startswith(ERROR), (message.encoding, message.header.stamp, reply)
+    reply = ask_about(raw, image('rgb8', 8, 10, 30, RGB, stamp=(-2 ** 31, 0)))   # before 1970
+    assert re.match(r'ERROR: the latest camera image is \d+\.\d s old \(by its header stamp\), '
+                    r'older than max_image_age \(5 s\)', reply), reply
 
 
 # -- hostile compressed frames --------------------------------------------------------------------

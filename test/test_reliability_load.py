@@ -114,7 +114,7 @@ def clean(peer, node):
     assert node.process.poll() is None, node.output()
 
 
-ANSWER_LINE = re.compile(r'prompt #(\d+) (\w+).*?frame stamp ([0-9.]+)')
+ANSWER_LINE = re.compile(r'prompt #(\d+) (\w+).*?frames: \S+ stamp ([0-9.]+)')
 
 
 class MemorySampler:

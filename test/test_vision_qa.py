@@ -3,10 +3,11 @@ import dataclasses
 import threading
 import time
 
+from phi3v_ros.cameras import Cameras
 from phi3v_ros.engine import EngineConfig
 from phi3v_ros.engine_client import EngineClient
 from phi3v_ros.errors import ImageConversionError
-from phi3v_ros.frame_cache import FrameCache
+from phi3v_ros.frame_cache import FrameAge
 from phi3v_ros.generation import GenerationSettings
 from phi3v_ros.vision_qa import ERROR_PREFIX, QAOptions, VisionQA
 from phi3v_test_utils import gradient_image
@@ -19,13 +20,16 @@ LONG = GenerationSettings(max_new_tokens=20000)   # seconds on the tiny model: a
 
 
 class Harness:
-    def __init__(self, engine, options, convert=None, **qa_arguments):
-        self.frames = FrameCache()
+    def __init__(self, engine, options, convert=None, cameras=None, **qa_arguments):
+        # by default the one unnamed camera of image_topic, aged by arrival: these tests stamp
+        # frames 1.0, 2.0, ... to tell them apart (test_cameras.py has the stamp ages)
+        self.cameras = cameras or Cameras(['image'], FrameAge('arrival'), labelled=False)
+        self.frames = self.cameras.cache(self.cameras.names[0])
         self.replies = []
         self.pieces = {}
         self.reply_arrived = threading.Condition()
         self.first_piece = threading.Event()
-        self.qa = VisionQA(engine, self.frames, convert or (lambda frame: frame.message),
+        self.qa = VisionQA(engine, self.cameras, convert or (lambda frame, slot: frame.message),
                            on_reply=self._on_reply, on_piece=self._on_piece, options=options,
                            **qa_arguments)
         self.qa.start()
@@ -78,7 +82,7 @@ def test_answers_a_prompt_about_the_latest_frame_and_streams_it(make):
     assert reply.ok and not reply.text.startswith(ERROR_PREFIX)
     assert reply.ticket.question == 'What is this?'
     assert ''.join(h.pieces[ticket.id]) == reply.text
-    assert reply.frame.stamp_s == 12.5 and reply.result.image_tokens > 0
+    assert reply.frames[0].frame.stamp_s == 12.5 and reply.result.image_tokens > 0
     assert h.qa.counters.answered == 1 and h.qa.counters.received == 1
 
 
@@ -106,7 +110,7 @@ def test_text_only_mode_answers_without_a_frame(make):
     h = make(image_wait_timeout_s=0.0, allow_text_only=True)
     h.qa.ask('Hello?')
     reply = h.wait_replies(1)[0]
-    assert reply.ok and reply.frame is None and reply.result.image_tokens == 0
+    assert reply.ok and reply.frames == () and reply.result.image_tokens == 0
 
 
 def test_stale_frame_gives_an_error_after_the_wait(make):
@@ -127,11 +131,11 @@ def test_a_fresh_frame_arriving_during_the_wait_is_used(make):
     time.sleep(0.2)
     h.frames.store(gradient_image(48, 64, seed=2), 2.0)
     reply = h.wait_replies(1)[0]
-    assert reply.ok and reply.frame.stamp_s == 2.0
+    assert reply.ok and reply.frames[0].frame.stamp_s == 2.0
 
 
 def test_conversion_error_is_a_readable_error_reply(make):
-    def refuse(frame):
+    def refuse(frame, slot):
         raise ImageConversionError("unsupported encoding '32FC1'")
     h = make(convert=refuse)
     h.frames.store(object(), 0.0)

@@ -144,7 +144,7 @@ def test_a_bug_while_serving_a_prompt_is_its_error_reply_and_the_next_is_answere
     health = ThreadHealth()
     calls = []
 
-    def convert(frame):
+    def convert(frame, slot):
         calls.append(frame)
         if len(calls) == 1:
             raise OSError(28, 'No space left on device')

@@ -84,7 +84,7 @@ def child_engine(args) -> dict:
             other = engine.generate(Request(prompt='Say something short.',
                                             settings=GenerationSettings(max_new_tokens=32)))
             assert other.ok, other.error
-        result = engine.generate(Request(prompt=PROMPT, image=frame(), settings=settings))
+        result = engine.generate(Request(prompt=PROMPT, images=(frame(),), settings=settings))
         assert result.ok, result.error
         max_length = result.max_length
         runs.append({'ttft_s': result.time_to_first_token_s,
@@ -293,13 +293,13 @@ def cuda_checks(args) -> dict:
         assert client.wait_ready(600)
         checks['provider'] = client.info.get('provider')
         reply = Reply()
-        client.submit(Request(prompt=PROMPT, image=frame(),
+        client.submit(Request(prompt=PROMPT, images=(frame(),),
                               settings=GenerationSettings(max_new_tokens=64)),
                       on_result=reply.on_result, on_piece=reply.on_piece)
         result = reply.wait(120)
         checks['stream_joined_equals_answer'] = result.ok and ''.join(reply.pieces) == result.text
         reply = Reply()
-        client.submit(Request(prompt=PROMPT, image=frame(),
+        client.submit(Request(prompt=PROMPT, images=(frame(),),
                               settings=GenerationSettings(max_new_tokens=2000)),
                       on_result=reply.on_result,
                       on_piece=lambda piece: (reply.on_piece(piece),
@@ -309,7 +309,7 @@ def cuda_checks(args) -> dict:
                                        and result.generated_tokens < 2000)
         checks['tokens_before_cancel_took_effect'] = result.generated_tokens
         reply = Reply()
-        client.submit(Request(prompt=PROMPT, image=frame(),
+        client.submit(Request(prompt=PROMPT, images=(frame(),),
                               settings=GenerationSettings(max_new_tokens=2000)),
                       on_result=reply.on_result, on_piece=reply.on_piece)
         while not reply.pieces:
@@ -323,7 +323,7 @@ def cuda_checks(args) -> dict:
         assert client.wait_ready(600)
         checks['restart_to_ready_s'] = round(time.perf_counter() - restart, 1)
         reply = Reply()
-        client.submit(Request(prompt=PROMPT, image=frame(),
+        client.submit(Request(prompt=PROMPT, images=(frame(),),
                               settings=GenerationSettings(max_new_tokens=16)),
                       on_result=reply.on_result, on_piece=reply.on_piece)
         checks['answer_after_restart'] = reply.wait(120).ok
