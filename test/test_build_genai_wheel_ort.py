@@ -159,9 +159,9 @@ class FakeResponse(io.BytesIO):
 
 
 def opener_for(data, calls=None):
-    def opener(url):
+    def opener(request, timeout=None):
         if calls is not None:
-            calls.append(url)
+            calls.append(request.full_url)
         return FakeResponse(data)
     return opener
 
@@ -190,18 +190,99 @@ def test_download_skips_a_verified_file_and_replaces_a_bad_one(tmp_path):
     sha = hashlib.sha256(data).hexdigest()
     (tmp_path / 'a.tgz').write_bytes(data)
     calls = []
-    dl.download('u', tmp_path / 'a.tgz', sha, opener=opener_for(b'never', calls))
+    url = 'https://example.invalid/a.tgz'
+    dl.download(url, tmp_path / 'a.tgz', sha, opener=opener_for(b'never', calls))
     assert calls == []
     (tmp_path / 'a.tgz').write_bytes(b'half a file')
-    dl.download('u', tmp_path / 'a.tgz', sha, opener=opener_for(data, calls))
-    assert calls == ['u'] and (tmp_path / 'a.tgz').read_bytes() == data
+    dl.download(url, tmp_path / 'a.tgz', sha, opener=opener_for(data, calls))
+    assert calls == [url] and (tmp_path / 'a.tgz').read_bytes() == data
 
 
 def test_download_network_error(tmp_path):
-    def opener(url):
+    def opener(request, timeout=None):
         raise OSError('Name or service not known')
     with pytest.raises(dl.DownloadError, match='could not download'):
-        dl.download('u', tmp_path / 'a', 'f' * 64, opener=opener)
+        dl.download('https://example.invalid/a', tmp_path / 'a', 'f' * 64, opener=opener)
+
+
+class RangeServer:
+    """
+    A loopback HTTP server of one file that honours Range requests.
+
+    With cut_first, the first answer announces the whole file but sends half and closes; with
+    stall, it answers nothing until released (a server that hangs).
+    """
+
+    def __init__(self, data, cut_first=False, stall=False):
+        import http.server
+        import threading
+        self.data, self.ranges, self.release = data, [], threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.ranges.append(self.headers.get('Range'))
+                if stall:
+                    server.release.wait(30)
+                    return
+                start = 0
+                if self.headers.get('Range'):
+                    start = int(self.headers['Range'].split('=')[1].rstrip('-'))
+                    self.send_response(206)
+                    self.send_header('Content-Range',
+                                     f'bytes {start}-{len(data) - 1}/{len(data)}')
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header('Content-Length', str(len(body)))
+                self.end_headers()
+                if cut_first and len(server.ranges) == 1:
+                    self.wfile.write(body[:len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}/a.tgz'
+
+    def close(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(tmp_path):
+    data = bytes(range(256)) * 4096          # 1 MiB
+    sha = hashlib.sha256(data).hexdigest()
+    server = RangeServer(data, cut_first=True)
+    try:
+        with pytest.raises(dl.DownloadError, match='resumes from there'):
+            dl.download(server.url, tmp_path / 'a.tgz', sha, timeout_s=10)
+        kept = (tmp_path / 'a.tgz.part').stat().st_size
+        assert 0 < kept < len(data)
+        path = dl.download(server.url, tmp_path / 'a.tgz', sha, timeout_s=10)
+    finally:
+        server.close()
+    assert path.read_bytes() == data
+    assert server.ranges == [None, f'bytes={kept}-']   # the second asked only for the rest
+
+
+def test_a_server_that_sends_nothing_fails_within_the_timeout(tmp_path):
+    import time
+    server = RangeServer(b'x', stall=True)
+    try:
+        start = time.monotonic()
+        with pytest.raises(dl.DownloadError, match='could not download.*timed out'):
+            dl.download(server.url, tmp_path / 'a.tgz', 'f' * 64, timeout_s=0.5)
+        assert time.monotonic() - start < 10
+    finally:
+        server.close()
 
 
 def source_archive(version='1.22.0', api=22):

@@ -6,11 +6,13 @@ from pathlib import Path
 import tarfile
 
 from phi3v_ros.tools.genai_wheel import versions as V
+from phi3v_ros.tools.genai_wheel.failures import match_failures
 from phi3v_ros.tools.genai_wheel.ort_libs import from_folder
 from phi3v_ros.tools.genai_wheel.plan import make_plan, Options, Step
 from phi3v_ros.tools.genai_wheel.platform import CommandResult, preset_platform
 from phi3v_ros.tools.genai_wheel.runner import (action_fetch_headers, Context, execute, expand_env,
                                                 Progress, State, StepError)
+import pytest
 from test_build_genai_wheel_ort import fake_ort_release, FakeResponse, source_archive
 
 COMMIT = V.find_release('0.9.2').commit
@@ -139,6 +141,21 @@ def test_a_failed_build_shows_the_fix_and_resumes_at_the_build(tmp_path):
         'the same build folder'
 
 
+def test_a_second_failure_shows_only_its_own_hints(tmp_path):
+    """The log keeps every attempt; the hints come from this attempt's lines only."""
+    plan = make_test_plan(tmp_path)
+    killed = 'c++: fatal error: Killed signal terminated program cc1plus'
+    assert execute(plan, context(FakeMachine(fail_build=killed), [])) == 1
+    other = "src/models/model.cpp:12:3: error: 'Foo' was not declared in this scope"
+    machine, lines = FakeMachine(fail_build=other), []
+    assert execute(plan, context(machine, lines)) == 1
+    text = '\n'.join(lines)
+    assert 'Killed signal' not in text and 'the compiler is killed' not in text, text
+    assert "'Foo' was not declared" in text
+    build_log = next(step.log for step in plan.steps if step.id == 'build')
+    assert killed in Path(build_log).read_text()   # the earlier attempt is still in the log
+
+
 def test_an_interrupted_build_resumes(tmp_path):
     plan = make_test_plan(tmp_path)
     lines = []
@@ -251,12 +268,12 @@ def test_fetch_headers_verifies_the_archive(tmp_path):
                         'sha256': hashlib.sha256(data).hexdigest(),
                         'archive': str(tmp_path / 'dl' / 'ort.tar.gz'),
                         'dest': str(tmp_path / 'inc')})
-    ctx = Context(out=[].append, opener=lambda url: FakeResponse(data))
+    ctx = Context(out=[].append, opener=lambda request, timeout=None: FakeResponse(data))
     state = State(tmp_path / 'state.json', 'k')
     action_fetch_headers(step, ctx, state)
     assert (tmp_path / 'inc' / 'onnxruntime_c_api.h').exists()
     step.params['archive'] = str(tmp_path / 'dl' / 'other.tar.gz')
-    ctx.opener = lambda url: FakeResponse(data[:-10] + b'corrupted!')
+    ctx.opener = lambda request, timeout=None: FakeResponse(data[:-10] + b'corrupted!')
     try:
         action_fetch_headers(step, ctx, state)
     except StepError as exc:
@@ -280,3 +297,16 @@ def test_state_file_round_trip(tmp_path):
 
 def test_tar_fixture_is_a_gzip():
     assert tarfile.open(fileobj=io.BytesIO(source_archive()), mode='r:gz').getnames()
+
+
+@pytest.mark.parametrize('line, blamed', [
+    ("error: 'const struct OrtApi' has no member named 'CreateSessionOptions2'", True),
+    ("error: 'Ort::Session' has no member named 'GetOverridableInitializerCount'", True),
+    ("error: 'OrtCUDAProviderOptionsV2' was not declared in this scope", True),
+    ("error: 'class std::vector<int>' has no member named 'contains'", False),
+    ("error: 'struct Generators::Model' has no member named 'device'", False),
+    ("error: 'Foo' was not declared in this scope", False),
+])
+def test_only_errors_about_onnx_runtimes_api_blame_its_version(line, blamed):
+    keys = [failure.key for failure in match_failures(line)]
+    assert ('api-too-old' in keys) is blamed, keys

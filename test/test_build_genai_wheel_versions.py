@@ -141,9 +141,27 @@ def test_jetpack_5_gcc_cuda_and_python():
     problems = check_prerequisites(plat, V.choose_versions('1.22.0'),
                                    gpu_source(cuda_major=11, cudnn_major=8), install=False)
     errors = errors_of(problems)
-    assert any('GCC 9.4.0 is too old' in e for e in errors)
+    assert not any('GCC' in e for e in errors), errors   # 0.9.2's CUDA build is C++17
     assert any('CUDA 11.4.315' in e and 'too old' in e for e in errors)
     assert any('JetPack 5.1.2' in p.what for p in problems)
+
+
+@pytest.mark.parametrize('genai, standard, gcc', [('0.5.2', 17, '9'), ('0.9.2', 17, '9'),
+                                                  ('0.11.4', 17, '9'), ('0.12.2', 20, '10'),
+                                                  ('0.13.2', 20, '10'), ('0.15.2', 20, '10')])
+def test_the_gcc_needed_follows_the_releases_cuda_cxx_standard(genai, standard, gcc):
+    # cmake/cxx_standard.cmake of each tag: USE_CUDA selected C++17 up to 0.11, not from 0.12 on
+    release = V.find_release(genai)
+    assert (release.cuda_cxx_standard, release.min_gcc) == (standard, gcc)
+    plat = preset_platform('jp5-xavier')      # GCC 9.4.0
+    choice = V.choose_versions('1.31.0', genai=genai)
+    problems = check_prerequisites(plat, choice, gpu_source(), install=False)
+    gcc_errors = [e for e in errors_of(problems) if 'GCC' in e]
+    if standard == 17:
+        assert gcc_errors == []
+    else:
+        assert gcc_errors and f'onnxruntime-genai {genai} is C++20 and needs GCC 10' in \
+            gcc_errors[0]
 
 
 def test_no_cuda_and_no_gpu():
@@ -246,6 +264,20 @@ def test_the_tiny_model_check_needs_onnx_and_tokenizers():
     choice = V.choose_versions('1.22.0')
     assert not has_errors(check_prerequisites(plat, choice, gpu_source(), install=False))
     (problem,) = [p for p in check_prerequisites(plat, choice, gpu_source(), install=True)
-                  if 'lacks' in p.what]
+                  if 'lacks' in p.what and 'OpenCV' not in p.what]
     assert ('onnx, tokenizers' in problem.what
             and "pip install --user onnx tokenizers 'numpy<2'" in problem.fix)
+
+
+def test_the_post_install_generation_needs_opencv():
+    plat = preset_platform('jp6-orin')
+    plat.cmake = '3.28.3'
+    plat.python.modules = ['numpy', 'onnx', 'tokenizers']
+    choice = V.choose_versions('1.22.0')
+    assert not has_errors(check_prerequisites(plat, choice, gpu_source(), install=False))
+    (problem,) = [p for p in check_prerequisites(plat, choice, gpu_source(), install=True)
+                  if 'OpenCV' in p.what]
+    assert problem.level == 'error' and 'sudo apt install python3-opencv' in problem.fix
+    plat.python.modules.append('cv2')
+    assert not [p for p in check_prerequisites(plat, choice, gpu_source(), install=True)
+                if 'OpenCV' in p.what]

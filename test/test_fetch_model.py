@@ -70,10 +70,10 @@ class FakeHub:
         return local_dir
 
 
-def run(argv, hub=None, table=None, free=10 ** 12):
+def run(argv, hub=None, table=None, free=10 ** 12, cuda=True):
     lines = []
     status = F.main(argv, download=hub or FakeHub(), version_of=versions(table or {}),
-                    out=lines.append, disk_free=lambda path: free)
+                    out=lines.append, disk_free=lambda path: free, cuda_available=lambda: cuda)
     return status, '\n'.join(lines)
 
 
@@ -128,7 +128,8 @@ def test_phi35_vision_download_prints_its_model_path(model_root):
     assert f'model_path: {target}' in text and f'-p model_path:={target}' in text
     hint = M.missing_model_hint(str(target))
     assert '`ros2 run phi3v_ros fetch_model --variant phi3.5-int4`' in hint, hint
-    status, text = run(['--variant', 'phi3.5-int4'], FakeHub(), {'onnxruntime-genai': '0.18.0'})
+    status, text = run(['--variant', 'phi3.5-int4'], FakeHub(), {'onnxruntime-genai': '0.18.0'},
+                       cuda=False)
     assert '--variant phi3.5-cpu is the model made for CPU' in text
 
 
@@ -186,11 +187,21 @@ def test_may_2024_folder_for_0_4_into_another_dest(tmp_path):
     assert f'-p model_path:={target}' in text
 
 
-def test_cpu_build_gets_a_note(model_root):
-    status, text = run([], FakeHub(), {'onnxruntime-genai': '0.18.0'})
-    assert status == 0 and 'the installed onnxruntime-genai is the CPU build' in text
-    status, text = run(['--variant', 'cpu'], FakeHub(), {'onnxruntime-genai': '0.18.0'})
+def test_a_build_without_cuda_gets_a_note_whatever_its_name(model_root):
+    for name in ('onnxruntime-genai', 'onnxruntime-genai-cuda'):   # the CUDA one failing to load
+        status, text = run([], FakeHub(), {name: '0.18.0'}, cuda=False)
+        assert status == 0 and f'the installed {name} has no CUDA' in text, text
+    status, text = run(['--variant', 'cpu'], FakeHub(), {'onnxruntime-genai': '0.18.0'},
+                       cuda=False)
     assert status == 0 and 'cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4' in text
+    # a wheel built here is named onnxruntime-genai and has CUDA: no note
+    status, text = run([], FakeHub(), {'onnxruntime-genai': '0.11.4'}, cuda=True)
+    assert status == 0 and 'has no CUDA' not in text
+
+
+def test_genai_has_cuda_asks_the_installed_release():
+    og = pytest.importorskip('onnxruntime_genai')
+    assert F.genai_has_cuda() is bool(og.is_cuda_available())
 
 
 def test_refusal_exits_before_downloading():

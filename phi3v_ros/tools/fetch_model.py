@@ -159,9 +159,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def genai_has_cuda() -> Optional[bool]:
+    """
+    Return og.is_cuda_available() of the installed onnxruntime-genai, or None if it cannot say.
+
+    The distribution's name does not tell: a wheel built here (build_genai_wheel) may be named
+    onnxruntime-genai and have CUDA, and an onnxruntime-genai-cuda whose CUDA libraries do not load
+    has none.
+    """
+    try:
+        import onnxruntime_genai as og
+        return bool(og.is_cuda_available())
+    except Exception:   # noqa: BLE001 - not installed, fails to load, a release without the call
+        return None
+
+
 def main(argv: Optional[Sequence[str]] = None, download: Callable[..., str] = hf_download,
          version_of: Optional[Callable[[str], str]] = None, out: Callable[[str], None] = print,
-         disk_free: Callable[[Path], Optional[int]] = None) -> int:
+         disk_free: Callable[[Path], Optional[int]] = None,
+         cuda_available: Callable[[], Optional[bool]] = genai_has_cuda) -> int:
     args = build_parser().parse_args(argv)
     genai = None
     if args.genai_version:
@@ -184,11 +200,11 @@ def main(argv: Optional[Sequence[str]] = None, download: Callable[..., str] = hf
     if genai_version is None:
         out('note: onnxruntime-genai is not installed in this Python; the folder for 0.5 and '
             'newer was chosen (pass --genai-version if the node runs another)')
-    if genai and genai[0] == 'onnxruntime-genai' and not folder.for_cpu:
+    if genai and not folder.for_cpu and cuda_available() is False:
         cpu = 'phi3.5-cpu' if folder.variant in PHI35 else 'cpu'
-        out(f'note: the installed onnxruntime-genai is the CPU build; --variant {cpu} is the '
-            'model made for CPU (on a Jetson, build the CUDA wheel: ros2 run phi3v_ros '
-            'build_genai_wheel --install)')
+        out(f'note: the installed {genai[0]} has no CUDA (og.is_cuda_available() is False); '
+            f'--variant {cpu} is the model made for CPU (on a Jetson, build the CUDA wheel: '
+            'ros2 run phi3v_ros build_genai_wheel --install)')
     out(f'model: {folder.repo_id} / {folder.folder} (about {folder.size_gb:g} GB)')
     out(f'into:  {target}')
     if args.dry_run:

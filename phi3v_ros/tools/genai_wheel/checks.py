@@ -9,7 +9,6 @@ from .platform import GIB, Platform
 from .versions import (ort_api_version, ORT_GPU_HINTS, parse_version, version_at_least,
                        VersionChoice)
 
-MIN_GCC = '11'
 MIN_CUDA = '11.8'
 BUILD_DISK_GIB = 8          # source, build tree, wheel, ONNX Runtime copy
 CMAKE_PIP_SPEC = 'cmake>=3.28,<4'
@@ -91,9 +90,11 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
                   'pass --cuda-arch 87 (Orin), 72 (Xavier) or 110 (Thor)')
         if not plat.gcc:
             error('no GCC found', 'sudo apt install build-essential')
-        elif not version_at_least(plat.gcc, MIN_GCC):
-            error(f'GCC {plat.gcc} is too old: '
-                  f'onnxruntime-genai needs GCC {MIN_GCC} or newer (C++20)',
+        elif not version_at_least(plat.gcc, choice.genai.min_gcc):
+            release = choice.genai
+            error(f'GCC {plat.gcc} is too old: the CUDA build of onnxruntime-genai '
+                  f'{release.version} is C++{release.cuda_cxx_standard} and needs GCC '
+                  f'{release.min_gcc} or newer',
                   'use JetPack 6 (GCC 11), '
                   'or sudo apt install gcc-11 g++-11 and export CC=gcc-11 CXX=g++-11')
         need_cmake = choice.genai.cmake_min
@@ -138,6 +139,12 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
                   'which the post-install check (writing the tiny test model) needs',
                   f"{py.path} -m pip install --user {' '.join(missing)} 'numpy<2'   "
                   "(numpy 2 would break ROS Humble's cv_bridge)")
+        if install and 'cv2' not in py.modules:
+            # the post-install generation imports the engine, which prepares images with OpenCV
+            error(f'{py.path} lacks OpenCV (cv2), which the post-install check (a generation '
+                  'through the engine) and the node need',
+                  "sudo apt install python3-opencv   (the system's: a pip OpenCV beside it "
+                  "breaks ROS's cv_bridge, see requirements/ros.txt)")
         if install and py.externally_managed and not py.in_venv:
             warn(f'{py.path} is marked externally managed (PEP 668): '
                  'pip refuses to install into it',

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 from pathlib import Path
 import tarfile
 from typing import Callable, List, Optional
 import urllib.request
 
 CHUNK = 1024 * 1024
+# No data for this long fails a download (which then resumes on the next run).
+TIMEOUT_S = 60.0
 
 
 class DownloadError(RuntimeError):
@@ -34,12 +37,15 @@ def verify_sha256(path: Path, expected: str, delete_on_mismatch: bool = True) ->
 
 
 def download(url: str, dest: Path, sha256: str, opener: Callable = urllib.request.urlopen,
-             progress: Optional[Callable[[int, Optional[int]], None]] = None) -> Path:
+             progress: Optional[Callable[[int, Optional[int]], None]] = None,
+             timeout_s: float = TIMEOUT_S) -> Path:
     """
     Download url to dest unless dest already has the pinned content; verify before keeping it.
 
     The file is written to ``dest.part`` and only renamed to ``dest`` once its sha256 matches, so
-    an interrupted or corrupted download is never used.
+    an interrupted or corrupted download is never used. An interrupted download resumes from the
+    end of ``dest.part`` (an HTTP Range request; a server that ignores it sends the whole file
+    again, which then replaces the part). No data for timeout_s seconds fails the download.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -50,20 +56,28 @@ def download(url: str, dest: Path, sha256: str, opener: Callable = urllib.reques
         except DownloadError:
             pass   # deleted: download again
     part = dest.with_name(dest.name + '.part')
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={'Range': f'bytes={have}-'} if have else {})
     try:
-        with opener(url) as response, open(part, 'wb') as handle:
+        with opener(request, timeout=timeout_s) as response:
+            resumed = have > 0 and getattr(response, 'status', None) == 206
             total = (response.headers.get('Content-Length') if hasattr(response, 'headers')
                      else None)
-            total = int(total) if total else None
-            received = 0
-            for block in iter(lambda: response.read(CHUNK), b''):
-                handle.write(block)
-                received += len(block)
-                if progress:
-                    progress(received, total)
-    except OSError as exc:
-        raise DownloadError(f'could not download {url} ({exc}): check the network and rerun '
-                            f'(the builder resumes where it stopped)') from exc
+            total = int(total) + (have if resumed else 0) if total else None
+            received = have if resumed else 0
+            with open(part, 'ab' if resumed else 'wb') as handle:
+                for block in iter(lambda: response.read(CHUNK), b''):
+                    handle.write(block)
+                    received += len(block)
+                    if progress:
+                        progress(received, total)
+            if total is not None and received < total:   # the connection closed early
+                raise http.client.IncompleteRead(b'', total - received)
+    except (OSError, http.client.HTTPException) as exc:   # socket.timeout is an OSError
+        kept = part.stat().st_size if part.exists() else 0
+        raise DownloadError(f'could not download {url} ({exc}): check the network and rerun; '
+                            f'the {kept} bytes received are kept and the download resumes from '
+                            'there') from exc
     verify_sha256(part, sha256)
     part.replace(dest)
     return dest

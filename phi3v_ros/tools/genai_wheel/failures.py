@@ -45,8 +45,9 @@ KNOWN_FAILURES = (
     KnownFailure('gcc-old', r'unsupported GNU version|GCC version must be greater|'
                  r"unrecognized command.line option '-std=c\+\+20'|std=c\+\+2a",
                  'the compiler is too old (C++20 / CUDA host compiler errors)',
-                 'use GCC 11 or newer (JetPack 6 has it; on Ubuntu 20.04: sudo apt install gcc-11 '
-                 'g++-11 and export CC=gcc-11 CXX=g++-11)'),
+                 'use GCC 9 or newer for releases up to 0.11 (their CUDA build is C++17), GCC 10 '
+                 'or newer from 0.12 (C++20); JetPack 6 has GCC 11 (on Ubuntu 20.04: sudo apt '
+                 'install gcc-11 g++-11 and export CC=gcc-11 CXX=g++-11)'),
     KnownFailure('no-cuda-provider', r'Expected the ONNX Runtime providers cuda library',
                  'Expected the ONNX Runtime providers cuda library to be found at '
                  '.../libonnxruntime_providers_cuda.so',
@@ -56,8 +57,10 @@ KNOWN_FAILURES = (
                  'ld: cannot find -lonnxruntime',
                  'the unversioned libonnxruntime.so link is missing in ort/lib: rerun the builder '
                  '(its ORT step creates it)'),
-    KnownFailure('api-too-old', r'has no member named|was not declared in this scope.*Ort|'
-                 r'ORT API Version|Failed to load onnxruntime',
+    # Only errors about ONNX Runtime's own API: "has no member named" alone is any C++ error.
+    KnownFailure('api-too-old', r"'(?:const )?(?:struct )?(?:Ort\w*|Ort::\w+)' has no member "
+                 r"named|'Ort\w+' was not declared in this scope|ORT API Version|"
+                 r'Failed to load onnxruntime',
                  'compile errors in onnxruntime_api.h, or "Failed to load onnxruntime" at import',
                  'the ONNX Runtime headers or library are older than this onnxruntime-genai '
                  'needs: see the version table (--list-versions) and match --ort-version'),

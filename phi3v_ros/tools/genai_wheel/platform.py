@@ -122,7 +122,7 @@ class PythonInfo:
     in_venv: bool = False
     externally_managed: bool = False
     is_root: bool = False
-    # of numpy, onnx, tokenizers: those importable
+    # of numpy, onnx, tokenizers, cv2: those importable
     modules: List[str] = field(default_factory=list)
     error: Optional[str] = None
 
@@ -426,7 +426,7 @@ info["in_venv"] = sys.prefix != getattr(sys, "base_prefix", sys.prefix)
 stdlib = sysconfig.get_paths().get("stdlib") or ""
 info["externally_managed"] = os.path.exists(os.path.join(stdlib, "EXTERNALLY-MANAGED"))
 info["is_root"] = hasattr(os, "geteuid") and os.geteuid() == 0
-info["modules"] = [m for m in ("numpy", "onnx", "tokenizers")
+info["modules"] = [m for m in ("numpy", "onnx", "tokenizers", "cv2")
                    if importlib.util.find_spec(m) is not None]
 try:
     import onnxruntime as ort
@@ -599,7 +599,7 @@ def preset_platform(name: str, ort_version: str = '1.22.0', work_dir: str = '') 
                           version=py, include_dir=f'/usr/include/python{py_short}',
                           has_dev_headers=True, has_pip=True,
                           externally_managed=py_short == '3.12',
-                          modules=['numpy', 'onnx', 'tokenizers']),
+                          modules=['numpy', 'onnx', 'tokenizers', 'cv2']),
         ros_distro=ros, gcc=gcc, cmake=cmake, cmake_path='/usr/bin/cmake', git='/usr/bin/git',
         docker=None, mem_total=mem * GIB, mem_available=int(mem * GIB * 0.8), swap_free=0,
         cpu_count=cpus,

@@ -294,14 +294,28 @@ ACTIONS = {
 
 # --------------------------------------------------------------------------------------- execution
 
-def _tail(path: Optional[str], lines: int = 25) -> str:
+def _log_size(path: Optional[str]) -> int:
+    try:
+        return os.path.getsize(path) if path else 0
+    except OSError:
+        return 0
+
+
+def _log_since(path: Optional[str], offset: int) -> str:
+    """
+    Return what the log got from byte offset on: this run's output of the step.
+
+    Logs are appended to across runs (the earlier attempts stay readable), so the hints of an
+    earlier failure, fixed since, must not be matched again.
+    """
     if not path:
         return ''
     try:
-        text = Path(path).read_text(encoding='utf-8', errors='replace')
+        with open(path, 'rb') as f:
+            f.seek(offset)
+            return f.read().decode('utf-8', errors='replace')
     except OSError:
         return ''
-    return '\n'.join(text.splitlines()[-lines:])
 
 
 def _substitute(argv: Sequence[str], state: State) -> List[str]:
@@ -349,6 +363,7 @@ def execute(plan: Plan, ctx: Context) -> int:
             continue
         ctx.out(head)
         started = ctx.clock()
+        log_start = _log_size(step.log)
         try:
             run_step(step, ctx, state)
         except KeyboardInterrupt:
@@ -369,15 +384,10 @@ def execute(plan: Plan, ctx: Context) -> int:
                 continue
             state.save()
             ctx.out(f'FAILED: {step.title}: {exc}')
-            tail = _tail(step.log)
-            if tail:
+            log_text = _log_since(step.log, log_start)
+            tail = '\n'.join(log_text.splitlines()[-25:])
+            if tail.strip():
                 ctx.out(f'--- last lines of {step.log} ---\n{tail}\n---')
-            log_text = ''
-            if step.log:
-                try:
-                    log_text = Path(step.log).read_text(encoding='utf-8', errors='replace')
-                except OSError:
-                    pass
             for failure in match_failures(log_text + '\n' + str(exc)):
                 ctx.out(f'known problem: {failure.symptom}\n  fix: {failure.fix}')
             ctx.out('after fixing it, run the same command again: completed steps are skipped')

@@ -83,6 +83,22 @@ class GenaiRelease:
     def ort_api(self) -> int:
         return ort_api_version(self.min_ort)
 
+    @property
+    def cuda_cxx_standard(self) -> int:
+        """
+        Return the C++ standard of this release's CUDA build (cmake/cxx_standard.cmake).
+
+        Up to 0.11 a build with CUDA is C++17; from 0.12 it is C++20 like the others (with GCC
+        10 or newer; an older GCC gets a C++17 fallback the release does not test its CUDA build
+        with).
+        """
+        return 17 if parse_version(self.version) < (0, 12) else 20
+
+    @property
+    def min_gcc(self) -> str:
+        """Return the oldest GCC for the CUDA build: 9 for C++17 (<filesystem>), 10 for C++20."""
+        return '9' if self.cuda_cxx_standard == 17 else '10'
+
 
 GENAI_RELEASES: Tuple[GenaiRelease, ...] = (
     GenaiRelease('0.4.0', 'b77e76855c735b95a5a9f6f45dbdc54b16003db0', '1.19.0', cmake_min='3.26',
