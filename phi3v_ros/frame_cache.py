@@ -42,8 +42,9 @@ class FrameAge:
     How old a frame is: by its header stamp against clock_s (source 'stamp'), or by its arrival.
 
     clock_s returns the node's clock in seconds (ROS time: simulated under use_sim_time). A stamp
-    of zero falls back to the arrival; so does a stamp more than tolerance_s ahead of the clock,
-    which is logged once per camera. Thread-safe.
+    of zero falls back to the arrival, and so does every frame while the clock reads zero (no
+    /clock message yet under use_sim_time); a stamp more than tolerance_s ahead of the clock does
+    too, logged once per camera. Thread-safe.
     """
 
     def __init__(self, source: str = 'stamp', clock_s: Callable[[], float] = time.time,
@@ -62,7 +63,10 @@ class FrameAge:
     def measure(self, camera: str, frame: Frame) -> Tuple[float, str]:
         """Return (age in seconds, 'stamp' or 'arrival': what it was measured from)."""
         if self.source == 'stamp' and frame.stamp_s != 0.0:
-            age = self._clock_s() - frame.stamp_s
+            now = self._clock_s()
+            if now == 0.0:   # use_sim_time before the first /clock message: no time yet
+                return frame.age_s(), 'arrival'
+            age = now - frame.stamp_s
             if age >= -self._tolerance_s:
                 return max(age, 0.0), 'stamp'
             self._warn_future(camera, -age)

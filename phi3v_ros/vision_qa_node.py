@@ -120,8 +120,12 @@ class VisionQANode(Node):
         # One camera per topic of image_topics, or the one of image_topic (its name not told to
         # the model, as before image_topics existed); named by resolved topic.
         topics = list(v['image_topics']) or [v['image_topic']]
+        resolved = [self._resolved(topic) for topic in topics]
+        if len(set(resolved)) != len(resolved):   # cam and /cam in the root namespace
+            raise ConfigurationError(f'image_topics names the same topic twice: {topics} '
+                                     f'resolve to {resolved}')
         self._cameras = Cameras(
-            [self._resolved(topic) for topic in topics],
+            resolved,
             FrameAge(v['frame_age_source'], self._clock_s, log=self.get_logger().warning),
             labelled=bool(v['image_topics']))
         # A measurement hook for the benchmarks (bench/responsiveness.py): at debug level, every

@@ -60,12 +60,13 @@ def kill_descendants():
 def bounded(test_id, stream, limit=None):
     """Run the with-block under the watchdog; a block that ends in time disarms it."""
     limit = limit_s() if limit is None else limit
-    done = threading.Event()
+    done, fired = threading.Event(), threading.Event()
 
     def watch():
         try:
             if done.wait(limit):
                 return
+            fired.set()
             stream.write(f'\n\n*** {test_id} ran past {limit:.0f} s ({LIMIT_VARIABLE}): '
                          f'the stack of every thread follows\n')
             stream.flush()
@@ -83,6 +84,11 @@ def bounded(test_id, stream, limit=None):
     try:
         yield
     finally:
-        faulthandler.cancel_dump_traceback_later()
         done.set()
         watchdog.join(GRACE_S)
+        if fired.is_set():
+            # Interrupted: pytest runs the hung test's teardown (and the session's) later, outside
+            # this block; whatever still hangs there gets GRACE_S before faulthandler exits.
+            faulthandler.dump_traceback_later(GRACE_S, exit=True, file=stream)
+        else:
+            faulthandler.cancel_dump_traceback_later()

@@ -228,6 +228,11 @@ class RangeServer:
                 start = 0
                 if self.headers.get('Range'):
                     start = int(self.headers['Range'].split('=')[1].rstrip('-'))
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.send_header('Content-Length', '0')
+                        self.end_headers()
+                        return
                     self.send_response(206)
                     self.send_header('Content-Range',
                                      f'bytes {start}-{len(data) - 1}/{len(data)}')
@@ -271,6 +276,23 @@ def test_an_interrupted_download_resumes_where_it_stopped(tmp_path):
         server.close()
     assert path.read_bytes() == data
     assert server.ranges == [None, f'bytes={kept}-']   # the second asked only for the rest
+
+
+def test_a_complete_part_is_used_and_a_too_long_one_downloaded_again(tmp_path):
+    data = b'the pinned content'
+    sha = hashlib.sha256(data).hexdigest()
+    server = RangeServer(data)
+    try:
+        # stopped after the last byte, before the rename: no request at all
+        (tmp_path / 'a.tgz.part').write_bytes(data)
+        assert dl.download(server.url, tmp_path / 'a.tgz', sha).read_bytes() == data
+        assert server.ranges == []
+        # a part as long as the file but wrong: the server answers 416, the file comes whole
+        (tmp_path / 'b.tgz.part').write_bytes(b'x' * len(data))
+        assert dl.download(server.url, tmp_path / 'b.tgz', sha).read_bytes() == data
+        assert server.ranges == [f'bytes={len(data)}-', None]
+    finally:
+        server.close()
 
 
 def test_a_server_that_sends_nothing_fails_within_the_timeout(tmp_path):

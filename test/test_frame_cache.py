@@ -39,18 +39,21 @@ def test_wait_newer_returns_a_newer_frame_at_once_and_none_without_one():
 def test_wait_newer_wakes_when_a_new_frame_arrives():
     cache = FrameCache()
     cache.store('old', 0.0)
-    waiting = threading.Event()
 
-    def publish_later():
-        waiting.wait()
+    def publish_once_waited_on():
+        # CPython's Condition lists its waiters: store only once wait_newer is blocked in it
+        deadline = time.monotonic() + 30
+        while not cache._changed._waiters and time.monotonic() < deadline:
+            time.sleep(0.001)
         cache.store('new', 0.0)
 
-    thread = threading.Thread(target=publish_later)
+    thread = threading.Thread(target=publish_once_waited_on)
     thread.start()
-    waiting.set()
-    frame = cache.wait_newer(1, timeout_s=10.0)
+    start = time.monotonic()
+    frame = cache.wait_newer(1, timeout_s=60.0)
     thread.join()
     assert frame is not None and frame.message == 'new' and frame.sequence == 2
+    assert time.monotonic() - start < 30   # woken by the store, not by the timeout
 
 
 def test_the_age_is_the_clock_less_the_stamp_and_follows_the_clock():
@@ -88,6 +91,15 @@ def test_a_stamp_ahead_of_the_clock_is_aged_by_arrival_and_said_once_per_camera(
         assert age.measure('/a', cache.latest())[1] == 'arrival'
     age.measure('/b', cache.latest())
     assert len(said) == 2 and '/a' in said[0] and '5.000 s ahead' in said[0] and '/b' in said[1]
+
+
+def test_before_the_first_clock_message_frames_are_aged_by_arrival_without_a_warning():
+    said = []
+    cache = FrameCache()
+    cache.store('frame', 1796185956.0)      # a real camera's stamp, under use_sim_time
+    found, source = FrameAge('stamp', SettableClock(0.0), log=said.append).measure(
+        '/cam', cache.latest())
+    assert source == 'arrival' and found < 5.0 and said == []
 
 
 def test_an_unknown_age_source_is_refused():

@@ -44,3 +44,38 @@ def test_a_hanging_test_fails_the_run_with_its_stack_and_kills_its_children(tmp_
     child_pid = int(re.search(r'child (\d+)', output).group(1))
     assert not psutil.pid_exists(child_pid) or \
         psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE, output
+
+
+HANGING_TEARDOWN = """
+import threading
+
+import pytest
+
+
+@pytest.fixture
+def stuck():
+    yield
+    print('teardown starts', flush=True)
+    threading.Event().wait()   # a teardown that never ends, run after the interrupt
+
+
+def test_hangs(stuck):
+    threading.Event().wait()
+"""
+
+
+def test_a_teardown_that_hangs_after_the_interrupt_still_ends_the_run(tmp_path):
+    """After the interrupt pytest runs the teardown outside the bound: the backstop ends it."""
+    (tmp_path / 'test_suite.py').write_text(textwrap.dedent(HANGING_TEARDOWN))
+    here = os.path.dirname(os.path.abspath(__file__))
+    # a conftest of the child's shortens its GRACE_S (60 s) to 3 s
+    (tmp_path / 'conftest.py').write_text('import hang_watchdog\nhang_watchdog.GRACE_S = 3.0\n')
+    env = dict(os.environ, PYTHONPATH=here, PHI3V_TEST_LIMIT_S='2')
+    env.pop('PYTEST_ADDOPTS', None)
+    run = subprocess.run([sys.executable, '-m', 'pytest', '-p', 'hang_watchdog', '-p',
+                          'no:cacheprovider', '-s', '-q', str(tmp_path / 'test_suite.py')],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    output = run.stdout + run.stderr
+    assert 'ran past 2 s' in output and 'teardown starts' in output, output
+    assert run.returncode == 1, output   # faulthandler's exit: the teardown never returned
+    assert 'Timeout (0:00:03)' in output, output   # faulthandler's dump of the stuck teardown

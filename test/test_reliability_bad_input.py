@@ -521,6 +521,9 @@ def test_out_of_range_parameters_are_refused_at_runtime(raw):
     ('max_image_pixels:=-1', 'max_image_pixels'),
     ('busy_policy:=newest', 'busy_policy must be one of'),
     ('provider:=tpu', 'provider must be one of'),
+    ('image_topics:=[cam, /cam]', 'image_topics names the same topic twice'),
+    ('image_topics:=[1, 2]', 'image_topics must be a list of strings'),
+    ('frame_age_source:=header', 'frame_age_source must be one of'),
 ])
 def test_a_bad_parameter_at_start_is_one_line_and_exit_code_2(argument, reason, tiny_model):
     import subprocess

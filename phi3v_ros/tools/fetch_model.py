@@ -164,8 +164,8 @@ def genai_has_cuda() -> Optional[bool]:
     Return og.is_cuda_available() of the installed onnxruntime-genai, or None if it cannot say.
 
     The distribution's name does not tell: a wheel built here (build_genai_wheel) may be named
-    onnxruntime-genai and have CUDA, and an onnxruntime-genai-cuda whose CUDA libraries do not load
-    has none.
+    onnxruntime-genai and have CUDA. (The call reports how the release was built, not whether
+    its CUDA libraries load.)
     """
     try:
         import onnxruntime_genai as og

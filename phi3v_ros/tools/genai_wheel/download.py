@@ -6,6 +6,7 @@ import http.client
 from pathlib import Path
 import tarfile
 from typing import Callable, List, Optional
+import urllib.error
 import urllib.request
 
 CHUNK = 1024 * 1024
@@ -57,9 +58,21 @@ def download(url: str, dest: Path, sha256: str, opener: Callable = urllib.reques
             pass   # deleted: download again
     part = dest.with_name(dest.name + '.part')
     have = part.stat().st_size if part.exists() else 0
+    if have and sha256_file(part).lower() == sha256.lower():   # complete, stopped before renaming
+        part.replace(dest)
+        return dest
     request = urllib.request.Request(url, headers={'Range': f'bytes={have}-'} if have else {})
     try:
-        with opener(request, timeout=timeout_s) as response:
+        try:
+            response = opener(request, timeout=timeout_s)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 416 or not have:
+                raise
+            # "Range Not Satisfiable": the part is as long as the file or longer, yet wrong
+            part.unlink()
+            have = 0
+            response = opener(urllib.request.Request(url), timeout=timeout_s)
+        with response:
             resumed = have > 0 and getattr(response, 'status', None) == 206
             total = (response.headers.get('Content-Length') if hasattr(response, 'headers')
                      else None)
