@@ -281,3 +281,26 @@ def test_the_post_install_generation_needs_opencv():
     plat.python.modules.append('cv2')
     assert not [p for p in check_prerequisites(plat, choice, gpu_source(), install=True)
                 if 'OpenCV' in p.what]
+
+
+def test_jetpack_6_0_is_told_plainly_that_no_onnx_runtime_fits():
+    plat = preset_platform('jp60-orin')      # CUDA 12.2, cuDNN 8
+    plat.cmake = '3.28.3'
+    choice = V.choose_versions('1.22.0')
+    problems = check_prerequisites(plat, choice, gpu_source(cudnn_major=9), install=False)
+    (problem,) = [p for p in problems if p.what.startswith('JetPack 6.0')]
+    assert problem.level == 'error' and 'no onnxruntime-gpu 1.22.0 or newer' in problem.what
+    assert 'upgrade the Jetson to JetPack 6.1 or 6.2' in problem.fix
+    assert '--ort-source' in problem.fix
+    assert [p for p in check_prerequisites(plat, choice, None, install=False)
+            if p.what.startswith('JetPack 6.0') and p.level == 'error']
+    # an ONNX Runtime 1.20 built for cuDNN 8 that the user gives: built against, with a warning
+    choice = V.choose_versions('1.20.1', genai='0.6.0')
+    problems = check_prerequisites(plat, choice, gpu_source('1.20.1', cudnn_major=8),
+                                   install=False)
+    assert [p.level for p in problems if p.what.startswith('JetPack 6.0')] == ['warning']
+    assert not [e for e in errors_of(problems) if 'cuDNN' in e or 'JetPack' in e]
+    # JetPack 6.2: nothing of the kind
+    plat = preset_platform('jp6-orin')
+    assert not [p for p in check_prerequisites(plat, V.choose_versions('1.22.0'), gpu_source(),
+                                               install=False) if 'JetPack 6.0' in p.what]

@@ -153,6 +153,8 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
 
     # --- ONNX Runtime ----------------------------------------------------------------------------
     need_api = ort_api_version(choice.genai.min_ort)
+    if plat.jetpack and plat.jetpack.cuda == '12.2' and not prebuilt_only:
+        _check_jetpack_60(plat, choice, ort, error, warn)
     if not prebuilt_only:
         if ort is None:
             error('no ONNX Runtime GPU libraries found '
@@ -227,3 +229,31 @@ def _short(version: Optional[str]) -> str:
 
 def has_errors(problems: List[Problem]) -> bool:
     return any(p.level == 'error' for p in problems)
+
+
+def _check_jetpack_60(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
+                      error, warn) -> None:
+    """
+    Say plainly that no ONNX Runtime fits JetPack 6.0 (CUDA 12.2, cuDNN 8), unless one is given.
+
+    Every onnxruntime-genai the builder builds (0.5 and later) needs ONNX Runtime 1.20 or newer;
+    the onnxruntime-gpu builds for JetPack 6 on the jetson-ai-lab index are for CUDA 12.6 and
+    cuDNN 9 (JetPack 6.1/6.2), and jetson-containers' ONNX Runtime builds for CUDA 12.2 stop at
+    1.17. So the builder cannot make a working wheel for 6.0 by itself.
+    """
+    usable = (ort is not None and ort.has_cuda_provider and ort.version
+              and ort_api_version(ort.version) >= ort_api_version(choice.genai.min_ort)
+              and (not ort.cudnn_major or ort.cudnn_major in (plat.cudnn_majors or [8])))
+    where = f'JetPack {plat.jetpack.jetpack} (CUDA 12.2, cuDNN 8)'
+    if usable:
+        warn(f'{where}: building against {ort.origin}, an ONNX Runtime {ort.version} for this '
+             'JetPack that you provide; this combination was not tested by phi3v_ros',
+             'nothing to do if that build is yours; JetPack 6.1/6.2 is the tested route')
+        return
+    error(f'{where} has no onnxruntime-gpu {choice.genai.min_ort} or newer to build against: '
+          f'onnxruntime-genai {choice.genai.version} needs it (every release from 0.5 needs 1.20 '
+          'or newer), the JetPack 6 builds on the jetson-ai-lab index are for CUDA 12.6 and '
+          "cuDNN 9, and jetson-containers' ONNX Runtime builds for CUDA 12.2 stop at 1.17",
+          'upgrade the Jetson to JetPack 6.1 or 6.2 (L4T R36.4; CUDA 12.6, cuDNN 9), then rerun; '
+          f'or build onnxruntime-gpu {choice.genai.min_ort}+ yourself for CUDA 12.2 and cuDNN 8 '
+          'and pass its folder with --ort-source')
