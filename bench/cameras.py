@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from typing import Dict, List
 
-from bench.preprocessing import camera_frame, engine_bench_main, first_token_times
+from bench.preprocessing import camera_frame, engine_bench_main, first_token_times, timing_cells
 
 QUESTION = 'Is the gripper holding the cup the head camera sees?'
 CAMERAS = ('/head/image_raw', '/wrist/image_raw')
@@ -51,9 +51,7 @@ def table(measured: Dict[str, object]) -> str:
              '|---|---|---|---|---|---|']
     for row in measured['rows']:
         lines.append(f'| {row["cameras"]} | {row["max_crops"]} | {row["prompt_tokens"]:,} '
-                     f'({row["image_tokens"]:,}) | {row["crops"]} | **{row["ttft_ms"]:g}** '
-                     f'({row["ttft_ms_min"]:g} to {row["ttft_ms_max"]:g}) | '
-                     f'{row["prepare_ms"]:g} |')
+                     f'({row["image_tokens"]:,}) | {row["crops"]} | {timing_cells(row)}')
     return '\n'.join(lines)
 
 

@@ -188,12 +188,6 @@ def type_mismatch(name: str, value: Any) -> Optional[str]:
 def check_value(name: str, value: Any) -> Optional[str]:
     """None if value is allowed for the parameter, else the reason (ranges, choices)."""
     spec = BY_NAME[name]
-    if name == 'image_topics':
-        if any(not topic.strip() for topic in value):
-            return 'image_topics must not contain an empty topic name'
-        if len(set(value)) != len(value):
-            return f'image_topics names a topic twice: {list(value)}'
-        return None
     if spec.choices and value not in spec.choices:
         return f'{name} must be one of {", ".join(spec.choices)}, not {value!r}'
     if spec.value_range is not None and not spec.value_range[0] <= value <= spec.value_range[1]:

@@ -347,14 +347,12 @@ class VisionQANode(Node):
         node = self.get_fully_qualified_name()
         level, message, values = engine_status(self._engine, self._qa, self._cameras,
                                                self._values['model_path'], self.health)
-        statuses = [DiagnosticStatus(level=bytes([level]), name=f'{node}: engine',
-                                     message=message, hardware_id=self._values['model_path'],
-                                     values=[KeyValue(key=k, value=v) for k, v in values])]
+        statuses = [_diagnostic_status(level, f'{node}: engine', message,
+                                       self._values['model_path'], values)]
         for level, camera, message, values in camera_statuses(
                 self._cameras, self._qa.options.max_image_age_s):
-            statuses.append(DiagnosticStatus(
-                level=bytes([level]), name=f'{node}: camera {camera}', message=message,
-                hardware_id=camera, values=[KeyValue(key=k, value=v) for k, v in values]))
+            statuses.append(_diagnostic_status(level, f'{node}: camera {camera}', message,
+                                               camera, values))
         array = DiagnosticArray(status=statuses)
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(array)
@@ -388,6 +386,13 @@ class VisionQANode(Node):
         if hasattr(self, '_shut_down'):
             self.shutdown()
         super().destroy_node()
+
+
+def _diagnostic_status(level: int, name: str, message: str, hardware_id: str,
+                       values) -> DiagnosticStatus:
+    return DiagnosticStatus(level=bytes([level]), name=name, message=message,
+                            hardware_id=hardware_id,
+                            values=[KeyValue(key=k, value=v) for k, v in values])
 
 
 def _parameter_overrides(node: Node) -> dict:

@@ -522,6 +522,8 @@ def test_out_of_range_parameters_are_refused_at_runtime(raw):
     ('busy_policy:=newest', 'busy_policy must be one of'),
     ('provider:=tpu', 'provider must be one of'),
     ('image_topics:=[cam, /cam]', 'image_topics names the same topic twice'),
+    ('image_topics:=[cam, cam]', 'image_topics names the same topic twice'),
+    ("image_topics:=[cam, '']", "image_topics '' is not a valid topic name"),
     ('image_topics:=[1, 2]', 'image_topics must be a list of strings'),
     ('frame_age_source:=header', 'frame_age_source must be one of'),
 ])
