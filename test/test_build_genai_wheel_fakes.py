@@ -16,7 +16,7 @@ FIXTURES = Path(__file__).parent / 'fixtures' / 'jetson'
 
 def python_probe_json(version='3.10.12', ort=None, has_dev_headers=True, has_pip=True,
                       in_venv=False, externally_managed=False, is_root=False,
-                      modules=('numpy', 'onnx', 'tokenizers', 'cv2'),
+                      modules=('numpy', 'onnx', 'tokenizers', 'cv2', 'requests'),
                       ort_error="ModuleNotFoundError: No module named 'onnxruntime'"):
     info = {'version': version, 'executable': '/usr/bin/python3',
             'include_dir': f'/usr/include/python{".".join(version.split(".")[:2])}',

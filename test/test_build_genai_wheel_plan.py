@@ -47,8 +47,8 @@ def test_default_target_build_command_is_exact():
                          'PATH': '/usr/local/cuda-12.6/bin:$PATH',
                          'CMAKE_BUILD_PARALLEL_LEVEL': '12', 'MAKEFLAGS': '-j12'}
     assert '--parallel' not in build.argv, 'unbounded --parallel runs small Jetsons out of memory'
-    assert [s.id for s in plan.steps] == ['workdir', 'clone', 'ort-gather', 'ort-headers',
-                                          'ort-check', 'build', 'collect-wheel']
+    assert [s.id for s in plan.steps] == ['workdir', 'prebuilt', 'clone', 'ort-gather',
+                                          'ort-headers', 'ort-check', 'build', 'collect-wheel']
 
 
 def test_default_target_source_and_headers_are_pinned():
@@ -102,12 +102,13 @@ def test_without_install_the_commands_are_printed_after():
 def test_orin_nano_jobs_are_bounded_by_memory():
     plat, _, plan = plan_for('jp6-orin-nano')
     assert plat.mem_available == int(8 * GIB * 0.8)
-    assert plan.jobs == 1
-    assert step(plan, 'build').env['CMAKE_BUILD_PARALLEL_LEVEL'] == '1'
+    assert plan.jobs == 3, '(6.4 GiB - 1.5 GiB reserve) / 1.5 GiB a job'
+    assert step(plan, 'build').env['CMAKE_BUILD_PARALLEL_LEVEL'] == '3'
 
 
 @pytest.mark.parametrize('available_gib, cpus, jobs',
-                         [(64, 12, 12), (28, 8, 8), (12, 6, 4), (6.4, 6, 1), (1.0, 6, 1),
+                         [(64, 12, 12), (28, 8, 8), (8, 6, 4), (6.4, 6, 3), (2.9, 6, 1),
+                          (1.0, 6, 1),
                           (None, 4, 1)])
 def test_parallel_jobs(available_gib, cpus, jobs):
     available = None if available_gib is None else int(available_gib * GIB)
@@ -150,24 +151,21 @@ def test_old_release_flags():
     assert '--skip_csharp' in argv and '--skip_examples' not in argv
 
 
-def test_prebuilt_wheel_first_when_pinned():
+def test_prebuilt_wheel_is_looked_for_first_on_a_jetson():
+    _, _, plan = plan_for('jp6-orin')
+    (look,) = [s for s in plan.steps if s.phase == 'prebuilt']
+    assert look.id == 'prebuilt' and look.fallback and plan.steps.index(look) == 1
+    assert look.params['index'] == 'https://pypi.jetson-ai-lab.io/jp6/cu126/+simple/'
+    assert look.params['python_tag'] == 'cp310' and look.params['compute_capability'] == '87'
+    assert look.params['sha256'] is None
     _, _, plan = plan_for('jp6-orin', prebuilt_index='https://index.example/jp6/cu126',
                           prebuilt_sha256='AB' * 32)
-    ids = [s.id for s in plan.steps]
-    assert ids[1:4] == ['prebuilt-requirements', 'prebuilt-download', 'prebuilt-verify']
-    assert all(step(plan, i).fallback for i in ids[1:4])
-    download = step(plan, 'prebuilt-download')
-    assert download.argv[:9] == ['/usr/bin/python3', '-m', 'pip', 'download', '--no-deps',
-                                 '--only-binary=:all:', '--require-hashes', '--index-url',
-                                 'https://index.example/jp6/cu126']
-    assert step(plan, 'prebuilt-requirements').params['text'] == \
-        f'onnxruntime-genai-cuda==0.9.2 --hash=sha256:{"ab" * 32}\n'
-    _, _, plan = plan_for('jp6-orin', prebuilt_index='https://index.example/jp6/cu126',
-                          prebuilt_sha256='ab' * 32, build_from_source=True)
-    assert 'prebuilt-download' not in [s.id for s in plan.steps]
-    _, _, plan = plan_for('jp6-orin', prebuilt_index='https://index.example/jp6/cu126')
-    assert 'prebuilt-download' not in [s.id for s in plan.steps], 'no unverified wheels'
-    assert any('building from source' in n for n in plan.notes)
+    look = step(plan, 'prebuilt')
+    assert look.params['index'] == 'https://index.example/jp6/cu126/'
+    assert look.params['sha256'] == 'ab' * 32
+    _, _, plan = plan_for('jp6-orin', build_from_source=True)
+    assert 'prebuilt' not in [s.id for s in plan.steps]
+    assert any('not looked for (--build-from-source)' in n for n in plan.notes)
 
 
 def test_container_image_source():

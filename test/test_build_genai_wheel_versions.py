@@ -260,7 +260,7 @@ def test_docker_requested_without_docker():
 def test_the_tiny_model_check_needs_onnx_and_tokenizers():
     plat = preset_platform('jp6-orin')
     plat.cmake = '3.28.3'
-    plat.python.modules = ['numpy']
+    plat.python.modules = ['numpy', 'requests']
     choice = V.choose_versions('1.22.0')
     assert not has_errors(check_prerequisites(plat, choice, gpu_source(), install=False))
     (problem,) = [p for p in check_prerequisites(plat, choice, gpu_source(), install=True)
@@ -272,7 +272,7 @@ def test_the_tiny_model_check_needs_onnx_and_tokenizers():
 def test_the_post_install_generation_needs_opencv():
     plat = preset_platform('jp6-orin')
     plat.cmake = '3.28.3'
-    plat.python.modules = ['numpy', 'onnx', 'tokenizers']
+    plat.python.modules = ['numpy', 'onnx', 'tokenizers', 'requests']
     choice = V.choose_versions('1.22.0')
     assert not has_errors(check_prerequisites(plat, choice, gpu_source(), install=False))
     (problem,) = [p for p in check_prerequisites(plat, choice, gpu_source(), install=True)

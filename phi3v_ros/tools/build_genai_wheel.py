@@ -11,13 +11,18 @@ Usage::
     python3 -m phi3v_ros.tools.build_genai_wheel --dry-run
 
 On a machine that is not a Jetson, ``--dry-run`` shows the plan for ``--target`` (default: JetPack
-6 on Orin). See docs/jetson.md for the walkthrough and the table of known failures.
+6 on Orin), and ``--non-jetson`` builds for that machine's own GPU (an x86_64 desktop whose CUDA
+no published wheel matches, an aarch64 server). ``--source DIR`` builds a local onnxruntime-genai
+tree instead of cloning it, and ``--deps-dir DIR`` gives every third-party source CMake would
+download as a local folder: an offline build. See docs/jetson.md for the walkthrough and the
+table of known failures.
 """
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
+import re
 import shlex
 import sys
 from typing import Callable, Optional, Sequence
@@ -29,7 +34,7 @@ from phi3v_ros.tools.genai_wheel.ort_libs import (from_folder, from_python_packa
 from phi3v_ros.tools.genai_wheel.plan import header_archive, make_plan, Options, render_plan
 from phi3v_ros.tools.genai_wheel.runner import Context, execute
 from phi3v_ros.tools.genai_wheel.versions import (choose_versions, DEFAULT_GENAI, DEFAULT_ORT,
-                                                  parse_version, table_rows, VersionError)
+                                                  table_rows, VersionError)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,6 +42,22 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 def default_work_root() -> Path:
     env = os.environ.get('PHI3V_ROS_BUILD_DIR')
     return Path(env).expanduser() if env else Path.home() / '.cache' / 'phi3v_ros' / 'genai-build'
+
+
+def compute_capability(text: str) -> str:
+    """``--cuda-arch``: one GPU, as 87, 8.7 or sm_87 (the wheel is built for one architecture)."""
+    value = text.strip().lower().replace('sm_', '').replace('.', '')
+    if not re.fullmatch(r'[1-9]\d{1,2}', value):
+        raise argparse.ArgumentTypeError(f'{text!r} is not one compute capability such as 87, '
+                                         '8.7 or sm_87')
+    return value
+
+
+def sha256_hex(text: str) -> str:
+    """``--prebuilt-sha256``: 64 hexadecimal digits."""
+    if not re.fullmatch(r'[0-9a-fA-F]{64}', text.strip()):
+        raise argparse.ArgumentTypeError(f'{text!r} is not a sha256 (64 hexadecimal digits)')
+    return text.strip().lower()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,19 +94,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--ort-headers',
                         help='folder with the ONNX Runtime C API headers (default: from the '
                              'source, else the pinned ONNX Runtime source archive)')
-    parser.add_argument('--prebuilt-index',
-                        help='a package index with a prebuilt onnxruntime-genai-cuda wheel for '
-                             'this JetPack (used only with --prebuilt-sha256)')
-    parser.add_argument('--prebuilt-sha256', help='the sha256 the prebuilt wheel must have')
+    parser.add_argument('--prebuilt-index', metavar='URL',
+                        help='a PEP 503 simple index to look for a prebuilt CUDA wheel on '
+                             '(default on a Jetson: the jetson-ai-lab index of its JetPack and '
+                             'CUDA, e.g. https://pypi.jetson-ai-lab.io/jp6/cu126/+simple/)')
+    parser.add_argument('--prebuilt-sha256', metavar='HEX', type=sha256_hex,
+                        help="the sha256 the prebuilt wheel must have (default: the index's)")
     parser.add_argument('--build-from-source', action='store_true',
                         help='never use a prebuilt wheel')
+    parser.add_argument('--non-jetson', action='store_true',
+                        help="build for this machine's own NVIDIA GPU (x86_64 desktop, aarch64 "
+                             'server): no JetPack checks; give --cuda-arch when nvidia-smi '
+                             'cannot tell')
+    parser.add_argument('--source', metavar='DIR',
+                        help='an onnxruntime-genai source tree (checkout or extracted archive '
+                             'of the release) to build instead of cloning it')
+    parser.add_argument('--deps-dir', metavar='DIR',
+                        help='offline build: one folder per third-party source its CMake would '
+                             'download (--dry-run lists them); needs --source and, without the '
+                             'network, --ort-headers')
+    parser.add_argument('--cuda-libs', choices=('toolkit', 'python'), default='toolkit',
+                        help='where cuBLAS, cuRAND and cuFFT come from: the CUDA toolkit '
+                             "(default) or the Python's nvidia-* pip packages (for a toolkit "
+                             'that has only nvcc)')
     parser.add_argument('--python',
                         help='the interpreter ROS 2 uses (default: found from '
                              '/opt/ros/*/bin/ros2)')
     parser.add_argument('--cuda-home',
                         help='the CUDA toolkit to build with, when several are installed')
-    parser.add_argument('--cuda-arch',
-                        help='GPU compute capability, e.g. 87 (Orin), 72 (Xavier), 110 (Thor)')
+    parser.add_argument('--cuda-arch', type=compute_capability,
+                        help='GPU compute capability, e.g. 87 (Orin), 72 (Xavier), 110 (Thor), '
+                             '90 (H100/H200)')
     parser.add_argument('--jobs', type=int, help='compile jobs (default: bounded by free memory)')
     parser.add_argument('--work-dir', help=f'where to build (default {default_work_root()})')
     parser.add_argument('--install-cmake', action='store_true',
@@ -118,7 +157,7 @@ def find_ort_source(args, plat, probe, out) -> Optional[OrtSource]:
         return from_folder(Path(spec).expanduser())
     if plat.synthetic:
         rt = plat.ort_runtime
-        cuda_major = parse_version(plat.cuda.version)[0] if plat.cuda else 12
+        cuda_major = plat.cuda.major if plat.cuda else 12
         return source_summary_for_preset(rt.capi_dir, rt.version, cuda_major)
     if plat.ort_runtime is not None:
         try:
@@ -146,7 +185,11 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
     for line in plat.summary():
         out(f'  {line}')
 
-    is_target = plat.is_jetson and plat.machine in ('aarch64', 'arm64')
+    if args.deps_dir and not args.source:
+        out('error: --deps-dir (an offline build) needs --source too: the dependency list is '
+            "read from the source's cmake/deps.txt")
+        return 2
+    is_target = (plat.is_jetson and plat.machine in ('aarch64', 'arm64')) or args.non_jetson
     if args.dry_run and (not is_target or args.target):
         target = args.target or platform_mod.DEFAULT_PRESET
         if not is_target:
@@ -160,7 +203,8 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
     elif not is_target and not args.dry_run:
         targets = '|'.join(sorted(platform_mod.PRESETS))
         out(f'error: this machine is {plat.machine} and not a Jetson: run the builder on the '
-            f'Jetson; to review the plan here, use --dry-run (optionally --target {targets})')
+            f'Jetson; to review the plan here, use --dry-run (optionally --target {targets}); '
+            "to build for this machine's own GPU, --non-jetson")
         return 2
 
     try:
@@ -187,7 +231,12 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
         plat, choice, ort if not args.ort_image else OrtSource('docker', args.ort_image, libs=[
             'libonnxruntime_providers_cuda.so']),
         install=args.install, install_cmake=args.install_cmake,
-        ort_headers_available=headers_available, docker_requested=bool(args.ort_image))
+        ort_headers_available=headers_available, docker_requested=bool(args.ort_image),
+        non_jetson=args.non_jetson and not plat.synthetic, cuda_libs=args.cuda_libs,
+        offline=bool(args.deps_dir))
+    problems += checks_mod.check_local_sources(
+        Path(args.source).expanduser() if args.source else None,
+        Path(args.deps_dir).expanduser() if args.deps_dir else None, choice.genai.version)
     if problems:
         out('Checks:')
         for problem in problems:
@@ -201,7 +250,10 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
                    jobs=args.jobs, install_cmake=args.install_cmake,
                    ort_headers=Path(args.ort_headers).expanduser() if args.ort_headers else None,
                    ort_image=args.ort_image, pip_args=shlex.split(args.pip_args),
-                   package_root=PACKAGE_ROOT)
+                   package_root=PACKAGE_ROOT,
+                   source=Path(args.source).expanduser() if args.source else None,
+                   deps_dir=Path(args.deps_dir).expanduser() if args.deps_dir else None,
+                   cuda_libs=args.cuda_libs)
     plan = make_plan(plat, choice, ort, opts)
     errors = checks_mod.has_errors(problems)
     if args.dry_run:

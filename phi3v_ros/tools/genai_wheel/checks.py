@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Optional
 
+from . import local_sources
+from .cuda_libs import pip_packages_for
+from .gpu_code import runs_on
 from .ort_libs import OrtSource
 from .platform import GIB, Platform
 from .versions import (ort_api_version, ORT_GPU_HINTS, parse_version, version_at_least,
@@ -25,6 +29,9 @@ class Problem:
 
 
 def ort_hint(plat: Platform, ort: str) -> str:
+    if not plat.is_jetson and not plat.synthetic:
+        return (f'python3 -m pip install onnxruntime-gpu=={ort} (PyPI; its CUDA major must be the '
+                "toolkit's), or --ort-source the folder of your own ONNX Runtime build")
     hint = ORT_GPU_HINTS.get(plat.jetpack_major or 6, ORT_GPU_HINTS[6])
     return hint.format(ort=ort)
 
@@ -32,8 +39,14 @@ def ort_hint(plat: Platform, ort: str) -> str:
 def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource], *,
                         install: bool, install_cmake: bool = False,
                         ort_headers_available: bool = True, docker_requested: bool = False,
-                        prebuilt_only: bool = False) -> List[Problem]:
-    """Every reason the build would fail, found before it starts."""
+                        prebuilt_only: bool = False, non_jetson: bool = False,
+                        cuda_libs: str = 'toolkit', offline: bool = False) -> List[Problem]:
+    """
+    Every reason the build would fail, found before it starts.
+
+    ``non_jetson``: building for this machine's own GPU (an x86_64 desktop, an aarch64 server),
+    so no JetPack facts apply. ``offline``: no downloads at all (``--deps-dir``).
+    """
     problems: List[Problem] = []
 
     def error(what, fix):
@@ -45,7 +58,11 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
     py = plat.python
     py_cmd = py.path if py else 'python3'
 
-    if plat.machine not in ('aarch64', 'arm64'):
+    if non_jetson:
+        if plat.is_jetson:
+            warn('--non-jetson on a Jetson: the JetPack checks are skipped',
+                 'leave --non-jetson out to build with the JetPack checks')
+    elif plat.machine not in ('aarch64', 'arm64'):
         error(f'this machine is {plat.machine}, not a Jetson (aarch64): '
               'the wheel must be built on the Jetson',
               'run the builder on the Jetson, '
@@ -66,6 +83,8 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
     if not prebuilt_only:
         if plat.cuda is None:
             error(f'no CUDA toolkit (bin/nvcc) under /usr/local ({plat.cuda_reason})',
+                  'install the CUDA toolkit of the CUDA major your onnxruntime-gpu was built '
+                  'for (or pass --cuda-home), then rerun' if non_jetson else
                   'install it: sudo apt install nvidia-jetpack (or cuda-toolkit-12-6), then rerun')
         elif not version_at_least(plat.cuda.version, MIN_CUDA):
             error(f'CUDA {plat.cuda.version} at {plat.cuda.path} is too old: '
@@ -87,7 +106,23 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
         if not plat.compute_capability:
             error("the GPU's compute capability could not be read "
                   '(no device tree entry, no nvidia-smi)',
+                  'pass --cuda-arch with the GPU the wheel is for, e.g. 90 (H100/H200), 89 '
+                  '(RTX 40), 86 (RTX 30)' if non_jetson else
                   'pass --cuda-arch 87 (Orin), 72 (Xavier) or 110 (Thor)')
+        if plat.cuda and plat.cuda_missing:
+            missing = ', '.join(plat.cuda_missing)
+            if cuda_libs == 'python':
+                warn(f'the CUDA toolkit at {plat.cuda.path} lacks {missing}',
+                     "--cuda-libs python: they are taken from the Python's NVIDIA packages ("
+                     + ' '.join(pip_packages_for(plat.cuda_missing, plat.cuda.major)) + ')')
+            else:
+                error(f'the CUDA toolkit at {plat.cuda.path} lacks {missing}, which '
+                      'onnxruntime-genai compiles and links (cuRAND, cuBLAS, cuFFT)',
+                      ("install the toolkit's development libraries (e.g. sudo apt install "
+                       'cuda-libraries-dev-<major>-<minor>), or pip install '
+                       + ' '.join(pip_packages_for(plat.cuda_missing, plat.cuda.major))
+                       + ' into the Python and pass --cuda-libs python') if non_jetson else
+                      'sudo apt install nvidia-jetpack (it brings cuda-libraries-dev)')
         if not plat.gcc:
             error('no GCC found', 'sudo apt install build-essential')
         elif not version_at_least(plat.gcc, choice.genai.min_gcc):
@@ -103,7 +138,7 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
             if install_cmake:
                 warn(f'{have}; onnxruntime-genai {choice.genai.version} needs CMake {need_cmake}',
                      '--install-cmake: the plan installs it with pip '
-                     f'({CMAKE_PIP_SPEC}) for your user')
+                     f'({CMAKE_PIP_SPEC}), into the venv or for your user')
             else:
                 error(f'{have}: onnxruntime-genai {choice.genai.version} '
                       f'needs CMake {need_cmake} or newer (Ubuntu 22.04 has 3.22)',
@@ -133,6 +168,15 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
                   f'sudo apt install python{_short(py.version)}-dev')
         if not py.has_pip:
             error(f'{py.path} has no pip', 'sudo apt install python3-pip')
+        if not prebuilt_only and 'requests' not in py.modules:
+            # onnxruntime-genai's build.py imports it (tools/python/util) before doing anything
+            error(f"{py.path} lacks requests, which onnxruntime-genai's build.py imports",
+                  f'sudo apt install python3-requests (or {py.path} -m pip install requests)')
+        lacking = [m for m in ('setuptools', 'wheel') if m not in py.modules]
+        if offline and not prebuilt_only and lacking:
+            error(f'{py.path} lacks {" and ".join(lacking)}: the offline build makes the wheel '
+                  'with `pip wheel --no-build-isolation`, which uses the installed ones',
+                  f'{py.path} -m pip install {" ".join(lacking)}')
         missing = [m for m in ('numpy', 'onnx', 'tokenizers') if m not in py.modules]
         if install and missing:
             error(f'{py.path} lacks {", ".join(missing)}, '
@@ -177,12 +221,20 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
                       f'older than the {need_api} onnxruntime-genai {choice.genai.version} needs',
                       'give --ort-headers with headers of a newer release '
                       '(or leave them out: the builder downloads pinned ones)')
-            if plat.cuda and ort.cuda_major and \
-                    parse_version(plat.cuda.version)[0] != ort.cuda_major:
+            if plat.cuda and ort.cuda_major and plat.cuda.major != ort.cuda_major:
                 error(f'{ort.origin} was built for CUDA {ort.cuda_major}, '
                       f'but the toolkit is CUDA {plat.cuda.version}',
                       'use an onnxruntime-gpu built for your JetPack, '
                       'or --cuda-home the matching toolkit')
+            if ort.gpu_codes and plat.compute_capability and \
+                    runs_on(ort.gpu_codes, plat.compute_capability) is None:
+                # e.g. PyPI's aarch64 onnxruntime-gpu on an Orin: sm_89 and newer only, no PTX
+                error(f'{ort.origin}: its CUDA provider has no GPU code for this GPU '
+                      f'(sm_{plat.compute_capability}); it has only '
+                      f'{", ".join(map(str, ort.gpu_codes))}, so every CUDA kernel would fail '
+                      "with 'no kernel image is available for execution on the device'",
+                      'install an onnxruntime-gpu built for this GPU: '
+                      + ort_hint(plat, choice.ort))
             if ort.cudnn_major and plat.cudnn_majors and ort.cudnn_major not in plat.cudnn_majors:
                 error(f'{ort.origin} needs cuDNN {ort.cudnn_major}, '
                       f'but this JetPack has cuDNN {", ".join(map(str, plat.cudnn_majors))}',
@@ -219,6 +271,28 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
                 f'{choice.genai.min_ort} onnxruntime-genai {choice.genai.version} '
                 'needs at run time',
                 ort_hint(plat, choice.ort))
+    return problems
+
+
+def check_local_sources(source: Optional[Path], deps_dir: Optional[Path],
+                        version: str) -> List[Problem]:
+    """Check that the --source tree is the release and --deps-dir has each dependency."""
+    problems: List[Problem] = []
+    if source is None:
+        return problems
+    try:
+        local_sources.check_source(source, version)
+    except local_sources.LocalSourceError as exc:
+        return [Problem('error', str(exc), 'fix --source or --genai-version')]
+    if deps_dir is not None:
+        deps = local_sources.required_dependencies(source, deps_dir)
+        missing = local_sources.missing_dependencies(deps, deps_dir)
+        if missing:
+            problems.append(Problem(
+                'error', f'{len(missing)} of the {len(deps)} dependencies an offline build '
+                         f'needs are not in {deps_dir}',
+                'put each there (the URL is what CMake would download):\n         '
+                + '\n         '.join(local_sources.describe_missing(missing, deps_dir))))
     return problems
 
 

@@ -68,6 +68,7 @@ def download(url: str, dest: Path, sha256: str, opener: Callable = urllib.reques
         except urllib.error.HTTPError as exc:
             if exc.code != 416 or not have:
                 raise
+            exc.close()     # its connection
             # "Range Not Satisfiable": the part is as long as the file or longer, yet wrong
             part.unlink()
             have = 0

@@ -17,13 +17,16 @@ Headers missing from the source come from the pinned ONNX Runtime source archive
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+import mmap
 import os
 from pathlib import Path
 import re
 import shutil
 from typing import List, Optional
 
+from .gpu_code import gpu_code, GpuCode
 from .versions import parse_version
 
 CUDA_PROVIDER = 'libonnxruntime_providers_cuda.so'
@@ -55,6 +58,8 @@ class OrtSource:
     cuda_major: Optional[int] = None   # CUDA major the CUDA provider links against
     cudnn_major: Optional[int] = None
     header_api: Optional[int] = None   # ORT_API_VERSION of the headers
+    # the GPU code of the CUDA provider library (gpu_code), None when not read
+    gpu_codes: Optional[List[GpuCode]] = None
 
     @property
     def has_cuda_provider(self) -> bool:
@@ -90,11 +95,27 @@ def library_version(path: Path) -> Optional[str]:
     if match:
         return match.group(1)
     try:
-        data = path.read_bytes()
+        with mapped(path) as data:
+            versions = {m.group(1).decode() for m in _VERS_RE.finditer(data)}
     except OSError:
         return None
-    versions = {m.group(1).decode() for m in _VERS_RE.finditer(data)}
     return max(versions, key=parse_version) if versions else None
+
+
+@contextmanager
+def mapped(path: Path):
+    """Map a file read-only: a provider library is hundreds of MB, and boards have 8 GB."""
+    with open(path, 'rb') as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            yield b''       # an empty file cannot be mapped
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            yield data
+
+
+def _first_number(pattern: bytes, data) -> Optional[int]:
+    match = re.search(pattern, data)
+    return int(match.group(1)) if match else None
 
 
 def linked_majors(path: Path) -> (Optional[int], Optional[int]):
@@ -104,12 +125,13 @@ def linked_majors(path: Path) -> (Optional[int], Optional[int]):
     Read from its DT_NEEDED names.
     """
     try:
-        data = path.read_bytes()
+        with mapped(path) as data:
+            # the numbers are read while the file is mapped: a match refers to it
+            cuda = _first_number(rb'lib(?:cudart|cublas)\.so\.(\d+)', data)
+            cudnn = _first_number(rb'libcudnn\.so\.(\d+)', data)
     except OSError:
         return None, None
-    cuda = re.search(rb'lib(?:cudart|cublas)\.so\.(\d+)', data)
-    cudnn = re.search(rb'libcudnn\.so\.(\d+)', data)
-    return (int(cuda.group(1)) if cuda else None), (int(cudnn.group(1)) if cudnn else None)
+    return cuda, cudnn
 
 
 def _main_library(lib_dir: Path) -> Optional[Path]:
@@ -157,6 +179,11 @@ def inspect(kind: str, origin: str, lib_dir: Optional[Path],
                 source.libs.append(name)
         if source.has_cuda_provider:
             source.cuda_major, source.cudnn_major = linked_majors(lib_dir / CUDA_PROVIDER)
+            try:
+                with mapped(lib_dir / CUDA_PROVIDER) as data:
+                    source.gpu_codes = gpu_code(data)
+            except OSError:
+                source.gpu_codes = None
     if header_dir is not None:
         try:
             source.header_api = header_api_version((header_dir / 'onnxruntime_c_api.h').read_text(

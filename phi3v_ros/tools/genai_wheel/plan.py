@@ -13,15 +13,19 @@ from pathlib import Path
 import shlex
 from typing import Any, Dict, List, Optional
 
+from . import local_sources
 from .checks import CMAKE_PIP_SPEC
 from .ort_libs import docker_commands, gather_plan, OrtSource
 from .platform import GIB, Platform
+from .prebuilt import jetson_ai_lab_index
 from .versions import (GENAI_REPO_URL, ort_api_version, ort_archive_for, ORT_ARCHIVE_URL,
-                       ORT_SOURCE_ARCHIVES, PREBUILT_WHEELS, version_at_least, VersionChoice)
+                       ORT_SOURCE_ARCHIVES, version_at_least, VersionChoice)
 
-# memory one compile job may take (nvcc/cicc on onnxruntime-genai's CUDA kernels), and what
-# to leave free
-MEM_PER_JOB_GIB = 2.5
+# memory one compile job may take, and what to leave free. Measured (bench/build_wheel.py,
+# docs/jetson.md 4c): the largest compiler process of a 0.11.4 CUDA build took 0.95 GiB, two jobs
+# together 1.4 GiB at their peak; 1.5 GiB a job keeps half a job's margin (an 8 GB Orin Nano
+# gets 3 jobs, not 1)
+MEM_PER_JOB_GIB = 1.5
 MEM_RESERVE_GIB = 1.5
 
 IMPORT_CHECK = ('import onnxruntime_genai as og; '
@@ -50,6 +54,9 @@ class Options:
     pip_args: List[str] = field(default_factory=list)
     package_root: Optional[Path] = None     # folder holding the phi3v_ros package (for the checks)
     home: Optional[Path] = None
+    source: Optional[Path] = None           # a local onnxruntime-genai tree instead of a clone
+    deps_dir: Optional[Path] = None         # local folders for every FetchContent dependency
+    cuda_libs: str = 'toolkit'              # 'toolkit', or 'python': cuBLAS & co from pip wheels
 
 
 @dataclass
@@ -128,20 +135,23 @@ def _pip_install_flags(plat: Platform, opts: Options) -> List[str]:
     return flags + list(opts.pip_args)
 
 
-def prebuilt_for(plat: Platform, choice: VersionChoice, opts: Options) -> Optional[Dict[str, str]]:
-    """Return a prebuilt wheel pinned by sha256 (given, or verified in the table), or None."""
+def prebuilt_for(plat: Platform, opts: Options) -> Dict[str, Optional[str]]:
+    """Return the index to look on for a prebuilt wheel (None: build only), and why."""
     if opts.build_from_source:
-        return None
-    if opts.prebuilt_index and opts.prebuilt_sha256:
-        return {'index': opts.prebuilt_index, 'sha256': opts.prebuilt_sha256.lower(),
-                'source': 'given'}
-    py = ''.join((plat.python.version or '').split('.')[:2]) if plat.python else ''
-    cuda = '.'.join(plat.cuda.version.split('.')[:2]) if plat.cuda else ''
-    entry = PREBUILT_WHEELS.get((plat.jetpack_major, cuda, f'cp{py}', choice.genai.version))
-    if entry:
-        index, sha = entry
-        return {'index': opts.prebuilt_index or index, 'sha256': sha, 'source': 'table'}
-    return None
+        return {'index': None, 'why': '--build-from-source'}
+    if opts.prebuilt_index:
+        index = opts.prebuilt_index.rstrip('/') + '/'
+        return {'index': index, 'why': '--prebuilt-index'}
+    if opts.deps_dir:
+        return {'index': None, 'why': 'offline build (--deps-dir)'}
+    if not (plat.is_jetson or plat.synthetic):
+        return {'index': None, 'why': 'not a Jetson: no index of Jetson builds applies'}
+    cuda = '.'.join(plat.cuda.version.split('.')[:2]) if plat.cuda else None
+    index = jetson_ai_lab_index(plat.jetpack_major, cuda)
+    if index is None:
+        return {'index': None, 'why': 'JetPack or CUDA unknown'}
+    return {'index': index, 'why': f'the jetson-ai-lab index of JetPack {plat.jetpack_major}, '
+                                   f'CUDA {cuda}'}
 
 
 def header_archive(choice: VersionChoice, ort: Optional[OrtSource]) -> Optional[str]:
@@ -175,42 +185,40 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
     after: List[str] = []
     release = choice.genai
     home = Path(opts.home) if opts.home else Path.home()
+    arch = plat.compute_capability or '87'      # checks.py has said so when it was not found
 
     steps.append(Step('workdir', f'Create the work folder {work}', 'tools',
                       argv=['mkdir', '-p', str(logs)]))
 
-    # --- 1. a prebuilt wheel, when one pinned by sha256 exists -----------------------------------
-    prebuilt = prebuilt_for(plat, choice, opts)
-    if prebuilt:
-        req = work / 'prebuilt' / 'requirements.txt'
-        spec = f'onnxruntime-genai-cuda=={release.version} --hash=sha256:{prebuilt["sha256"]}'
-        steps += [
-            Step('prebuilt-requirements', 'Write the pinned requirement for the prebuilt wheel',
-                 'prebuilt', action='write_file', params={'path': str(req), 'text': spec + '\n'},
-                 detail=[f'write {req}: {spec}'], fallback=True),
-            Step('prebuilt-download',
-                 f'Download the prebuilt wheel from {prebuilt["index"]} (pip checks the sha256)',
-                 'prebuilt', argv=[py, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
-                                   '--require-hashes', '--index-url', prebuilt['index'], '-r',
-                                   str(req), '-d', str(work / 'prebuilt')],
-                 log=str(logs / 'prebuilt.log'), fallback=True),
-            Step('prebuilt-verify', 'Verify the downloaded wheel against the pinned sha256',
-                 'prebuilt', action='verify_prebuilt',
-                 params={'dir': str(work / 'prebuilt'), 'sha256': prebuilt['sha256'],
-                         'dest': str(work / 'dist')},
-                 detail=[f'sha256 of {work / "prebuilt"}/onnxruntime_genai*.whl must be '
-                         f'{prebuilt["sha256"]}',
-                         f'copy it to {work / "dist"}/'], fallback=True),
-        ]
-        notes.append('a prebuilt wheel pinned by sha256 is tried first; if it fails, the steps '
-                     'marked "build" run instead')
+    # --- 1. a prebuilt wheel, looked up on the index for this JetPack and CUDA ------------------
+    prebuilt = prebuilt_for(plat, opts)
+    if prebuilt['index']:
+        py_tag = 'cp' + ''.join((plat.python.version or '').split('.')[:2]) if plat.python \
+            else 'cp310'
+        sha = f', sha256 {opts.prebuilt_sha256.lower()}' if opts.prebuilt_sha256 else \
+            ', the sha256 the index gives'
+        steps.append(Step(
+            'prebuilt', f'Look for a prebuilt wheel on {prebuilt["index"]}', 'prebuilt',
+            action='prebuilt',
+            params={'index': prebuilt['index'], 'python_tag': py_tag, 'machine': plat.machine,
+                    'wanted': release.version,
+                    'runtime_ort': plat.ort_runtime.version if plat.ort_runtime else None,
+                    'sha256': opts.prebuilt_sha256.lower() if opts.prebuilt_sha256 else None,
+                    'compute_capability': arch,
+                    'dir': str(work / 'prebuilt'), 'dest': str(work / 'dist')},
+            detail=[f'{prebuilt["index"]}onnxruntime-genai-cuda/ and .../onnxruntime-genai/: '
+                    f'a {py_tag} {plat.machine} wheel of {release.version} (else the newest '
+                    'supported release)',
+                    f'download it into {work / "prebuilt"}/ and verify it{sha}',
+                    'its shared libraries must hold GPU code for '
+                    f'sm_{arch} (their fatbin headers), '
+                    f'then copy it to {work / "dist"}/'],
+            fallback=True))
+        notes.append(f'a prebuilt wheel is looked for first ({prebuilt["why"]}); if there is '
+                     'none, or it does not fit, the build steps run instead')
     else:
-        why = 'no --prebuilt-index/--prebuilt-sha256 given and none verified in the table' \
-            if not opts.build_from_source else '--build-from-source'
-        cuda_mm = '.'.join(plat.cuda.version.split('.')[:2]) if plat.cuda else '?'
-        notes.append('prebuilt wheel: none for JetPack '
-                     f'{plat.jetpack.jetpack if plat.jetpack else "?"} / CUDA {cuda_mm} / '
-                     f'onnxruntime-genai {release.version} ({why}): building from source')
+        notes.append(f'prebuilt wheel: not looked for ({prebuilt["why"]}): building from source'
+                     + ('; --prebuilt-sha256 is not used' if opts.prebuilt_sha256 else ''))
 
     # --- 2. tools --------------------------------------------------------------------------------
     cmake_path = plat.cmake_path or 'cmake'
@@ -219,25 +227,49 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
         in_env = plat.python and (plat.python.in_venv or plat.python.is_root)
         user_flags = [] if in_env else ['--user']
         steps.append(Step('cmake',
-                          f'Install CMake {release.cmake_min}+ with pip (Ubuntu has {plat.cmake})',
-                          'tools', argv=[py, '-m', 'pip', 'install', *user_flags, CMAKE_PIP_SPEC],
+                          f'Install CMake {release.cmake_min}+ with pip (found {plat.cmake})',
+                          'tools', argv=[py, '-m', 'pip', 'install', *user_flags,
+                                         *opts.pip_args, CMAKE_PIP_SPEC],
                           log=str(logs / 'cmake.log')))
-        cmake_path = str(home / '.local' / 'bin' / 'cmake') if user_flags else 'cmake'
+        if user_flags:
+            cmake_path = str(home / '.local' / 'bin' / 'cmake')
+        elif plat.python.in_venv:
+            # pip puts it beside the venv's python, which is not on PATH unless activated
+            cmake_path = str(Path(py).parent / 'cmake')
+        else:
+            cmake_path = 'cmake'
 
     # --- 3. source -------------------------------------------------------------------------------
     src = work / 'src'
     tag = f'v{release.version}'
-    steps.append(Step(
-        'clone', f'Get onnxruntime-genai {release.version} source '
-                 f'(tag {tag}, pinned commit {release.commit})',
-        'build', action='clone',
-        params={'url': GENAI_REPO_URL, 'tag': tag, 'commit': release.commit, 'dest': str(src),
-                'log': str(logs / 'clone.log')},
-        detail=[f'(skipped if {src} is already at {release.commit})',
-                '$ ' + shlex.join(['git', 'clone', '--branch', tag, '--depth', '1',
-                                   '--single-branch', GENAI_REPO_URL, str(src)]),
-                '$ ' + shlex.join(['git', '-C', str(src), 'rev-parse', 'HEAD'])
-                + f'   # must print {release.commit}']))
+    if opts.source:
+        src = Path(opts.source).resolve()
+        steps.append(Step(
+            'source', f'Use the onnxruntime-genai source at {src}', 'build', action='check_source',
+            params={'dir': str(src), 'version': release.version},
+            detail=[f'{src}/VERSION_INFO must say {release.version}; '
+                    'with git, its commit is printed'], always=True))
+    else:
+        steps.append(Step(
+            'clone', f'Get onnxruntime-genai {release.version} source '
+                     f'(tag {tag}, pinned commit {release.commit})',
+            'build', action='clone',
+            params={'url': GENAI_REPO_URL, 'tag': tag, 'commit': release.commit,
+                    'dest': str(src), 'log': str(logs / 'clone.log')},
+            detail=[f'(skipped if {src} is already at {release.commit})',
+                    '$ ' + shlex.join(['git', 'clone', '--branch', tag, '--depth', '1',
+                                       '--single-branch', GENAI_REPO_URL, str(src)]),
+                    '$ ' + shlex.join(['git', '-C', str(src), 'rev-parse', 'HEAD'])
+                    + f'   # must print {release.commit}']))
+    offline_defines: List[str] = []
+    if opts.deps_dir:
+        deps_dir = Path(opts.deps_dir).resolve()
+        deps = local_sources.required_dependencies(src, deps_dir) if src.is_dir() else []
+        offline_defines = local_sources.cmake_defines(deps, deps_dir)
+        steps.append(Step(
+            'deps', f'Check the local dependency folders in {deps_dir} (no downloads)', 'build',
+            action='check_deps', params={'source': str(src), 'deps_dir': str(deps_dir)},
+            detail=[f'{deps_dir}/{d.folder}/ ({d.url})' for d in deps], always=True))
 
     # --- 4. ONNX Runtime libraries and headers ---------------------------------------------------
     ort_home = work / 'ort'
@@ -303,7 +335,18 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
 
     # --- 5. build --------------------------------------------------------------------------------
     cuda = plat.cuda.path if plat.cuda else '/usr/local/cuda'
-    arch = plat.compute_capability or '87'
+    cuda_env: Dict[str, str] = {}
+    if opts.cuda_libs == 'python':
+        cuda_extra = work / 'cuda-libs'
+        steps.append(Step(
+            'cuda-libs', f"Gather the CUDA libraries the toolkit lacks from {py}'s nvidia "
+                         f'packages into {cuda_extra}', 'build', action='gather_cuda_libs',
+            params={'python': py, 'cuda': cuda, 'dest': str(cuda_extra),
+                    'cuda_major': plat.cuda.major if plat.cuda else None},
+            detail=[f'link the missing headers into {cuda_extra}/include and libcublas.so, '
+                    f'libcurand.so, ... (unversioned) into {cuda_extra}/lib'], always=True))
+        cuda_env = {'CPATH': f'{cuda_extra}/include:$CPATH',
+                    'LIBRARY_PATH': f'{cuda_extra}/lib:$LIBRARY_PATH'}
     build_dir = work / 'build'
     argv = [py, str(src / 'build.py'), '--config', 'Release', '--update', '--build',
             '--skip_tests', '--use_cuda', '--cuda_home', cuda, '--ort_home', str(ort_home),
@@ -316,9 +359,14 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
         argv += ['--cmake_path', cmake_path]
     argv += ['--cmake_extra_defines', f'CMAKE_CUDA_ARCHITECTURES={arch}', 'ENABLE_TESTS=OFF',
              'ENABLE_MODEL_BENCHMARK=OFF', f'Python_EXECUTABLE={py}', f'PYTHON_EXECUTABLE={py}']
+    argv += offline_defines
     env = {'CUDA_PATH': cuda, 'CUDA_HOME': cuda, 'CUDACXX': f'{cuda}/bin/nvcc',
            'PATH': f'{cuda}/bin:$PATH', 'CMAKE_BUILD_PARALLEL_LEVEL': str(jobs),
-           'MAKEFLAGS': f'-j{jobs}'}
+           'MAKEFLAGS': f'-j{jobs}', **cuda_env}
+    if opts.deps_dir:
+        # the wheel is made by `pip wheel .`: offline, with the setuptools already installed
+        # (PIP_NO_BUILD_ISOLATION=0 is pip's spelling of --no-build-isolation)
+        env.update({'PIP_NO_INDEX': '1', 'PIP_NO_BUILD_ISOLATION': '0'})
     steps.append(Step(
         'build', f'Build onnxruntime-genai {release.version} with CUDA for sm_{arch}, {jobs} jobs '
         f'(resumes an interrupted build)', 'build', argv=argv, cwd=str(src), env=env,

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
+from .cuda_libs import toolkit_missing
 from .versions import jetpack_for_l4t, JetPackRelease, parse_version
 
 GIB = 1024 ** 3
@@ -110,6 +111,10 @@ class CudaInstall:
     path: str           # on the probed machine, e.g. /usr/local/cuda-12.6
     version: str        # e.g. 12.6.68
 
+    @property
+    def major(self) -> int:
+        return parse_version(self.version)[0]
+
 
 @dataclass
 class PythonInfo:
@@ -122,7 +127,7 @@ class PythonInfo:
     in_venv: bool = False
     externally_managed: bool = False
     is_root: bool = False
-    # of numpy, onnx, tokenizers, cv2: those importable
+    # of numpy, onnx, tokenizers, cv2, requests, setuptools, wheel: those importable
     modules: List[str] = field(default_factory=list)
     error: Optional[str] = None
 
@@ -173,6 +178,8 @@ class Platform:
     ort_runtime: Optional[OrtRuntime] = None
     ort_runtime_error: Optional[str] = None
     cudnn_majors: List[int] = field(default_factory=list)
+    # the headers and libraries the build links that the CUDA toolkit lacks (cuda_libs)
+    cuda_missing: List[str] = field(default_factory=list)
     synthetic: bool = False             # a --target preset, not this machine
 
     @property
@@ -426,7 +433,8 @@ info["in_venv"] = sys.prefix != getattr(sys, "base_prefix", sys.prefix)
 stdlib = sysconfig.get_paths().get("stdlib") or ""
 info["externally_managed"] = os.path.exists(os.path.join(stdlib, "EXTERNALLY-MANAGED"))
 info["is_root"] = hasattr(os, "geteuid") and os.geteuid() == 0
-info["modules"] = [m for m in ("numpy", "onnx", "tokenizers", "cv2")
+info["modules"] = [m for m in ("numpy", "onnx", "tokenizers", "cv2", "requests", "setuptools",
+                                "wheel")
                    if importlib.util.find_spec(m) is not None]
 try:
     import onnxruntime as ort
@@ -537,6 +545,7 @@ def detect(probe: Probe, work_dir: str = '/tmp', python: Optional[str] = None,
     plat.swap_free = mem.get('SwapFree')
     plat.disk_free = probe.disk_free(work_dir)
     plat.cudnn_majors = detect_cudnn_majors(probe, plat.cuda)
+    plat.cuda_missing = toolkit_missing(probe.path(plat.cuda.path)) if plat.cuda else []
     return plat
 
 
@@ -599,7 +608,7 @@ def preset_platform(name: str, ort_version: str = '1.22.0', work_dir: str = '') 
                           version=py, include_dir=f'/usr/include/python{py_short}',
                           has_dev_headers=True, has_pip=True,
                           externally_managed=py_short == '3.12',
-                          modules=['numpy', 'onnx', 'tokenizers', 'cv2']),
+                          modules=['numpy', 'onnx', 'tokenizers', 'cv2', 'requests']),
         ros_distro=ros, gcc=gcc, cmake=cmake, cmake_path='/usr/bin/cmake', git='/usr/bin/git',
         docker=None, mem_total=mem * GIB, mem_available=int(mem * GIB * 0.8), swap_free=0,
         cpu_count=cpus,

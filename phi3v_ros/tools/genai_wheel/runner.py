@@ -14,8 +14,13 @@ import shutil
 import subprocess
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
+import zipfile
 
+from . import cuda_libs
 from . import download as dl
+from . import gpu_code
+from . import local_sources
+from . import prebuilt
 from .failures import match_failures
 from .ort_libs import from_folder, gather, inspect, OrtError, verify_ort_home
 from .plan import Plan, Step
@@ -169,12 +174,6 @@ class Context:
 
 # ----------------------------------------------------------------------------------------- actions
 
-def action_write_file(step: Step, ctx: Context, state: State) -> None:
-    path = Path(step.params['path'])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(step.params['text'])
-
-
 def action_clone(step: Step, ctx: Context, state: State) -> None:
     p = step.params
     dest, commit = Path(p['dest']), p['commit']
@@ -196,6 +195,45 @@ def action_clone(step: Step, ctx: Context, state: State) -> None:
                         f'{commit}: the tag moved, so the source is not the one this table was '
                         'checked against; do not build it, '
                         f'or pass --genai-commit {actual} if you trust it')
+
+
+def action_check_source(step: Step, ctx: Context, state: State) -> None:
+    src = Path(step.params['dir'])
+    try:
+        local_sources.check_source(src, step.params['version'])
+    except local_sources.LocalSourceError as exc:
+        raise StepError(str(exc)) from exc
+    head = ctx.capture(['git', '-C', str(src), 'rev-parse', 'HEAD']) \
+        if (src / '.git').exists() else None
+    commit = head.stdout.strip() if head is not None and head.returncode == 0 else None
+    ctx.out(f'      onnxruntime-genai {step.params["version"]} at {src}'
+            + (f' (git commit {commit})' if commit else ' (not a git checkout)'))
+
+
+def action_check_deps(step: Step, ctx: Context, state: State) -> None:
+    deps_dir = Path(step.params['deps_dir'])
+    deps = local_sources.required_dependencies(Path(step.params['source']), deps_dir)
+    missing = local_sources.missing_dependencies(deps, deps_dir)
+    if missing:
+        raise StepError('the offline build needs these folders: '
+                        + '; '.join(local_sources.describe_missing(missing, deps_dir)))
+    ctx.out(f'      {len(deps)} dependencies, all in {deps_dir}: '
+            + ', '.join(d.folder for d in deps))
+
+
+def action_gather_cuda_libs(step: Step, ctx: Context, state: State) -> None:
+    p = step.params
+    found = ctx.capture([p['python'], '-c',
+                         'import nvidia; print("\\n".join(nvidia.__path__))'])
+    roots = [Path(line).parent for line in found.stdout.splitlines() if line.strip()] \
+        if found.returncode == 0 else []
+    try:
+        taken = cuda_libs.gather(cuda_libs.nvidia_folders(roots, p['cuda_major']),
+                                 Path(p['dest']), Path(p['cuda']), p['cuda_major'])
+    except cuda_libs.CudaLibsError as exc:
+        raise StepError(str(exc)) from exc
+    for name, origin in taken.items():
+        ctx.out(f'      {name} <- {origin}')
 
 
 def action_gather_ort(step: Step, ctx: Context, state: State) -> None:
@@ -264,31 +302,51 @@ def action_collect_wheel(step: Step, ctx: Context, state: State) -> None:
     ctx.out(f'      {target}  sha256 {dl.sha256_file(target)}')
 
 
-def action_verify_prebuilt(step: Step, ctx: Context, state: State) -> None:
-    folder, dest = Path(step.params['dir']), Path(step.params['dest'])
-    wheels = sorted(folder.glob('onnxruntime_genai*.whl'))
-    if not wheels:
-        raise StepError(f'no onnxruntime_genai*.whl was downloaded into {folder}')
+def action_prebuilt(step: Step, ctx: Context, state: State) -> None:
+    """Find, download, verify and check a prebuilt wheel; any StepError means: build instead."""
+    p = step.params
+    kwargs = {'opener': ctx.opener} if ctx.opener else {}
+    found = prebuilt.look_up(p['index'], p['python_tag'], p['machine'], p['wanted'],
+                             p['runtime_ort'], **kwargs)
+    if found.status != 'found':
+        raise StepError(('the index is down: ' if found.status == 'down' else '') + found.reason)
+    candidate = found.candidate
+    ctx.out(f'      found {candidate.file_name}')
+    if p['sha256'] and candidate.sha256 and p['sha256'] != candidate.sha256:
+        raise StepError(f'the index gives sha256 {candidate.sha256} for {candidate.file_name}, '
+                        f'not the --prebuilt-sha256 {p["sha256"]}')
+    sha = p['sha256'] or candidate.sha256
+    if not sha:
+        raise StepError(f'the index gives no sha256 for {candidate.file_name}: pass '
+                        '--prebuilt-sha256 to pin the one you trust')
     try:
-        dl.verify_sha256(wheels[-1], step.params['sha256'])
+        wheel = dl.download(candidate.url, Path(p['dir']) / candidate.file_name, sha, **kwargs)
     except dl.DownloadError as exc:
         raise StepError(str(exc)) from exc
+    try:
+        ctx.out(f'      {gpu_code.check_wheel(wheel, p["compute_capability"])}')
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise StepError(f'refused: {exc}') from exc
+    dest = Path(p['dest'])
     dest.mkdir(parents=True, exist_ok=True)
-    target = dest / wheels[-1].name
-    shutil.copy2(wheels[-1], target)
+    target = dest / wheel.name
+    shutil.copy2(wheel, target)
     state.data['wheel'] = str(target)
     state.data['prebuilt'] = '1'
+    ctx.out(f'      {target}  sha256 {sha}')
 
 
 ACTIONS = {
-    'write_file': action_write_file,
     'clone': action_clone,
+    'check_source': action_check_source,
+    'check_deps': action_check_deps,
+    'gather_cuda_libs': action_gather_cuda_libs,
     'gather_ort': action_gather_ort,
     'copy_headers': action_copy_headers,
     'fetch_headers': action_fetch_headers,
     'check_ort_home': action_check_ort_home,
     'collect_wheel': action_collect_wheel,
-    'verify_prebuilt': action_verify_prebuilt,
+    'prebuilt': action_prebuilt,
 }
 
 

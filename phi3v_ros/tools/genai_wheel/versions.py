@@ -149,12 +149,6 @@ ORT_SOURCE_ARCHIVES = {
     '1.26.0': '2a90eb9a306c1eeb29213f5b165a55008ac5cb7d27e0935c4458c51a49ef091d',
 }
 
-# Prebuilt aarch64 CUDA wheels of onnxruntime-genai that this project has verified, keyed by
-# (JetPack major, CUDA major.minor, Python tag, genai version) -> (index URL, sha256). None has
-# been verified yet, so the builder builds from source unless --prebuilt-index and
-# --prebuilt-sha256 name one.
-PREBUILT_WHEELS: dict = {}
-
 
 @dataclass(frozen=True)
 class JetPackRelease:
