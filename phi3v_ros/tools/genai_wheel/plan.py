@@ -121,10 +121,16 @@ def plan_key(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource]) ->
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
 
 
+def python_tag(plat: Platform) -> str:
+    """Return the wheel tag of the build's Python ('cp310'; Humble's when it is not known)."""
+    version = (plat.python.version if plat.python else None) or '3.10'
+    return 'cp' + ''.join(version.split('.')[:2])
+
+
 def wheel_name(choice: VersionChoice, plat: Platform) -> str:
     """Return the file name build.py gives the wheel (package onnxruntime-genai-cuda)."""
-    py = ''.join((plat.python.version or '3.10').split('.')[:2]) if plat.python else '310'
-    return f'onnxruntime_genai_cuda-{choice.genai.version}-cp{py}-cp{py}-linux_{plat.machine}.whl'
+    py = python_tag(plat)
+    return f'onnxruntime_genai_cuda-{choice.genai.version}-{py}-{py}-linux_{plat.machine}.whl'
 
 
 def _pip_install_flags(plat: Platform, opts: Options) -> List[str]:
@@ -193,8 +199,7 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
     # --- 1. a prebuilt wheel, looked up on the index for this JetPack and CUDA ------------------
     prebuilt = prebuilt_for(plat, opts)
     if prebuilt['index']:
-        py_tag = 'cp' + ''.join((plat.python.version or '').split('.')[:2]) if plat.python \
-            else 'cp310'
+        py_tag = python_tag(plat)
         sha = f', sha256 {opts.prebuilt_sha256.lower()}' if opts.prebuilt_sha256 else \
             ', the sha256 the index gives'
         steps.append(Step(
