@@ -17,7 +17,7 @@ import sys
 import time
 from typing import List, Optional
 
-from phi3v_ros.replies import ERROR_PREFIX
+from phi3v_ros.replies import ERROR_PREFIX, printable
 
 EXIT_ANSWER, EXIT_ERROR_REPLY, EXIT_TIMEOUT, EXIT_NO_NODE = 0, 1, 2, 3
 PIECES_GRACE_S = 0.5
@@ -91,8 +91,8 @@ class AskClient:
         # Pieces and the answer travel on two topics: the last pieces may come after the answer.
         if self._asked and not self.complete():
             self.pieces.append(message.data)
-            if self._stream:
-                sys.stdout.write(message.data)
+            if self._stream:   # anyone may publish on the topic: no terminal escapes
+                sys.stdout.write(printable(message.data))
                 sys.stdout.flush()
 
     def _on_answer(self, message) -> None:
@@ -137,13 +137,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if answer.startswith(ERROR_PREFIX):
             if client.pieces and not args.no_stream:
                 print()
-            print(answer, file=sys.stderr)
+            print(printable(answer), file=sys.stderr)
             return EXIT_ERROR_REPLY
         if args.no_stream or ''.join(client.pieces) != answer:
             # Streamed pieces can be missed (a late subscription); the answer is always complete.
             if client.pieces and not args.no_stream:
                 print()
-            print(answer)
+            print(printable(answer))
         else:
             print()
         return EXIT_ANSWER

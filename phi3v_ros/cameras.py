@@ -3,7 +3,9 @@ The cameras a prompt is answered from: one latest-frame cache each, and the bind
 
 A prompt is bound to the latest frame of every camera when the dispatcher takes it (bind): with
 max_image_age set, it waits up to image_wait_timeout for every camera to have a fresh frame, and
-otherwise fails naming each camera that was stale or sent nothing. With one camera named by
+otherwise fails naming each camera that was stale or sent nothing. bind_available (for
+allow_text_only) waits the same way but then takes the fresh frames there are, and says which
+cameras had none: a stale camera never costs the frames of the fresh ones. With one camera named by
 image_topic (labelled False) the model is not told camera names, as before several cameras were
 possible; with image_topics every image is introduced by its camera's topic (see prompt.py).
 
@@ -62,11 +64,6 @@ class Cameras:
         """Frames received from all cameras together."""
         return sum(cache.received for cache in self._caches.values())
 
-    @property
-    def labels(self) -> Tuple[str, ...]:
-        """Return the camera names the model is told, in image order; () when unlabelled."""
-        return self.names if self.labelled else ()
-
     def latest(self, camera: str) -> Optional[BoundFrame]:
         frame = self._caches[camera].latest()
         if frame is None:
@@ -82,16 +79,38 @@ class Cameras:
         Waits up to timeout_s for them; check() is called between waits (it raises to stop).
         Raises CamerasNotReady naming the cameras that had no frame or only an old one.
         """
+        bound, waiting = self._wait(max_age_s, timeout_s, check)
+        if waiting:
+            raise CamerasNotReady(self._not_ready(waiting, max_age_s, timeout_s))
+        return bound
+
+    def bind_available(self, max_age_s: float, timeout_s: float,
+                       check: Callable[[], None] = lambda: None
+                       ) -> Tuple[Tuple[BoundFrame, ...], Tuple[str, ...], str]:
+        """
+        Wait as bind() does, then return what there is: (fresh frames, missing cameras, why).
+
+        The frames keep the cameras' order; missing names the cameras without a fresh frame and
+        why is bind()'s sentence about them ('' when every camera had one).
+        """
+        bound, waiting = self._wait(max_age_s, timeout_s, check)
+        if not waiting:
+            return bound, (), ''
+        missing = tuple(name for name, _ in waiting)
+        fresh = tuple(frame for name, frame in zip(self.names, bound) if name not in missing)
+        return fresh, missing, self._not_ready(waiting, max_age_s, timeout_s)
+
+    def _wait(self, max_age_s: float, timeout_s: float, check: Callable[[], None]
+              ) -> Tuple[Tuple[BoundFrame, ...], List[Tuple[str, Optional[BoundFrame]]]]:
+        """Return (every camera's latest frame, those not fresh) once all are, or at timeout."""
         deadline = time.monotonic() + max(0.0, timeout_s)
         while True:
             bound = [self.latest(name) for name in self.names]
             waiting = [(name, found) for name, found in zip(self.names, bound)
                        if found is None or (max_age_s > 0 and found.age_s > max_age_s)]
-            if not waiting:
-                return tuple(bound)
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise CamerasNotReady(self._not_ready(waiting, max_age_s, timeout_s))
+            if not waiting or remaining <= 0:
+                return tuple(bound), waiting
             check()
             name, found = waiting[0]
             self._caches[name].wait_newer(0 if found is None else found.frame.sequence,

@@ -310,8 +310,9 @@ class Engine:
         settings = request.settings
         settings.validate()
         prompt = build_chat_prompt(request.prompt, images=len(request.images),
-                                   cameras=request.cameras, system_prompt=request.system_prompt,
-                                   history=request.history)
+                                   cameras=request.cameras,
+                                   missing_cameras=request.missing_cameras,
+                                   system_prompt=request.system_prompt, history=request.history)
         prepared = []    # hd_transform.ImageInputs, one per image (own preprocessing)
         if self.image_preprocessing == 'processor':
             images = None
@@ -348,10 +349,12 @@ class Engine:
         try:
             generator = self._start_adapting_pixels(inputs, search, prompt, prepared)
         except self._genai_errors as exc:
-            if not prepared or self._own_image_inputs_worked:
-                raise
-            # The first image through the inputs built here failed, where genai's processor may
-            # not (a vision graph needing what only the processor gives): use it from now on.
+            if not prepared or self._own_image_inputs_worked or \
+                    not self._inputs.refuses_inputs(exc):
+                raise     # this prompt's failure only (out of memory, a CUDA error, ...)
+            # The model refused the first image inputs built here for their shape or type, where
+            # genai's processor may not (a vision graph needing what only the processor gives):
+            # use it from now on.
             del inputs
             self._log(f'image_preprocessing {self.image_preprocessing}: the model refused the '
                       f'image inputs built by phi3v_ros ({" ".join(str(exc).split())}); using '

@@ -252,7 +252,8 @@ class EngineClient:
                         system_prompt=request.system_prompt, history=tuple(request.history),
                         frames=tuple(frame for frame, _ in placed),
                         pixels=tuple(pixels for _, pixels in placed),
-                        cameras=tuple(request.cameras))
+                        cameras=tuple(request.cameras),
+                        missing_cameras=tuple(request.missing_cameras))
         with self._lock:
             self._check_can_submit_locked()
             request_id = next(self._ids)

@@ -14,10 +14,14 @@ import threading
 import time
 from typing import Any, Callable, Optional, Set, Tuple
 
+from phi3v_ros.replies import short_repr
+
 AGE_SOURCES = ('stamp', 'arrival')
 # A stamp up to this far ahead of the node's clock is taken as now (clocks a few ms apart, NTP
 # steps); further ahead, the camera's clock is wrong and the frame is aged by its arrival.
 FUTURE_STAMP_TOLERANCE_S = 0.5
+# A frame_id is shown in every answer's log line and in /diagnostics: at most this long there.
+MAX_FRAME_ID_CHARS = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +37,12 @@ class Frame:
 
     @property
     def frame_id(self) -> str:
+        """Return header.frame_id; escaped and cut unless short and printable (for logs)."""
         header = getattr(self.message, 'header', None)
-        return str(getattr(header, 'frame_id', ''))
+        text = str(getattr(header, 'frame_id', ''))
+        if len(text) <= MAX_FRAME_ID_CHARS and text.isprintable():
+            return text
+        return short_repr(text, MAX_FRAME_ID_CHARS)
 
 
 class FrameAge:

@@ -15,6 +15,7 @@ from phi3v_ros.errors import ImageConversionError
 from phi3v_ros.frame_cache import Frame
 from phi3v_ros.image_conversion import (compressed_to_rgb, image_to_rgb, is_supported,
                                         raw_image_size)
+from phi3v_ros.replies import short_repr
 
 
 def load_cv_bridge_converter() -> Tuple[Optional[Callable[[object], np.ndarray]], str]:
@@ -40,7 +41,8 @@ def load_cv_bridge_converter() -> Tuple[Optional[Callable[[object], np.ndarray]]
             rgb = bridge.imgmsg_to_cv2(message, desired_encoding='rgb8')
         except Exception as exc:   # noqa: BLE001 - cv_bridge raises several unrelated types
             raise ImageConversionError(
-                f'cv_bridge could not convert encoding {message.encoding!r}: {exc}') from None
+                f'cv_bridge could not convert encoding {short_repr(message.encoding, 60)}: '
+                f'{short_repr(str(exc), 300)}') from None
         return np.ascontiguousarray(rgb)
     return convert, ''
 

@@ -61,13 +61,15 @@ class Request:
     """
     One question for the engine, about images (RGB uint8 arrays (H, W, 3)), or text only.
 
-    cameras, when given, names each image's camera (its topic) for the model, in the same order.
+    cameras, when given, names each image's camera (its topic) for the model, in the same order;
+    missing_cameras names the cameras that have no current image, which the model is told.
     """
 
     prompt: str
     # numpy.ndarrays; typed loosely so this module needs no numpy
     images: Tuple[object, ...] = ()
     cameras: Tuple[str, ...] = ()
+    missing_cameras: Tuple[str, ...] = ()
     settings: GenerationSettings = dataclasses.field(default_factory=GenerationSettings)
     system_prompt: str = ''
     history: Tuple[Turn, ...] = ()

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from phi3v_ros.errors import ImageConversionError
+from phi3v_ros.replies import short_repr
 
 __all__ = [
     'SUPPORTED_ENCODINGS',
@@ -110,14 +111,6 @@ def is_supported(encoding: Any) -> bool:
 # small helpers
 # --------------------------------------------------------------------------------------------
 
-def _short_repr(value: Any, limit: int = 40) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # a hostile __repr__ must not change the exception type
-        text = '<unprintable %s>' % type(value).__name__
-    return text if len(text) <= limit else text[:limit - 3] + '...'
-
-
 def _last_line(exc: BaseException) -> str:
     """Return the informative last line of an exception's text (cv2.error spans several lines)."""
     try:
@@ -132,7 +125,7 @@ def _as_int(value: Any, name: str) -> int:
         return operator.index(value)
     except TypeError:
         raise ImageConversionError(
-            'image field %s must be an integer, got %s' % (name, _short_repr(value))) from None
+            'image field %s must be an integer, got %s' % (name, short_repr(value))) from None
 
 
 def _check_max_pixels(max_pixels: Any) -> int:
@@ -142,7 +135,7 @@ def _check_max_pixels(max_pixels: Any) -> int:
         limit = 0
     if limit <= 0:
         raise ImageConversionError(
-            'max_pixels must be a positive integer, got %s' % _short_repr(max_pixels))
+            'max_pixels must be a positive integer, got %s' % short_repr(max_pixels))
     return limit
 
 
@@ -209,7 +202,7 @@ def _check_out(out: Optional[np.ndarray], height: int, width: int) -> None:
 def _refuse_encoding(encoding: Any) -> ImageConversionError:
     if not isinstance(encoding, str):
         return ImageConversionError(
-            'image encoding must be a string, got %s' % _short_repr(encoding))
+            'image encoding must be a string, got %s' % short_repr(encoding))
     if encoding == '':
         return ImageConversionError('image encoding is empty')
     upper = encoding.upper()
@@ -224,7 +217,7 @@ def _refuse_encoding(encoding: Any) -> ImageConversionError:
                 '%r?)' % (encoding, name))
     return ImageConversionError(
         'image encoding %s is not supported (supported: %s)'
-        % (_short_repr(encoding, 60), ', '.join(sorted(_SPECS))))
+        % (short_repr(encoding, 60), ', '.join(sorted(_SPECS))))
 
 
 def _strided(buf: memoryview, shape: Tuple[int, ...], strides: Tuple[int, ...],
@@ -413,7 +406,7 @@ def _sniff(head: bytes) -> str:
             return 'the data is %s' % name
     if head.startswith(b'\x89PNG') or head.startswith(b'\xff\xd8'):
         return 'the data is a truncated PNG/JPEG signature'
-    return 'the data starts with %s' % _short_repr(bytes(head[:8]), 60)
+    return 'the data starts with %s' % short_repr(bytes(head[:8]), 60)
 
 
 def _png_size(buf: memoryview) -> Tuple[int, int]:
@@ -447,7 +440,7 @@ def _png_check_chunks(buf: memoryview) -> None:
         if length > 0x7FFFFFFF or pos + 12 + length > size:
             raise ImageConversionError(
                 'PNG data is truncated or corrupt: chunk %s at byte %d declares %d bytes but only '
-                '%d remain' % (_short_repr(kind), pos, length, size - pos - 12))
+                '%d remain' % (short_repr(kind), pos, length, size - pos - 12))
         if kind == b'IEND':
             return
         pos += 12 + length
@@ -559,7 +552,7 @@ def compressed_to_rgb(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
             hint = ' (compressedDepth frames are not supported)'
         raise ImageConversionError(
             'compressed image (format %s) is neither PNG nor JPEG: %s%s'
-            % (_short_repr(fmt, 60), _sniff(head), hint))
+            % (short_repr(fmt, 60), _sniff(head), hint))
     if width <= 0 or height <= 0:
         raise ImageConversionError(
             '%s header declares an image with no pixels: %dx%d' % (codec, width, height))

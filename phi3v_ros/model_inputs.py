@@ -35,6 +35,20 @@ IMAGE_TAG = re.compile(r'<\|image_(\d+)\|>')
 # following indices\n index: 1 Got: 13 Expected: 17"
 _FIXED_CROPS = re.compile(r'invalid dimensions for input: pixel_values.*?index: 1 Got: \d+ '
                           r'Expected: (\d+)', re.DOTALL)
+# What ONNX Runtime says when a graph cannot take the tensors it is given (their shape, rank or
+# type), as opposed to a failure while running them: "Got invalid dimensions for input", "The
+# input tensor cannot be reshaped to the requested shape", "Unexpected input data type", "Invalid
+# rank", "Invalid Feed Input Name", broadcasting and matmul shape errors.
+_REFUSED_INPUTS = re.compile(
+    r'invalid dimensions|cannot be reshaped|input data type|invalid rank|invalid feed input|'
+    r'invalid input|shape mismatch|incompatible dimensions|not broadcastable|'
+    r'computed output shape|dimension mismatch|does not match.*shape|shape.*does not match',
+    re.IGNORECASE)
+# Failures of the moment, whatever the inputs: out of GPU or host memory, a CUDA error. A prompt
+# failing so fails alone; it says nothing about what the model takes.
+_TRANSIENT = re.compile(
+    r'out of memory|failed to allocate|bad_alloc|cudaMalloc|CUDA failure|CUDA error|'
+    r'CUBLAS_STATUS|CUDNN_STATUS|resource exhausted|no space left', re.IGNORECASE)
 
 
 def takes_own_inputs(og) -> bool:
@@ -100,6 +114,17 @@ class InputBuilder:
         """Return True when set_inputs refused the pixel values for not being float16."""
         text = str(error).lower()
         return 'unexpected input data type' in text and 'expected: (tensor(float16))' in text
+
+    @staticmethod
+    def refuses_inputs(error: BaseException) -> bool:
+        """
+        Return True when the model refused the tensors built here for what they are.
+
+        Only such an error means that genai's processor (17 crops, its own tensors) may be needed
+        for this model; an out-of-memory or CUDA error is not one, even at the first image.
+        """
+        text = str(error)
+        return bool(_REFUSED_INPUTS.search(text)) and not _TRANSIENT.search(text)
 
     @staticmethod
     def fixed_crop_count(error: BaseException) -> Optional[int]:

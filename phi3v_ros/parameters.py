@@ -29,6 +29,7 @@ class ParameterSpec:
     read_only: bool = False                     # True: needs a restart (the worker or a topic)
     value_range: Optional[Tuple[Any, Any]] = None   # inclusive (min, max) for numbers
     choices: Tuple[str, ...] = ()               # allowed values for strings
+    max_chars: Optional[int] = None             # longest string allowed
 
 
 PARAMETERS: Tuple[ParameterSpec, ...] = (
@@ -112,17 +113,20 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   ' ERROR reply', value_range=(0.0, 7200.0)),
     ParameterSpec('allow_text_only', _QA.allow_text_only,
                   'answer from the text alone when no (fresh) frame is available'),
+    # The two bounds of what waiting prompts may hold (any participant on the domain can set
+    # them): 100 x 100,000 characters.
     ParameterSpec('max_queue', _QA.max_queue, 'prompts that may wait while the engine is busy',
-                  value_range=(1, 1000)),
+                  value_range=(1, 100)),
     ParameterSpec('busy_policy', _QA.busy_policy,
                   'when the queue is full: reject the new prompt or drop_oldest waiting one',
                   choices=BUSY_POLICIES),
     ParameterSpec('max_prompt_chars', _QA.max_prompt_chars, 'longer prompts get an ERROR reply',
-                  value_range=(1, 1_000_000)),
+                  value_range=(1, 100_000)),
     ParameterSpec('history_turns', _QA.history_turns,
                   'earlier question/answer pairs kept as context (0 = every prompt stands alone)',
                   value_range=(0, 100)),
-    ParameterSpec('system_prompt', _QA.system_prompt, 'system message put before every question'),
+    ParameterSpec('system_prompt', _QA.system_prompt, 'system message put before every question',
+                  max_chars=20_000),
     # -- generation (can change while running) --
     ParameterSpec('max_new_tokens', _GEN.max_new_tokens, 'longest answer, in tokens',
                   value_range=(1, 131072)),
@@ -192,6 +196,8 @@ def check_value(name: str, value: Any) -> Optional[str]:
         return f'{name} must be one of {", ".join(spec.choices)}, not {value!r}'
     if spec.value_range is not None and not spec.value_range[0] <= value <= spec.value_range[1]:
         return f'{name} must be in [{spec.value_range[0]}, {spec.value_range[1]}], not {value!r}'
+    if spec.max_chars is not None and len(value) > spec.max_chars:
+        return f'{name} is {len(value)} characters long, more than {spec.max_chars}'
     return None
 
 

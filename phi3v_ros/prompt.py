@@ -6,6 +6,7 @@ from typing import Iterable, Sequence
 
 from phi3v_ros.errors import PromptError
 from phi3v_ros.generation import Turn
+from phi3v_ros.replies import printable
 
 IMAGE_TAG = '<|image_{}|>'
 
@@ -13,13 +14,18 @@ IMAGE_TAG = '<|image_{}|>'
 # `<|image_1|>` adds an image slot (and fails the request), an injected `<|end|>` ends the turn.
 # Breaking the `<|` opener keeps the characters visible to the model without their meaning.
 _TAG_OPENER = re.compile(r'<\s*\|')
-# C0/C1 control characters other than newline and tab carry no meaning for the model.
-_CONTROL_CHARS = re.compile('[\x00-\x08\x0b-\x1f\x7f-\x9f]')
+# The tokenizer's other special tokens (Phi-3's tokenizer.json: <s> = 1 = BOS, </s> = 2 = EOS,
+# <unk> = 0) are matched in text too: broken up the same way.
+_SPECIAL_TOKEN = re.compile(r'<(/?s|unk)>')
 
 
 def neutralize(text: str) -> str:
-    """Return text that cannot change the prompt's structure (no chat tags, no control chars)."""
-    return _TAG_OPENER.sub('< |', _CONTROL_CHARS.sub('', text))
+    """
+    Return text that cannot change the prompt's structure.
+
+    No chat tags, no special tokens, no control characters (they mean nothing to the model).
+    """
+    return _SPECIAL_TOKEN.sub(r'< \1>', _TAG_OPENER.sub('< |', printable(text)))
 
 
 def validate_question(text: str, max_chars: int) -> str:
@@ -38,13 +44,14 @@ def validate_question(text: str, max_chars: int) -> str:
     return question
 
 
-def image_tags(images: int, cameras: Sequence[str] = ()) -> str:
+def image_tags(images: int, cameras: Sequence[str] = (), missing: Sequence[str] = ()) -> str:
     """
     Return the current turn's image tags, each introduced by its camera when cameras name them.
 
     One unnamed image is the bare tag, as the model card's prompts have it; with cameras (one name
     per image), 'Image 1, from camera /head/image_raw:' precedes each tag, so that a question
-    can name a camera and the model knows which image that is.
+    can name a camera and the model knows which image that is. Each missing camera gets a line
+    saying it has no current image, so that the model does not answer about it from the others.
     """
     if cameras and len(cameras) != images:
         raise ValueError(f'{images} images but {len(cameras)} camera names')
@@ -53,11 +60,14 @@ def image_tags(images: int, cameras: Sequence[str] = ()) -> str:
         if cameras:
             lines.append(f'Image {number}, from camera {neutralize(cameras[number - 1])}:\n')
         lines.append(IMAGE_TAG.format(number) + '\n')
+    for camera in missing:
+        lines.append(f'Camera {neutralize(camera)}: no current image.\n')
     return ''.join(lines)
 
 
 def build_chat_prompt(question: str, *, images: int = 0, cameras: Sequence[str] = (),
-                      system_prompt: str = '', history: Iterable[Turn] = ()) -> str:
+                      missing_cameras: Sequence[str] = (), system_prompt: str = '',
+                      history: Iterable[Turn] = ()) -> str:
     """
     Build the prompt in the Phi-3 chat format.
 
@@ -69,6 +79,6 @@ def build_chat_prompt(question: str, *, images: int = 0, cameras: Sequence[str] 
     for turn in history:
         parts.append(f'<|user|>\n{neutralize(turn.question)}<|end|>\n')
         parts.append(f'<|assistant|>\n{neutralize(turn.answer)}<|end|>\n')
-    tags = image_tags(images, cameras)
+    tags = image_tags(images, cameras, missing_cameras)
     parts.append(f'<|user|>\n{tags}{neutralize(question)}<|end|>\n<|assistant|>\n')
     return ''.join(parts)

@@ -77,6 +77,8 @@ class Reply:
     outcome: str
     result: Optional[Result] = None
     frames: Tuple[BoundFrame, ...] = ()     # one per camera, in image order; () for text only
+    # cameras answered without (allow_text_only: stale or silent when the prompt was taken)
+    missing: Tuple[str, ...] = ()
     # Where the node's own time went, in seconds (see VisionQA._serve), plus 'stream_messages'
     # (a count).
     timings: Dict[str, float] = dataclasses.field(default_factory=dict)
@@ -276,13 +278,14 @@ class VisionQA:
         try:
             start = time.monotonic()
             self._wait_for_engine(current, options)
-            frames = self._bind_frames(current, options)
+            frames, missing = self._bind_frames(current, options)
             bound = time.monotonic()
             images = tuple(self._convert(bound_frame, slot)
                            for slot, bound_frame in enumerate(frames))
             timings.update(wait=bound - start, convert=time.monotonic() - bound)
             history, epoch = self._history.turns()
-            result = self._run(current, images, history, options, timings)
+            cameras = tuple(frame.camera for frame in frames) if self._cameras.labelled else ()
+            result = self._run(current, images, cameras, missing, history, options, timings)
         except _Cancelled:
             self._reply(ticket, self._cancel_reason(), 'failed', frames=frames, timings=timings)
             return
@@ -302,7 +305,7 @@ class VisionQA:
         else:
             self._history.add(ticket.question, result.text.strip(), epoch)
             self.last_frames = frames
-            self._reply(ticket, result.text, 'answered', result, frames, timings)
+            self._reply(ticket, result.text, 'answered', result, frames, timings, missing)
 
     def _wait_for_engine(self, current: _Current, options: QAOptions) -> None:
         deadline = time.monotonic() + options.engine_wait_timeout_s
@@ -325,15 +328,29 @@ class VisionQA:
             except EngineError as exc:
                 raise _Failed(f'the model is not available: {exc}.') from None
 
-    def _bind_frames(self, current: _Current, options: QAOptions) -> Tuple[BoundFrame, ...]:
-        """Every camera's fresh frame; () when allow_text_only and not every camera has one."""
-        try:
-            return self._cameras.bind(options.max_image_age_s, options.image_wait_timeout_s,
-                                      lambda: self._check_cancel(current))
-        except CamerasNotReady as exc:
-            if options.allow_text_only:
-                return ()
-            raise _Failed(str(exc)) from None
+    def _bind_frames(self, current: _Current, options: QAOptions
+                     ) -> Tuple[Tuple[BoundFrame, ...], Tuple[str, ...]]:
+        """
+        Return (every camera's fresh frame, the cameras without one).
+
+        Without allow_text_only a camera without a fresh frame fails the prompt. With it, the
+        prompt is answered from the fresh cameras there are (maybe none): with named cameras the
+        model is told which ones have no current image; a stale camera never drops the fresh
+        frames of the others.
+        """
+        check = lambda: self._check_cancel(current)  # noqa: E731 - a callback, named for width
+        if not options.allow_text_only:
+            try:
+                return self._cameras.bind(options.max_image_age_s, options.image_wait_timeout_s,
+                                          check), ()
+            except CamerasNotReady as exc:
+                raise _Failed(str(exc)) from None
+        frames, missing, why = self._cameras.bind_available(
+            options.max_image_age_s, options.image_wait_timeout_s, check)
+        if missing:
+            self._log(f'prompt #{current.ticket.id}: answered without '
+                      f'{", ".join(missing)} (allow_text_only): {why}')
+        return frames, missing
 
     def _convert(self, bound: BoundFrame, slot: int):
         try:
@@ -342,7 +359,8 @@ class VisionQA:
             camera = f' from {bound.camera}' if self._cameras.labelled else ''
             raise _Failed(f'the camera image{camera} could not be used: {exc}') from None
 
-    def _run(self, current: _Current, images: tuple, history, options: QAOptions,
+    def _run(self, current: _Current, images: tuple, cameras: Tuple[str, ...],
+             missing: Tuple[str, ...], history, options: QAOptions,
              timings: Dict[str, float]) -> Result:
         ticket = current.ticket
         done = threading.Event()
@@ -361,8 +379,8 @@ class VisionQA:
             stream_messages[0] += 1
             self._on_piece(ticket, piece)
 
-        request = Request(prompt=ticket.question, images=images,
-                          cameras=self._cameras.labels if images else (),
+        request = Request(prompt=ticket.question, images=images, cameras=cameras,
+                          missing_cameras=missing if self._cameras.labelled else (),
                           settings=options.settings, system_prompt=options.system_prompt,
                           history=history)
         self._check_cancel(current)
@@ -405,11 +423,13 @@ class VisionQA:
 
     def _reply(self, ticket: Ticket, text: str, outcome: str, result: Optional[Result] = None,
                frames: Tuple[BoundFrame, ...] = (),
-               timings: Optional[Dict[str, float]] = None) -> None:
+               timings: Optional[Dict[str, float]] = None,
+               missing: Tuple[str, ...] = ()) -> None:
         if outcome != 'answered':
             text = ERROR_PREFIX + text
         with self._lock:
             setattr(self.counters, outcome, getattr(self.counters, outcome) + 1)
             if self._current is not None and self._current.ticket is ticket:
                 self._current.replied = True
-        self._on_reply(Reply(ticket, text, outcome, result, tuple(frames), dict(timings or {})))
+        self._on_reply(Reply(ticket, text, outcome, result, tuple(frames), tuple(missing),
+                             dict(timings or {})))

@@ -72,6 +72,8 @@ def _descriptor(spec) -> ParameterDescriptor:
         descriptor.dynamic_typing = True
     if spec.choices:
         descriptor.additional_constraints = 'one of: ' + ', '.join(spec.choices)
+    if spec.max_chars is not None:
+        descriptor.additional_constraints = f'at most {spec.max_chars} characters'
     if spec.value_range is not None:
         low, high = spec.value_range
         if isinstance(spec.default, float):

@@ -47,6 +47,7 @@ class WorkItem:
     frames: Tuple[Optional[FrameRef], ...] = ()
     pixels: Tuple[Optional[object], ...] = ()
     cameras: Tuple[str, ...] = ()
+    missing_cameras: Tuple[str, ...] = ()
 
 
 def _warm_up(engine: Engine) -> None:
@@ -157,8 +158,8 @@ def _answer(engine: Engine, frames: FrameReceiver, inbox: _Inbox, request_id: in
         images = tuple(pixels if frame is None else frames.view(frame, slot)
                        for slot, (frame, pixels) in enumerate(zip(item.frames, item.pixels)))
         request = Request(prompt=item.prompt, images=images, cameras=item.cameras,
-                          settings=item.settings, system_prompt=item.system_prompt,
-                          history=item.history)
+                          missing_cameras=item.missing_cameras, settings=item.settings,
+                          system_prompt=item.system_prompt, history=item.history)
         return engine.generate(request, on_piece=pieces.add,
                                should_stop=lambda: inbox.is_cancelled(request_id))
     except Exception as exc:  # noqa: BLE001 - a bug must cost one request, not the worker

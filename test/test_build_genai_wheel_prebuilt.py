@@ -8,6 +8,7 @@ which also refuses an ONNX Runtime whose CUDA provider has no code for the devic
 import functools
 import hashlib
 import http.server
+import io
 from pathlib import Path
 import shutil
 import socket
@@ -93,10 +94,12 @@ def test_entries_of_other_kinds_are_skipped_not_the_rest_of_the_blob():
     assert [str(c) for c in gpu_code.fatbin_entries(fatbin([(4, 87), (2, 87)]))] == ['sm_87']
 
 
-def test_a_library_is_read_through_a_mapping_not_into_memory(tmp_path):
+def test_a_library_is_read_from_its_file_or_a_mapping_in_pieces(tmp_path):
     from phi3v_ros.tools.genai_wheel.ort_libs import mapped
     library = tmp_path / 'lib.so'
     library.write_bytes(elf_with_fatbin(fatbin([(2, 87)])))
+    with open(library, 'rb') as f:
+        assert [str(c) for c in gpu_code.gpu_code(f)] == ['sm_87']
     with mapped(library) as data:
         assert [str(c) for c in gpu_code.gpu_code(data)] == ['sm_87']
     (tmp_path / 'empty.so').write_bytes(b'')
@@ -209,6 +212,15 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
             self.send_header('Content-Length', '0')
             self.end_headers()
             return
+        json_page = Path(self.translate_path(self.path)) / 'index.json'
+        if self.path.endswith('/') and json_page.is_file():    # a PEP 691 JSON project page
+            body = json_page.read_bytes()
+            self.send_response(200)
+            self.send_header('Content-Type', 'application/vnd.pypi.simple.v1+json')
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         super().do_GET()
 
     def log_message(self, *args):
@@ -311,7 +323,11 @@ def test_links_are_relative_to_the_page_after_a_redirect(tmp_path, index):
     index.server.redirect_to = '/moved'
     status, text, machine, _ = plan_and_run(tmp_path, index.url)
     assert status == 0 and not machine.ran(is_build), text
-    assert 'found onnxruntime_genai-0.9.2-cp310-cp310-linux_aarch64.whl' in text
+    # the log names the page the wheel was listed on after the redirect, and where it came from
+    moved_url = index.url.replace('/simple/', '/moved/simple/')
+    assert ('found onnxruntime_genai-0.9.2-cp310-cp310-linux_aarch64.whl on '
+            f'{moved_url}onnxruntime-genai/') in text
+    assert f'from {moved_url.replace("/simple/", "/files/")}onnxruntime_genai-0.9.2' in text
 
 
 def test_an_answer_cut_off_mid_page_means_building(tmp_path):
@@ -348,7 +364,7 @@ def test_what_one_project_page_lists_is_kept_when_the_other_fails():
 
     class Page:
         def __init__(self, url, body):
-            self.url, self.body = url, body
+            self.url, self.body = url, io.BytesIO(body)
 
         def __enter__(self):
             return self
@@ -357,7 +373,7 @@ def test_what_one_project_page_lists_is_kept_when_the_other_fails():
             return False
 
         def read(self, limit=-1):
-            return self.body
+            return self.body.read(limit)
 
         def geturl(self):
             return self.url
@@ -377,7 +393,7 @@ def test_what_one_project_page_lists_is_kept_when_the_other_fails():
 
 def test_a_wheel_without_code_for_orin_is_refused(tmp_path, index):
     # what PyPI's aarch64 wheels carry: sm_89 and newer, no PTX
-    index.publish('onnxruntime-genai-cuda', orin_wheel(
+    index.publish('onnxruntime-genai', orin_wheel(
         tmp_path, archs=[(2, 89), (2, 90), (2, 100), (2, 120)]))
     status, text, machine, _ = plan_and_run(tmp_path, index.url)
     assert status == 0 and machine.ran(is_build)

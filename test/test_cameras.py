@@ -16,7 +16,7 @@ def test_binds_the_latest_frame_of_every_camera_in_order():
     bound = cameras.bind(max_age_s=0.0, timeout_s=0.0)
     assert [(b.camera, b.frame.message) for b in bound] == [('/head', 'head 2'),
                                                             ('/wrist', 'wrist 1')]
-    assert cameras.received == 3 and cameras.labels == ('/head', '/wrist')
+    assert cameras.received == 3 and cameras.labelled
 
 
 def test_a_camera_that_sent_nothing_is_named_after_the_wait():
@@ -43,24 +43,55 @@ def test_stale_cameras_are_named_with_their_age_by_stamp():
         '/rear has sent no image.')
 
 
-def test_the_wait_ends_as_soon_as_every_camera_is_fresh():
+def store_once_waited_on(cameras, camera, message, stamp_s):
+    """Start a thread that stores a frame only once a wait on that camera is blocked in it."""
+    cache = cameras.cache(camera)
+
+    def store():
+        # CPython's Condition lists its waiters: store only once bind() is blocked in it
+        deadline = time.monotonic() + 30
+        while not cache._changed._waiters and time.monotonic() < deadline:
+            time.sleep(0.001)
+        cameras.store(camera, message, stamp_s)
+
+    thread = threading.Thread(target=store)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize('bind', ['bind', 'bind_available'])
+def test_the_wait_ends_as_soon_as_every_camera_is_fresh(bind):
     clock = SettableClock(1000.0)
     cameras = Cameras(['/head', '/wrist'], FrameAge('stamp', clock))
     cameras.store('/head', 'head', 1000.0)
     cameras.store('/wrist', 'old wrist', 900.0)
-    waiting = threading.Event()
-
-    def wrist_catches_up():
-        waiting.wait()
-        cameras.store('/wrist', 'new wrist', 1000.0)
-
-    thread = threading.Thread(target=wrist_catches_up)
-    thread.start()
-    waiting.set()
-    bound = cameras.bind(max_age_s=1.0, timeout_s=30.0)
+    thread = store_once_waited_on(cameras, '/wrist', 'new wrist', 1000.0)
+    start = time.monotonic()
+    bound = getattr(cameras, bind)(max_age_s=1.0, timeout_s=60.0)
+    waited = time.monotonic() - start
     thread.join()
-    assert [b.frame.message for b in bound] == ['head', 'new wrist']
-    assert [b.age_source for b in bound] == ['stamp', 'stamp']
+    frames = bound[0] if bind == 'bind_available' else bound
+    assert [b.frame.message for b in frames] == ['head', 'new wrist']
+    assert [b.age_source for b in frames] == ['stamp', 'stamp']
+    assert waited < 30, 'woken by the new frame, not by the end of the timeout'
+
+
+def test_bind_available_takes_the_fresh_cameras_and_names_the_stale_one():
+    clock = SettableClock(1000.0)
+    cameras = Cameras(['/head', '/wrist', '/rear'], FrameAge('stamp', clock))
+    cameras.store('/head', 'head', 999.9)      # fresh
+    cameras.store('/wrist', 'wrist', 970.0)    # 30 s old
+    cameras.store('/rear', 'rear', 999.5)      # fresh
+    frames, missing, why = cameras.bind_available(max_age_s=1.0, timeout_s=0.1)
+    assert [(b.camera, b.frame.message) for b in frames] == [('/head', 'head'), ('/rear', 'rear')]
+    assert missing == ('/wrist',)
+    assert why == ('not every camera had an image at most 1 s old (max_image_age) within 0.1 s '
+                   '(image_wait_timeout): /wrist: the latest image is 30.0 s old (by its header '
+                   'stamp).')
+    frames, missing, why = Cameras(['/a'], FrameAge('arrival')).bind_available(0.0, 0.0)
+    assert frames == () and missing == ('/a',) and 'has sent no image' in why
+    cameras.store('/wrist', 'wrist', 1000.0)
+    assert cameras.bind_available(max_age_s=1.0, timeout_s=0.0)[1:] == ((), '')
 
 
 def test_simulated_time_ages_a_frame_without_a_new_one():
@@ -75,7 +106,7 @@ def test_simulated_time_ages_a_frame_without_a_new_one():
 
 def test_one_unlabelled_camera_keeps_the_sentences_of_a_single_camera():
     cameras = Cameras(['/image'], FrameAge('arrival'), labelled=False)
-    assert cameras.labels == ()
+    assert not cameras.labelled
     with pytest.raises(CamerasNotReady, match=r'^no camera image has arrived \(waited 0.1 s\)\.$'):
         cameras.bind(max_age_s=0.0, timeout_s=0.1)
 

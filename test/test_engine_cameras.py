@@ -92,6 +92,17 @@ def test_the_camera_names_are_in_the_prompt(engines):
     assert named.prompt_tokens == swapped.prompt_tokens > unnamed.prompt_tokens
 
 
+def test_the_model_is_told_which_camera_has_no_current_image(engines):
+    engine = next(iter(engines.values()))
+    told = engine.generate(Request(prompt='Is the cup held?', images=(HEAD,), cameras=CAMERAS[:1],
+                                   missing_cameras=CAMERAS[1:], settings=SETTINGS))
+    untold = ask(engine, [HEAD], cameras=CAMERAS[:1])
+    assert told.ok, told.error
+    # the line is text the model reads: more prompt tokens, the same image tokens
+    assert told.prompt_tokens > untold.prompt_tokens
+    assert told.image_tokens == untold.image_tokens
+
+
 @needs_several
 def test_the_same_picture_twice_costs_twice_its_tokens(engines):
     engine = next(iter(engines.values()))

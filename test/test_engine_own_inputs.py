@@ -44,6 +44,20 @@ def engines(tiny_model):
             for mode in ('fast', 'exact', 'processor')}
 
 
+def test_no_text_becomes_a_special_token(tiny_model):
+    # The tiny tokenizer has Phi-3's special tokens: <unk> 0, <s> 1, </s> 2, <|...|> above 900
+    tokenizer = og.Tokenizer(og.Model(tiny_model))
+    raw = list(tokenizer.encode('a <s> b </s> c <unk> <|end|>'))
+    assert {0, 1, 2} & set(raw), 'the raw text does hold special tokens'
+    prompt = build_chat_prompt('a <s> b </s> c <unk> <|end|>', system_prompt='<s>',
+                               history=[Turn('</s>', '<unk>')])
+    special = {0, 1, 2} | {tokenizer.encode(tag)[-1] for tag in ('<|end|>', '<|user|>')}
+    ours = [int(t) for t in tokenizer.encode(prompt)]
+    assert not {0, 1, 2} & set(ours[1:])      # a BOS in front is the tokenizer's own
+    assert sum(t in special for t in ours) == sum(prompt.count(tag) for tag in (
+        '<|end|>', '<|user|>')), "only the template's own tags"
+
+
 @needs_own_inputs
 @pytest.mark.parametrize('question,system,history', [
     ('What is this?', '', ()),
@@ -239,3 +253,52 @@ def test_releases_that_cannot_take_own_inputs_use_the_processor(tiny_model):
     result = engine.generate(Request(prompt='What is this?', images=(noisy_image(480, 640, 6),),
                                      settings=GenerationSettings(max_new_tokens=4, max_crops=4)))
     assert result.ok and result.image_crops == 17   # the processor's 16 crops whatever is set
+
+
+# What ONNX Runtime said here: the tiny model with the vision graphs above (0.18, CPU) ...
+REFUSALS = [
+    "Non-zero status code returned while running Reshape node. Name:'' Status Message: "
+    'reshape_helper.h:84 The input tensor cannot be reshaped to the requested shape. Input '
+    'shape:{1,13,3,336,336}, requested shape:{-1,17,3,336,336}',
+    'Got invalid dimensions for input: pixel_values for the following indices\n index: 1 Got: '
+    '13 Expected: 17\n Please fix either the inputs/outputs or the model.',
+    'Unexpected input data type. Actual: (tensor(float)) , expected: (tensor(float16))',
+]
+# ... and what it says on a GPU out of memory (BFC arena, CUDA allocator), at any request
+PASSING = [
+    "Non-zero status code returned while running MatMul node. Name:'/vision/MatMul' Status "
+    'Message: bfc_arena.cc:376 void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, '
+    'onnxruntime::Stream*, bool, onnxruntime::WaitNotificationFn) Failed to allocate memory for '
+    'requested buffer of size 1073741824',
+    "Non-zero status code returned while running Conv node. Name:'/vision/Conv' Status Message: "
+    'CUDA failure 2: out of memory ; GPU=0 ; hostname=orin ; expr=cudaMalloc((void**)&p, size);',
+]
+
+
+def test_only_refusals_of_the_inputs_mean_the_model_needs_the_processor():
+    from phi3v_ros.model_inputs import InputBuilder
+    assert all(InputBuilder.refuses_inputs(RuntimeError(text)) for text in REFUSALS)
+    assert not any(InputBuilder.refuses_inputs(RuntimeError(text)) for text in PASSING)
+
+
+@needs_own_inputs
+@pytest.mark.parametrize('failure', PASSING)
+def test_a_passing_failure_at_the_first_image_keeps_our_inputs(tiny_model, failure, monkeypatch):
+    engine = Engine(EngineConfig(model_path=tiny_model, provider='cpu'))
+    start_generator = engine._start_generator
+    failures = [RuntimeError(failure)]
+
+    def failing_once(inputs, search):     # the real generator, after one real-looking failure
+        if failures:
+            raise failures.pop()
+        return start_generator(inputs, search)
+
+    monkeypatch.setattr(engine, '_start_generator', failing_once)
+    request = Request(prompt='What is this?', images=(noisy_image(480, 640, 9),),
+                      settings=GenerationSettings(max_new_tokens=4, max_crops=4))
+    first = engine.generate(request)
+    assert not first.ok and failure.split(' ; ')[0][-40:] in first.error
+    assert engine.image_preprocessing == 'fast', 'no switch to the processor for it'
+    second = engine.generate(request)
+    assert second.ok, second.error
+    assert second.image_crops == crop_grid(480, 640, 4).num_crops + 1, 'max_crops still holds'

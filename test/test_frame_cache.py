@@ -102,6 +102,22 @@ def test_before_the_first_clock_message_frames_are_aged_by_arrival_without_a_war
     assert source == 'arrival' and found < 5.0 and said == []
 
 
+def test_a_frame_id_is_shown_printable_and_short():
+    class Header:
+        frame_id = 'camera\x1b[2J\nforged log line' + 'x' * 500
+
+    class Message:
+        header = Header()
+
+    cache = FrameCache()
+    cache.store(Message(), 0.0)
+    shown = cache.latest().frame_id
+    assert len(shown) <= 128 and shown.isprintable() and '\\x1b' in shown
+    Header.frame_id = 'head_optical'
+    cache.store(Message(), 0.0)
+    assert cache.latest().frame_id == 'head_optical'
+
+
 def test_an_unknown_age_source_is_refused():
     with pytest.raises(ValueError, match='stamp, arrival'):
         FrameAge('header')

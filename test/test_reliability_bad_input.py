@@ -496,11 +496,14 @@ def test_no_message_content_opens_files_runs_commands_or_loads_a_model(
 # -- parameters -----------------------------------------------------------------------------------
 
 def test_out_of_range_parameters_are_refused_at_runtime(raw):
-    for name, value in [('max_queue', 0), ('max_queue', 1001), ('max_prompt_chars', 0),
-                        ('image_wait_timeout', -1.0), ('max_image_age', 1e9), ('top_p', 2.0),
-                        ('max_new_tokens', -5), ('seed', -2), ('busy_policy', 'random')]:
+    for name, value in [('max_queue', 0), ('max_queue', 101), ('max_prompt_chars', 0),
+                        ('max_prompt_chars', 100_001), ('image_wait_timeout', -1.0),
+                        ('max_image_age', 1e9), ('top_p', 2.0), ('max_new_tokens', -5),
+                        ('seed', -2), ('busy_policy', 'random'), ('system_prompt', 'x' * 20_001)]:
         result = raw.set_parameters(**{name: value})[0]
         assert not result.successful, (name, value)
+    assert raw.set_parameters(system_prompt='x' * 20_000)[0].successful
+    assert raw.set_parameters(system_prompt='')[0].successful
     for name, value in [('stall_timeout', 5.0), ('model_path', '/tmp'), ('max_image_pixels', 10),
                         ('use_compressed', True)]:
         result = raw.set_parameters(**{name: value})[0]

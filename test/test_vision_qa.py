@@ -9,9 +9,11 @@ from phi3v_ros.engine_client import EngineClient
 from phi3v_ros.errors import ImageConversionError
 from phi3v_ros.frame_cache import FrameAge
 from phi3v_ros.generation import GenerationSettings
+from phi3v_ros.hd_transform import crop_grid
 from phi3v_ros.vision_qa import ERROR_PREFIX, QAOptions, VisionQA
-from phi3v_test_utils import gradient_image
+from phi3v_test_utils import gradient_image, SettableClock
 import pytest
+from test_cameras import store_once_waited_on
 
 pytest.importorskip('onnxruntime_genai')
 
@@ -65,8 +67,9 @@ def make(cpu_engine_client):
     engine = cpu_engine_client
     made = []
 
-    def factory(convert=None, **options):
-        harness = Harness(engine, QAOptions(**{'settings': SHORT, **options}), convert)
+    def factory(convert=None, cameras=None, log=None, **options):
+        harness = Harness(engine, QAOptions(**{'settings': SHORT, **options}), convert, cameras,
+                          **({'log': log} if log else {}))
         made.append(harness)
         return harness
     yield factory
@@ -123,15 +126,41 @@ def test_stale_frame_gives_an_error_after_the_wait(make):
     assert 'max_image_age (0.05 s)' in reply.text
 
 
-def test_a_fresh_frame_arriving_during_the_wait_is_used(make):
-    h = make(max_image_age_s=0.05, image_wait_timeout_s=10.0)
-    h.frames.store(gradient_image(48, 64, seed=1), 1.0)
-    time.sleep(0.1)
+@pytest.fixture
+def stamped(make):
+    """Harnesses whose cameras are aged by stamp against a settable clock (at 1000 s)."""
+    def factory(names=('image',), labelled=False, **options):
+        cameras = Cameras(list(names), FrameAge('stamp', SettableClock(1000.0)), labelled=labelled)
+        return make(cameras=cameras, **options)
+    return factory
+
+
+def test_a_fresh_frame_arriving_during_the_wait_is_used(stamped):
+    h = stamped(max_image_age_s=1.0, image_wait_timeout_s=60.0)
+    h.frames.store(gradient_image(48, 64, seed=1), 900.0)      # 100 s old
+    thread = store_once_waited_on(h.cameras, 'image', gradient_image(48, 64, seed=2), 1000.0)
+    start = time.monotonic()
     h.qa.ask('What is this?')
-    time.sleep(0.2)
-    h.frames.store(gradient_image(48, 64, seed=2), 2.0)
+    reply = h.wait_replies(1, timeout=90)[0]
+    waited = time.monotonic() - start
+    thread.join()
+    assert reply.ok and reply.frames[0].frame.stamp_s == 1000.0
+    assert waited < 30, 'the prompt went on when the frame came, not at the end of the wait'
+
+
+def test_one_stale_camera_of_several_costs_its_image_not_the_others(stamped):
+    said = []
+    h = stamped(names=('/head', '/wrist'), labelled=True, log=said.append, max_image_age_s=1.0,
+                image_wait_timeout_s=0.2, allow_text_only=True)
+    h.cameras.store('/head', gradient_image(480, 640, seed=3), 999.9)     # 0.1 s old
+    h.cameras.store('/wrist', gradient_image(480, 640, seed=4), 970.0)    # 30 s old
+    h.qa.ask('Is the cup held?')
     reply = h.wait_replies(1)[0]
-    assert reply.ok and reply.frames[0].frame.stamp_s == 2.0
+    assert reply.ok, reply.text
+    assert [bound.camera for bound in reply.frames] == ['/head'] and reply.missing == ('/wrist',)
+    assert reply.result.image_tokens == crop_grid(480, 640).image_tokens, 'one image, not none'
+    assert any('prompt #1: answered without /wrist (allow_text_only): ' in line
+               and '/wrist: the latest image is 30.0 s old' in line for line in said), said
 
 
 def test_conversion_error_is_a_readable_error_reply(make):

@@ -59,7 +59,7 @@ def install() -> None:
                  'a part is damaged')
     wheels = os.path.join(ROOT, 'wheels')
     with tarfile.open(bundle) as tar:
-        tar.extractall(wheels)
+        tar.extractall(wheels, filter='data')   # no links, no paths out of the folder
     subprocess.run([sys.executable, '-m', 'venv', VENV], check=True)
     # A venv made from a venv sees only the base interpreter's packages: point it at this Python's
     # site-packages (torch, transformers, onnx, numpy of the machine) with a .pth line.

@@ -109,8 +109,8 @@ def validate_model_folder(path: Path) -> List[str]:
             for part in ('decoder', 'vision', 'embedding'):
                 filename = (model.get(part) or {}).get('filename')
                 if filename:
-                    referenced.append(filename)
-        except (ValueError, AttributeError) as exc:
+                    referenced.append(str(filename))
+        except (ValueError, AttributeError, TypeError, RecursionError) as exc:
             problems.append(f'genai_config.json is not valid JSON ({exc})')
     for filename in referenced:
         if not (path / filename).is_file():

@@ -180,9 +180,9 @@ def inspect(kind: str, origin: str, lib_dir: Optional[Path],
         if source.has_cuda_provider:
             source.cuda_major, source.cudnn_major = linked_majors(lib_dir / CUDA_PROVIDER)
             try:
-                with mapped(lib_dir / CUDA_PROVIDER) as data:
-                    source.gpu_codes = gpu_code(data)
-            except OSError:
+                with open(lib_dir / CUDA_PROVIDER, 'rb') as library:
+                    source.gpu_codes = gpu_code(library)
+            except (OSError, ValueError):      # unreadable, or beyond gpu_code's bounds: unknown
                 source.gpu_codes = None
     if header_dir is not None:
         try:

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
-import zipfile
 
 from . import cuda_libs
 from . import download as dl
@@ -306,12 +305,15 @@ def action_prebuilt(step: Step, ctx: Context, state: State) -> None:
     """Find, download, verify and check a prebuilt wheel; any StepError means: build instead."""
     p = step.params
     kwargs = {'opener': ctx.opener} if ctx.opener else {}
+    untrusted = None if p['sha256'] else prebuilt.untrusted_index(p['index'])
+    if untrusted:
+        raise StepError(untrusted)
     found = prebuilt.look_up(p['index'], p['python_tag'], p['machine'], p['wanted'],
                              p['runtime_ort'], **kwargs)
     if found.status != 'found':
         raise StepError(('the index is down: ' if found.status == 'down' else '') + found.reason)
     candidate = found.candidate
-    ctx.out(f'      found {candidate.file_name}')
+    ctx.out(f'      found {found.reason}')
     if p['sha256'] and candidate.sha256 and p['sha256'] != candidate.sha256:
         raise StepError(f'the index gives sha256 {candidate.sha256} for {candidate.file_name}, '
                         f'not the --prebuilt-sha256 {p["sha256"]}')
@@ -319,14 +321,24 @@ def action_prebuilt(step: Step, ctx: Context, state: State) -> None:
     if not sha:
         raise StepError(f'the index gives no sha256 for {candidate.file_name}: pass '
                         '--prebuilt-sha256 to pin the one you trust')
+    if candidate.size is not None:
+        bound = {'max_bytes': candidate.size,
+                 'bound': f'the {candidate.size} bytes the index gives'}
+    else:
+        bound = {'max_bytes': prebuilt.MAX_WHEEL_BYTES}
     try:
-        wheel = dl.download(candidate.url, Path(p['dir']) / candidate.file_name, sha, **kwargs)
+        target = dl.inside(Path(p['dir']), candidate.file_name)
+        ctx.out(f'      from {candidate.url}')
+        wheel = dl.download(candidate.url, target, sha, **kwargs, **bound)
     except dl.DownloadError as exc:
         raise StepError(str(exc)) from exc
     try:
         ctx.out(f'      {gpu_code.check_wheel(wheel, p["compute_capability"])}')
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+    except ValueError as exc:   # what the reader says of a wheel it could read
         raise StepError(f'refused: {exc}') from exc
+    except Exception as exc:  # noqa: BLE001 - whatever a broken wheel makes the reader raise
+        raise StepError(f'refused: the wheel could not be read ({type(exc).__name__}: {exc})') \
+            from exc
     dest = Path(p['dest'])
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / wheel.name
@@ -429,12 +441,15 @@ def execute(plan: Plan, ctx: Context) -> int:
             ctx.out(f'interrupted during "{step.id}": '
                     'run the same command again to resume from this step')
             return 130
-        except StepError as exc:
+        except Exception as exc:  # noqa: BLE001 - a step with a fallback never ends the run
+            if not isinstance(exc, StepError) and not step.fallback:
+                raise
             if step.fallback:
+                why = exc if isinstance(exc, StepError) else f'{type(exc).__name__}: {exc}'
                 prebuilt_failed = True
                 state.data.pop('prebuilt', None)
                 state.data.pop('wheel', None)
-                ctx.out(f'      prebuilt wheel not usable ({exc}); building from source instead')
+                ctx.out(f'      prebuilt wheel not usable ({why}); building from source instead')
                 continue
             if step.allow_fail:
                 ctx.out(f'      (failed, which is fine here: {exc})')
