@@ -93,7 +93,7 @@ soak: $(STAMP)
 	mkdir -p .cache
 	$(BIN)/python -m bench.soak --duration $(SOAK_DURATION) --out .cache/soak_results.json
 
-# The same with faults (bench/soak_faults.py): worker SIGKILLs and SIGSTOPs, ~/cancel floods, ~/reset,
+# The same with faults (bench/faults/): worker SIGKILLs and SIGSTOPs, ~/cancel floods, ~/reset,
 # runtime parameter changes, bad frames and prompt bursts while prompts flow; fails unless every prompt
 # got one reply, the node's counters add up, the node lived and stopped cleanly and memory stayed flat.
 # `make soak-faults SOAK_DURATION=120 SOAK_FAULTS_ARGS='--seed 2'`

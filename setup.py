@@ -25,8 +25,8 @@ setup(
     tests_require=['pytest'],
     entry_points={
         'console_scripts': [
-            'vision_qa_node = phi3v_ros.vision_qa_node:main',
-            'ask = phi3v_ros.ask:main',
+            'vision_qa_node = phi3v_ros.node.vision_qa_node:main',
+            'ask = phi3v_ros.client.ask:main',
             'synthetic_camera = phi3v_ros.tools.synthetic_camera:main',
             'make_tiny_model = phi3v_ros.tools.make_tiny_model:main',
             'build_genai_wheel = phi3v_ros.tools.build_genai_wheel:main',

@@ -23,8 +23,8 @@ CASES = ((1, 16), (2, 16), (1, 4), (2, 4))    # (cameras, max_crops)
 
 
 def measure(model: str, provider: str, runs: int) -> Dict[str, object]:
-    from phi3v_ros.engine import Engine, EngineConfig
-    from phi3v_ros.generation import GenerationSettings, Request
+    from phi3v_ros.engine.engine import Engine, EngineConfig
+    from phi3v_ros.engine.generation import GenerationSettings, Request
     engine = Engine(EngineConfig(model_path=model, provider=provider))
     # two different pictures: the wrist frame is the head frame mirrored
     frames = (camera_frame(480, 640), camera_frame(480, 640)[:, ::-1].copy())

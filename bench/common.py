@@ -18,6 +18,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+from phi3v_ros.client.spinning import SpinningNode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -224,7 +225,7 @@ class NodeProcess(LoggedProcess):
 
     def __init__(self, parameters: Dict[str, object], log_level: str = 'info',
                  env: Optional[Dict[str, str]] = None) -> None:
-        args = entry_point('vision_qa_node', 'phi3v_ros.vision_qa_node') + ['--ros-args']
+        args = entry_point('vision_qa_node', 'phi3v_ros.node.vision_qa_node') + ['--ros-args']
         for name, value in parameters.items():
             args += ['-p', f'{name}:={value}']
         args += ['--log-level', f'vision_qa:={log_level}']
@@ -237,19 +238,15 @@ class Peer:
     """Publishes frames and prompts, records answers, pieces and diagnostics with their arrival times."""
 
     def __init__(self, name: str = 'bench_peer', stream: bool = True) -> None:
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from rcl_interfaces.srv import SetParameters
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
         from std_srvs.srv import Trigger
 
-        self._rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node(name, context=self.context)
+        self._ros = SpinningNode(name)
+        self.node = self._ros.node
         image_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                                reliability=ReliabilityPolicy.RELIABLE)
         self.image_pub = self.node.create_publisher(Image, 'image', image_qos)
@@ -267,17 +264,7 @@ class Peer:
         self.cancel_client = self.node.create_client(Trigger, '/vision_qa/cancel')
         self.parameter_client = self.node.create_client(SetParameters, '/vision_qa/set_parameters')
         self._String, self._Image, self._Trigger = String, Image, Trigger
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._spinner = threading.Thread(target=self._spin, daemon=True)
-        self._spinner.start()
-
-    def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-        try:
-            self.executor.spin()
-        except ExternalShutdownException:
-            pass
+        self._ros.start()
 
     def _recorder(self, store: list) -> Callable:
         def record(message) -> None:
@@ -360,6 +347,4 @@ class Peer:
         return future.result()
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self._rclpy.try_shutdown(context=self.context)
+        self._ros.close()

@@ -14,9 +14,9 @@ from typing import Dict
 
 
 def _serve(conn, model_path: str, max_image_side: int, image_format: str) -> None:
-    from phi3v_ros.engine import Engine, EngineConfig
-    from phi3v_ros.generation import GenerationSettings, Request
-    from phi3v_ros.worker import _warm_up
+    from phi3v_ros.engine.engine import Engine, EngineConfig
+    from phi3v_ros.engine.generation import GenerationSettings, Request
+    from phi3v_ros.engine.worker import _warm_up
 
     engine = Engine(EngineConfig(model_path=model_path, provider='cpu', max_image_side=max_image_side,
                                  image_format=image_format))

@@ -41,8 +41,8 @@ def camera_frame(height: int, width: int) -> np.ndarray:
 
 
 def measure(model: str, provider: str, runs: int) -> Dict[str, object]:
-    from phi3v_ros.engine import Engine, EngineConfig
-    from phi3v_ros.generation import GenerationSettings, Request
+    from phi3v_ros.engine.engine import Engine, EngineConfig
+    from phi3v_ros.engine.generation import GenerationSettings, Request
     engines = {mode: Engine(EngineConfig(model_path=model, provider=provider,
                                          image_preprocessing=mode))
                for mode in ('processor', 'fast', 'exact')}

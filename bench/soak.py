@@ -17,7 +17,7 @@ seconds) and fits a line through all samples after warm-up: `flat` when neither 
 --max-growth-mb (default 20 MB over the run).
 
 With --faults the same node runs while a fault driver kills and stalls its worker, floods ~/cancel,
-calls ~/reset, changes parameters, publishes bad frames and bursts of prompts (bench/soak_faults.py):
+calls ~/reset, changes parameters, publishes bad frames and bursts of prompts (bench/faults/):
 
     python -m bench.soak --faults --duration 120 --seed 1 --out /tmp/soak_faults.json
 """
@@ -25,13 +25,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import json
 import os
 import platform
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,54 +36,23 @@ import threading
 import time
 from typing import Dict, List, Optional
 
+from bench.process_watch import (memory_verdict, percentile, python_module, rounded, rss_mb,
+                                 shm_blocks, stop, worker_of)
 import psutil
 
 ERROR_PREFIX = 'ERROR: '
-
-
-def percentile(values: List[float], q: float) -> Optional[float]:
-    """The q-th percentile (0-100) by linear interpolation; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100.0
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def slope_per_hour(times: List[float], values: List[float]) -> Optional[float]:
-    """Least-squares slope of values over times (seconds), per hour."""
-    if len(times) < 3:
-        return None
-    mean_t, mean_v = statistics.fmean(times), statistics.fmean(values)
-    var = sum((t - mean_t) ** 2 for t in times)
-    if var == 0:
-        return None
-    return 3600.0 * sum((t - mean_t) * (v - mean_v) for t, v in zip(times, values)) / var
-
-
-def shm_blocks() -> List[str]:
-    return sorted(os.path.basename(p) for p in glob.glob('/dev/shm/psm_*'))
-
-
-def python_module(module: str) -> List[str]:
-    return [sys.executable, '-m', module]
 
 
 class Client:
     """The soak's ROS side: publishes prompts, matches answers to them in order, reads diagnostics."""
 
     def __init__(self) -> None:
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
+        from phi3v_ros.client.spinning import SpinningNode
         from std_msgs.msg import String
 
-        self._rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node('soak_client', context=self.context)
+        self._ros = SpinningNode('soak_client')
+        self.node = self._ros.node
         self._String = String
         self.prompt_pub = self.node.create_publisher(String, 'prompt', 10)
         self.node.create_subscription(String, 'answer', self._on_answer, 100)
@@ -95,17 +61,7 @@ class Client:
         self.pending: 'collections.deque[float]' = collections.deque()   # send times, in order
         self.replies: List[tuple] = []      # (time answered, latency s, ok, text)
         self.diagnostics: Dict[str, str] = {}
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._spinner = threading.Thread(target=self._spin, daemon=True)
-        self._spinner.start()
-
-    def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-        try:
-            self.executor.spin()
-        except ExternalShutdownException:
-            pass
+        self._ros.start()
 
     def _on_answer(self, message) -> None:
         now = time.monotonic()
@@ -133,62 +89,7 @@ class Client:
         self.prompt_pub.publish(self._String(data=text))
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self._rclpy.try_shutdown(context=self.context)
-
-
-def rss_mb(process: Optional[psutil.Process]) -> Optional[float]:
-    try:
-        return None if process is None else process.memory_info().rss / 2 ** 20
-    except psutil.Error:
-        return None
-
-
-def worker_of(node: psutil.Process) -> Optional[psutil.Process]:
-    """Return the node's live worker process (`python -m phi3v_ros.worker_launch`), or None."""
-    try:
-        children = node.children()
-    except psutil.Error:
-        return None
-    for child in children:
-        try:
-            command = ' '.join(child.cmdline())
-            if 'phi3v_ros.worker_launch' in command and child.status() != psutil.STATUS_ZOMBIE:
-                return child
-        except psutil.Error:
-            continue
-    return None
-
-
-def stop(process: subprocess.Popen, timeout: float = 10.0) -> Optional[int]:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
-    return process.returncode
-
-
-def memory_verdict(samples: List[dict], key: str, warmup_s: float, max_growth_mb: float) -> dict:
-    points = [(s['t_s'], s[key]) for s in samples if s['t_s'] >= warmup_s and s[key] is not None]
-    if len(points) < 5:
-        return {'verdict': 'too few samples', 'samples': len(points)}
-    fifth = max(1, len(points) // 5)
-    first = statistics.median(v for _, v in points[:fifth])
-    last = statistics.median(v for _, v in points[-fifth:])
-    slope = slope_per_hour([t for t, _ in points], [v for _, v in points])
-    span_h = (points[-1][0] - points[0][0]) / 3600.0
-    fitted_growth = (slope or 0.0) * span_h
-    growth = last - first
-    return {
-        'first_fifth_median_mb': round(first, 1), 'last_fifth_median_mb': round(last, 1),
-        'growth_mb': round(growth, 2), 'slope_mb_per_hour': None if slope is None else round(slope, 2),
-        'min_mb': round(min(v for _, v in points), 1), 'max_mb': round(max(v for _, v in points), 1),
-        'verdict': 'flat' if growth <= max_growth_mb and fitted_growth <= max_growth_mb else 'growing',
-    }
+        self._ros.close()
 
 
 def window_rows(samples: List[dict], replies: List[tuple], start: float, window_s: float) -> List[dict]:
@@ -203,17 +104,13 @@ def window_rows(samples: List[dict], replies: List[tuple], start: float, window_
             'from_s': round(t), 'to_s': round(min(t + window_s, end)),
             'replies': len(in_window), 'answers': sum(1 for r in in_window if r[2]),
             'errors': sum(1 for r in in_window if not r[2]),
-            'p50_s': _round(percentile(latencies, 50)), 'p95_s': _round(percentile(latencies, 95)),
-            'p99_s': _round(percentile(latencies, 99)), 'max_s': _round(max(latencies, default=None)),
+            'p50_s': rounded(percentile(latencies, 50)), 'p95_s': rounded(percentile(latencies, 95)),
+            'p99_s': rounded(percentile(latencies, 99)), 'max_s': rounded(max(latencies, default=None)),
             'node_rss_mb': last_sample[0].get('node_rss_mb'),
             'worker_rss_mb': last_sample[0].get('worker_rss_mb'),
         })
         t += window_s
     return rows
-
-
-def _round(value: Optional[float], digits: int = 3) -> Optional[float]:
-    return None if value is None else round(value, digits)
 
 
 def print_table(rows: List[dict]) -> None:
@@ -255,15 +152,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='ROS_DOMAIN_ID for the node, the camera and the client (localhost only)')
     parser.add_argument('--out', default='soak_results.json', help='JSON file to write')
     parser.add_argument('--log', help='node log file (default: next to --out)')
-    from bench import soak_faults
-    soak_faults.add_arguments(parser)
+    from bench.faults import run as fault_mode
+    fault_mode.add_arguments(parser)
     args = parser.parse_args(argv)
     for name, plain, faults in (('sample_interval', 10.0, 2.0), ('window', 300.0, 30.0),
                                 ('warmup', 60.0, 30.0)):
         if getattr(args, name) is None:
             setattr(args, name, faults if args.faults else plain)
     if args.faults:
-        return soak_faults.run(args)
+        return fault_mode.run(args)
 
     os.environ['ROS_DOMAIN_ID'] = str(args.domain_id)
     if os.environ.get('ROS_DISTRO') == 'humble':
@@ -279,7 +176,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     width, height = args.size
     parameters = {'model_path': model, 'provider': args.provider, 'max_new_tokens': args.max_new_tokens,
                   'max_queue': 8, 'image_wait_timeout': 2.0}
-    node_args = python_module('phi3v_ros.vision_qa_node') + ['--ros-args']
+    node_args = python_module('phi3v_ros.node.vision_qa_node') + ['--ros-args']
     for name, value in parameters.items():
         node_args += ['-p', f'{name}:={value}']
     for extra in args.param:
@@ -333,8 +230,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     replies = len(client.replies)
                     errors = sum(1 for r in client.replies if not r[2])
                 sample = {
-                    't_s': round(now - start, 1), 'node_rss_mb': _round(rss_mb(node), 1),
-                    'worker_rss_mb': _round(rss_mb(worker), 1),
+                    't_s': round(now - start, 1), 'node_rss_mb': rounded(rss_mb(node), 1),
+                    'worker_rss_mb': rounded(rss_mb(worker), 1),
                     'worker_pid': None if worker is None else worker.pid,
                     'node_threads': node.num_threads(), 'node_fds': node.num_fds(),
                     'node_cpu_s': round(cpu.user + cpu.system - cpu_prev.user - cpu_prev.system, 2),
@@ -372,8 +269,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             'prompts_sent': asked, 'replies': len(replies), 'answers': len(latencies),
             'error_replies': len(errors), 'error_examples': sorted(set(errors))[:5],
             'every_prompt_one_reply': len(replies) == asked,
-            'latency_s': {'p50': _round(percentile(latencies, 50)), 'p90': _round(percentile(latencies, 90)),
-                          'p99': _round(percentile(latencies, 99)), 'max': _round(max(latencies, default=None))},
+            'latency_s': {'p50': rounded(percentile(latencies, 50)), 'p90': rounded(percentile(latencies, 90)),
+                          'p99': rounded(percentile(latencies, 99)), 'max': rounded(max(latencies, default=None))},
             'node_diagnostics_at_end': {k: diagnostics.get(k) for k in (
                 'prompts_received', 'prompts_answered', 'prompts_rejected', 'prompts_failed',
                 'worker_restarts', 'frames_received')},

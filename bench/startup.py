@@ -5,7 +5,7 @@
 `ask` used to import the engine stack (OpenCV, numpy) for one constant and took seconds to print its
 help; it now imports neither that nor rclpy before its arguments are parsed. Two references are
 measured the same way: the bare interpreter (`python -c pass`) and the imports `ask` had before (rclpy's
-node, std_msgs and phi3v_ros.vision_qa with the engine stack). Standalone, the numbers are merged into the results file (keys
+node, std_msgs and phi3v_ros.core.vision_qa with the engine stack). Standalone, the numbers are merged into the results file (keys
 `startup` and `ask_help_median_ms`); `make bench` runs it as its part `startup`.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from bench.common import REPO, entry_point, merge_results, summary
 CASES = (
     ('ask_help', '`ask --help`', None),
     ('bare_interpreter', 'bare interpreter (`python -c pass`)', [sys.executable, '-c', 'pass']),
-    ('imports_before', 'the imports `ask` had before (rclpy.node, std_msgs.msg, phi3v_ros.vision_qa)',
-     [sys.executable, '-c', 'import rclpy.node, rclpy.utilities, std_msgs.msg, phi3v_ros.vision_qa']),
+    ('imports_before', 'the imports `ask` had before (rclpy.node, std_msgs.msg, phi3v_ros.core.vision_qa)',
+     [sys.executable, '-c', 'import rclpy.node, rclpy.utilities, std_msgs.msg, phi3v_ros.core.vision_qa']),
 )
 
 
@@ -34,7 +34,7 @@ def _wall_s(command: List[str]) -> float:
 
 def measure(runs: int = 15) -> Dict[str, object]:
     """Wall time of each case, interleaved (one run of each in turn) so that load hits all alike."""
-    commands = {key: command or entry_point('ask', 'phi3v_ros.ask') + ['--help'] for key, _, command in CASES}
+    commands = {key: command or entry_point('ask', 'phi3v_ros.client.ask') + ['--help'] for key, _, command in CASES}
     for command in commands.values():   # once each, not counted: page cache, .pyc files
         _wall_s(command)
     times: Dict[str, List[float]] = {key: [] for key in commands}

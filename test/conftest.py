@@ -44,8 +44,8 @@ def tiny_model_that_ends(tmp_path_factory):
 @pytest.fixture(scope='module')
 def cpu_engine_client(tiny_model):
     """Start the engine client (and its worker) on the tiny model, CPU, no warm-up; per module."""
-    from phi3v_ros.engine import EngineConfig
-    from phi3v_ros.engine_client import EngineClient
+    from phi3v_ros.engine.engine import EngineConfig
+    from phi3v_ros.engine.engine_client import EngineClient
     client = EngineClient(EngineConfig(model_path=tiny_model, provider='cpu'), warmup=False)
     client.start()
     assert client.wait_ready(60)

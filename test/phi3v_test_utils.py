@@ -102,8 +102,8 @@ def genai_then_engine_error(model, genai_error, genai_type=Exception):
     """
     import onnxruntime_genai as og
     import pytest
-    from phi3v_ros.engine import Engine, EngineConfig
-    from phi3v_ros.errors import ModelLoadError
+    from phi3v_ros.engine.engine import Engine, EngineConfig
+    from phi3v_ros.base.errors import ModelLoadError
     with pytest.raises(genai_type, match=genai_error):
         og.Model(str(model))
     with pytest.raises(ModelLoadError) as info:

@@ -150,14 +150,14 @@ def worker_of(node):
     """
     Return the node's worker process, or None.
 
-    That is `python -m phi3v_ros.worker_launch`, not multiprocessing's resource tracker.
+    That is `python -m phi3v_ros.engine.worker_launch`, not multiprocessing's resource tracker.
     """
     for child in node.descendants():
         try:
             command = ' '.join(child.cmdline())
         except psutil.Error:
             continue
-        if 'phi3v_ros.worker_launch' in command:
+        if 'phi3v_ros.engine.worker_launch' in command:
             return child
     return None
 

@@ -112,7 +112,8 @@ def isolate_ros_domain():
     return domain_id
 
 
-CONSOLE_SCRIPT_MODULES = {'vision_qa_node': 'phi3v_ros.vision_qa_node', 'ask': 'phi3v_ros.ask',
+CONSOLE_SCRIPT_MODULES = {'vision_qa_node': 'phi3v_ros.node.vision_qa_node',
+                          'ask': 'phi3v_ros.client.ask',
                           'synthetic_camera': 'phi3v_ros.tools.synthetic_camera'}
 
 
@@ -230,18 +231,16 @@ class RosPeer:
     """
 
     def __init__(self, namespace='', node_name='vision_qa'):
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import MultiThreadedExecutor
+        from phi3v_ros.client.spinning import SpinningNode
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from rcl_interfaces.srv import SetParameters
         from sensor_msgs.msg import CompressedImage, Image
         from std_msgs.msg import String
         from std_srvs.srv import Trigger
 
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node('test_peer', namespace=namespace, context=self.context)
+        self._ros = SpinningNode('test_peer', namespace=namespace, multi_threaded=True)
+        self.node = self._ros.node
         image_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                                reliability=ReliabilityPolicy.RELIABLE)
         self.image_pub = self.node.create_publisher(Image, 'image', image_qos)
@@ -258,19 +257,9 @@ class RosPeer:
         self.cancel_client = self.node.create_client(Trigger, f'{prefix}/cancel')
         self.reset_client = self.node.create_client(Trigger, f'{prefix}/reset')
         self.parameter_client = self.node.create_client(SetParameters, f'{prefix}/set_parameters')
-        self.executor = MultiThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._spinner = threading.Thread(target=self._spin, daemon=True)
-        self._spinner.start()
         self._String, self._Image, self._CompressedImage = String, Image, CompressedImage
         self._Trigger = Trigger
-
-    def _spin(self):
-        from rclpy.executors import ExternalShutdownException
-        try:
-            self.executor.spin()
-        except ExternalShutdownException:
-            pass
+        self._ros.start()
 
     def _record(self, store):
         def callback(message):
@@ -375,16 +364,5 @@ class RosPeer:
         return self.call(self.parameter_client, request).results
 
     def close(self, timeout=10.0):
-        """
-        Stop spinning, then destroy the node and shut the context down, in that order.
-
-        Destroying the node while the spinner thread may still be in the executor's wait set
-        segfaulted pytest under colcon test: the thread must have stopped first.
-        """
-        import rclpy
-        self.executor.shutdown(timeout_sec=timeout)
-        self._spinner.join(timeout)
-        if self._spinner.is_alive():
-            raise AssertionError(f"the peer's spinner thread did not stop within {timeout} s")
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        """Stop spinning, then destroy the node and shut the context down (SpinningNode)."""
+        self._ros.close(timeout)

@@ -64,15 +64,16 @@ def loaded_after(code, names):
 
 
 def test_importing_ask_loads_no_engine_stack():
-    # ERROR_PREFIX comes from phi3v_ros.replies, not from vision_qa and its OpenCV and numpy
-    assert loaded_after('import phi3v_ros.ask', ENGINE_STACK) == '[]'
+    # ERROR_PREFIX comes from phi3v_ros.interface.replies, not from vision_qa and its OpenCV and
+    # numpy
+    assert loaded_after('import phi3v_ros.client.ask', ENGINE_STACK) == '[]'
 
 
 def test_ask_help_loads_neither_the_engine_stack_nor_rclpy():
-    code = ('import contextlib, io, phi3v_ros.ask\n'
+    code = ('import contextlib, io, phi3v_ros.client.ask\n'
             'with contextlib.redirect_stdout(io.StringIO()) as out:\n'
             '    try:\n'
-            '        phi3v_ros.ask.main(["ask", "--help"])\n'
+            '        phi3v_ros.client.ask.main(["ask", "--help"])\n'
             '    except SystemExit as exc:\n'
             '        assert exc.code == 0, exc.code\n'
             'assert "usage: ask" in out.getvalue(), out.getvalue()')

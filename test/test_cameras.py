@@ -2,8 +2,8 @@
 import threading
 import time
 
-from phi3v_ros.cameras import Cameras, CamerasNotReady, describe_frames
-from phi3v_ros.frame_cache import FrameAge
+from phi3v_ros.frames.cameras import Cameras, CamerasNotReady, describe_frames
+from phi3v_ros.frames.frame_cache import FrameAge
 from phi3v_test_utils import SettableClock
 import pytest
 

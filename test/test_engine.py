@@ -5,10 +5,10 @@ import shutil
 import subprocess
 import sys
 
-from phi3v_ros.engine import Engine, EngineConfig, import_genai, resolve_provider
-from phi3v_ros.errors import ModelLoadError
-from phi3v_ros.genai_releases import version_tuple
-from phi3v_ros.generation import GenerationSettings, Request, StopReason, Turn
+from phi3v_ros.base.errors import ModelLoadError
+from phi3v_ros.engine.engine import Engine, EngineConfig, import_genai, resolve_provider
+from phi3v_ros.engine.genai_releases import version_tuple
+from phi3v_ros.engine.generation import GenerationSettings, Request, StopReason, Turn
 from phi3v_test_utils import (broken_genai_install, genai_then_engine_error, gradient_image,
                               lfs_pointer_model, may2024_model)
 import pytest
@@ -297,7 +297,7 @@ def test_not_installed_in_an_externally_managed_python_leads_to_the_venv(monkeyp
 def test_onnxruntime_genai_that_cannot_load_is_not_called_missing(tmp_path):
     # a real broken install (the package's import fails on a CUDA library), in a fresh interpreter
     root = broken_genai_install(tmp_path / 'site')
-    code = ('from phi3v_ros.engine import import_genai\n'
+    code = ('from phi3v_ros.engine.engine import import_genai\n'
             'try:\n    import_genai()\nexcept Exception as exc:\n    print(exc)\n')
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(root), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]))

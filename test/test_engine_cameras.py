@@ -6,11 +6,11 @@ Exact mode gives the processor's answer and token counts for two frames of diffe
 crop budget; an answer about two cameras differs from an answer about either alone; and the camera
 names are in the prompt.
 """
-from phi3v_ros.engine import Engine, EngineConfig
-from phi3v_ros.genai_releases import version_tuple
-from phi3v_ros.generation import GenerationSettings, Request
-from phi3v_ros.hd_transform import crop_grid
-from phi3v_ros.model_inputs import takes_own_inputs
+from phi3v_ros.engine.engine import Engine, EngineConfig
+from phi3v_ros.engine.genai_releases import version_tuple
+from phi3v_ros.engine.generation import GenerationSettings, Request
+from phi3v_ros.engine.hd_transform import crop_grid
+from phi3v_ros.engine.model_inputs import takes_own_inputs
 from phi3v_test_utils import gradient_image
 import pytest
 from test_engine_own_inputs import noisy_image

@@ -8,10 +8,10 @@ import signal
 import threading
 import time
 
-from phi3v_ros.engine import EngineConfig
-from phi3v_ros.engine_client import describe_exit, EngineClient, EngineState
-from phi3v_ros.errors import EngineError
-from phi3v_ros.generation import GenerationSettings, Request, StopReason
+from phi3v_ros.base.errors import EngineError
+from phi3v_ros.engine.engine import EngineConfig
+from phi3v_ros.engine.engine_client import describe_exit, EngineClient, EngineState
+from phi3v_ros.engine.generation import GenerationSettings, Request, StopReason
 from phi3v_test_utils import gradient_image
 import pytest
 
@@ -73,7 +73,7 @@ def test_answers_with_an_image_and_streams(client):
 
 
 def test_frames_of_changing_sizes_reach_the_worker_intact(client, tiny_model):
-    from phi3v_ros.engine import Engine
+    from phi3v_ros.engine.engine import Engine
     direct = Engine(EngineConfig(model_path=tiny_model, provider='cpu'))
     for height, width, seed in [(120, 160, 1), (1080, 1920, 2), (48, 64, 3)]:
         image = gradient_image(height, width, seed)

@@ -11,9 +11,9 @@ import signal
 import threading
 import time
 
-from phi3v_ros.engine import EngineConfig
-from phi3v_ros.engine_client import EngineClient, EngineState
-from phi3v_ros.generation import GenerationSettings, Request, StopReason
+from phi3v_ros.engine.engine import EngineConfig
+from phi3v_ros.engine.engine_client import EngineClient, EngineState
+from phi3v_ros.engine.generation import GenerationSettings, Request, StopReason
 import pytest
 from test_engine_client import ask, READY_TIMEOUT_S, Reply
 
@@ -135,7 +135,7 @@ def test_only_the_first_load_failure_is_final(make_client, tmp_path):
 
 def test_a_worker_that_cannot_be_started_is_retried(make_client, tiny_model, monkeypatch):
     """ENOMEM from fork/exec (a memory-starved Jetson) used to end the monitor thread."""
-    from phi3v_ros import engine_client
+    from phi3v_ros.engine import engine_client
     failures = [0]
     real_init = engine_client._Worker.__init__
 
@@ -203,7 +203,7 @@ def test_cancel_of_a_finished_request_leaves_the_next_one_alone(make_client, tin
 
 def test_frames_go_through_the_pipe_when_no_shared_memory_can_be_had(make_client, tiny_model,
                                                                      monkeypatch):
-    from phi3v_ros import frame_transport
+    from phi3v_ros.frames import frame_transport
     from phi3v_test_utils import gradient_image
 
     def no_shm(*args, **kwargs):

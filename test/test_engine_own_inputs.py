@@ -11,12 +11,12 @@ import pathlib
 import shutil
 
 import numpy as np
-from phi3v_ros.engine import Engine, EngineConfig
-from phi3v_ros.errors import ModelLoadError
-from phi3v_ros.generation import GenerationSettings, Request, Turn
-from phi3v_ros.hd_transform import crop_grid
-from phi3v_ros.model_inputs import prompt_token_ids, takes_own_inputs
-from phi3v_ros.prompt import build_chat_prompt
+from phi3v_ros.base.errors import ModelLoadError
+from phi3v_ros.engine.engine import Engine, EngineConfig
+from phi3v_ros.engine.generation import GenerationSettings, Request, Turn
+from phi3v_ros.engine.hd_transform import crop_grid
+from phi3v_ros.engine.model_inputs import prompt_token_ids, takes_own_inputs
+from phi3v_ros.engine.prompt import build_chat_prompt
 from phi3v_test_utils import gradient_image
 import pytest
 
@@ -276,7 +276,7 @@ PASSING = [
 
 
 def test_only_refusals_of_the_inputs_mean_the_model_needs_the_processor():
-    from phi3v_ros.model_inputs import InputBuilder
+    from phi3v_ros.engine.model_inputs import InputBuilder
     assert all(InputBuilder.refuses_inputs(RuntimeError(text)) for text in REFUSALS)
     assert not any(InputBuilder.refuses_inputs(RuntimeError(text)) for text in PASSING)
 

@@ -10,11 +10,11 @@ import json
 import shutil
 import types
 
-from phi3v_ros.engine import Engine, EngineConfig
-from phi3v_ros.errors import ModelLoadError
-from phi3v_ros.genai_releases import check_genai_release, listed_provider, version_tuple
-from phi3v_ros.generation import GenerationSettings, Request, StopReason
-from phi3v_ros.hd_transform import crop_grid
+from phi3v_ros.base.errors import ModelLoadError
+from phi3v_ros.engine.engine import Engine, EngineConfig
+from phi3v_ros.engine.genai_releases import check_genai_release, listed_provider, version_tuple
+from phi3v_ros.engine.generation import GenerationSettings, Request, StopReason
+from phi3v_ros.engine.hd_transform import crop_grid
 from phi3v_test_utils import genai_then_engine_error, gradient_image
 import pytest
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 import sys
 
-from phi3v_ros import model_paths as M
+from phi3v_ros.engine import model_paths as M
 from phi3v_ros.tools import fetch_model as F
 import pytest
 

@@ -1,7 +1,7 @@
 import threading
 import time
 
-from phi3v_ros.frame_cache import FrameAge, FrameCache
+from phi3v_ros.frames.frame_cache import FrameAge, FrameCache
 from phi3v_test_utils import SettableClock
 import pytest
 

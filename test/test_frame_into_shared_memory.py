@@ -3,11 +3,11 @@
 import os
 
 import numpy as np
-from phi3v_ros.errors import ImageConversionError
-from phi3v_ros.frame_cache import Frame
-from phi3v_ros.frame_conversion import FrameConverter
-from phi3v_ros.frame_transport import FrameReceiver, FrameSender
-from phi3v_ros.image_conversion import image_to_rgb, SUPPORTED_ENCODINGS
+from phi3v_ros.base.errors import ImageConversionError
+from phi3v_ros.frames.frame_cache import Frame
+from phi3v_ros.frames.frame_conversion import FrameConverter
+from phi3v_ros.frames.frame_transport import FrameReceiver, FrameSender
+from phi3v_ros.frames.image_conversion import image_to_rgb, SUPPORTED_ENCODINGS
 from phi3v_test_utils import ImageMsg
 import pytest
 
@@ -112,9 +112,9 @@ def test_the_frame_converter_converts_raw_frames_into_what_allocate_gives():
 def test_the_engine_client_hands_out_its_block_only_while_idle(tiny_model):
     import threading
 
-    from phi3v_ros.engine import EngineConfig
-    from phi3v_ros.engine_client import EngineClient
-    from phi3v_ros.generation import GenerationSettings, Request
+    from phi3v_ros.engine.engine import EngineConfig
+    from phi3v_ros.engine.engine_client import EngineClient
+    from phi3v_ros.engine.generation import GenerationSettings, Request
 
     client = EngineClient(EngineConfig(model_path=tiny_model, provider='cpu'), warmup=False)
     client.start()
@@ -159,14 +159,14 @@ def test_each_image_of_a_request_has_its_own_block():
 
 def test_two_images_through_shared_memory_answer_as_in_process(tiny_model):
     og = pytest.importorskip('onnxruntime_genai')
-    from phi3v_ros.genai_releases import version_tuple
+    from phi3v_ros.engine.genai_releases import version_tuple
     if version_tuple(og.__version__) < (0, 5):
         pytest.skip('several images in a prompt came in onnxruntime-genai 0.5')
     import threading
 
-    from phi3v_ros.engine import Engine, EngineConfig
-    from phi3v_ros.engine_client import EngineClient
-    from phi3v_ros.generation import GenerationSettings, Request
+    from phi3v_ros.engine.engine import Engine, EngineConfig
+    from phi3v_ros.engine.engine_client import EngineClient
+    from phi3v_ros.engine.generation import GenerationSettings, Request
 
     config = EngineConfig(model_path=tiny_model, provider='cpu')
     settings = GenerationSettings(max_new_tokens=12)
@@ -224,7 +224,7 @@ FULL_SHM_PROBE = r"""
 mount -t tmpfs -o size=16m tmpfs /dev/shm || exit 90
 exec "$PYTHON" -c '
 import numpy as np
-from phi3v_ros.frame_transport import FrameSender, SharedMemoryUnavailable
+from phi3v_ros.frames.frame_transport import FrameSender, SharedMemoryUnavailable
 sender = FrameSender()
 sender.put(np.zeros((480, 640, 3), np.uint8))          # 0.9 MB: fits
 try:
@@ -259,7 +259,7 @@ def test_a_full_dev_shm_is_an_error_not_sigbus():
 def test_cv_bridge_is_an_optional_fallback_whatever_its_import_does(monkeypatch):
     import sys
     import types
-    from phi3v_ros.frame_conversion import load_cv_bridge_converter
+    from phi3v_ros.node.cv_bridge_fallback import load_cv_bridge_converter
 
     class Bridge:
         def imgmsg_to_cv2(self, message, desired_encoding):
@@ -283,7 +283,7 @@ def test_cv_bridge_whose_extension_fails_to_import_is_named(monkeypatch, tmp_pat
     # installed but broken: an ImportError from inside (numpy 1 build beside numpy 2), or a
     # module it needs is missing; only a missing cv_bridge itself is silent
     import sys
-    from phi3v_ros.frame_conversion import load_cv_bridge_converter
+    from phi3v_ros.node.cv_bridge_fallback import load_cv_bridge_converter
     package = tmp_path / 'cv_bridge'
     package.mkdir()
     monkeypatch.syspath_prepend(str(tmp_path))

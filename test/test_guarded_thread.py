@@ -1,7 +1,7 @@
 """Guarded threads: an exception costs one pass and is counted; a thread that ends is reported."""
 import threading
 
-from phi3v_ros.guarded_thread import start_guarded, ThreadHealth
+from phi3v_ros.base.guarded_thread import start_guarded, ThreadHealth
 import pytest
 
 

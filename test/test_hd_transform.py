@@ -1,10 +1,10 @@
-"""phi3v_ros.hd_transform against onnxruntime-genai's Phi-3-vision processor, and on its own."""
+"""engine.hd_transform against onnxruntime-genai's Phi-3-vision processor, and on its own."""
 import cv2
 import numpy as np
-from phi3v_ros.genai_releases import version_tuple
-from phi3v_ros.hd_transform import (CLIP_MEAN, CLIP_STD, crop_grid, CROP_SIDE, CropGrid,
-                                    FAST_ENLARGED_MAX_ABS_DIFF, FAST_MAX_ABS_DIFF,
-                                    FAST_MEAN_ABS_DIFF, MAX_CROPS, prepare_image)
+from phi3v_ros.engine.genai_releases import version_tuple
+from phi3v_ros.engine.hd_transform import (CLIP_MEAN, CLIP_STD, crop_grid, CROP_SIDE, CropGrid,
+                                           FAST_ENLARGED_MAX_ABS_DIFF, FAST_MAX_ABS_DIFF,
+                                           FAST_MEAN_ABS_DIFF, MAX_CROPS, prepare_image)
 from phi3v_test_utils import gradient_image
 import pytest
 

@@ -1,4 +1,4 @@
-"""Tests of phi3v_ros.image_conversion against independent numpy reference conversions."""
+"""Tests of phi3v_ros.frames.image_conversion against independent numpy reference conversions."""
 from __future__ import annotations
 
 import array
@@ -11,14 +11,10 @@ import zlib
 
 import cv2
 import numpy as np
-from phi3v_ros import image_conversion as ic
-from phi3v_ros.errors import ImageConversionError
-from phi3v_ros.image_conversion import (
-    compressed_to_rgb,
-    image_to_rgb,
-    is_supported,
-    SUPPORTED_ENCODINGS,
-)
+from phi3v_ros.base.errors import ImageConversionError
+from phi3v_ros.frames import image_conversion as ic
+from phi3v_ros.frames.image_conversion import (compressed_to_rgb, image_to_rgb, is_supported,
+                                               SUPPORTED_ENCODINGS)
 from phi3v_test_utils import CompressedMsg, ImageMsg, ONE_PIXEL_GIF
 import pytest
 
@@ -112,7 +108,7 @@ def test_supported_encodings():
 
 
 def test_module_is_ros_free():
-    code = ('import sys, phi3v_ros.image_conversion; '
+    code = ('import sys, phi3v_ros.frames.image_conversion; '
             'bad = [m for m in sys.modules if m.split(".")[0] in '
             '("rclpy", "sensor_msgs", "cv_bridge", "rosidl_runtime_py")]; '
             'assert not bad, bad')

@@ -14,9 +14,9 @@ import cv2
 from hypothesis import event, given, HealthCheck, settings
 from hypothesis import strategies as st
 import numpy as np
-from phi3v_ros import image_conversion as ic
-from phi3v_ros.errors import ImageConversionError
-from phi3v_ros.image_conversion import compressed_to_rgb, image_to_rgb, SUPPORTED_ENCODINGS
+from phi3v_ros.base.errors import ImageConversionError
+from phi3v_ros.frames import image_conversion as ic
+from phi3v_ros.frames.image_conversion import compressed_to_rgb, image_to_rgb, SUPPORTED_ENCODINGS
 from phi3v_test_utils import CompressedMsg, ImageMsg
 
 SETTINGS = {'deadline': None, 'derandomize': False,

@@ -1,6 +1,6 @@
 import cv2
 import numpy as np
-from phi3v_ros.image_preparation import bound_longest_side, encode_image
+from phi3v_ros.engine.image_preparation import bound_longest_side, encode_image
 from phi3v_test_utils import gradient_image
 import pytest
 

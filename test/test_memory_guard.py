@@ -1,7 +1,7 @@
 """The memory guard: KV cache sizes, free memory from /proc/meminfo and cgroup v1/v2 files."""
-from phi3v_ros.errors import EngineError
-from phi3v_ros.memory_guard import (cgroup_room_bytes, kv_bytes_per_token, mem_available_bytes,
-                                    MemoryGuard)
+from phi3v_ros.base.errors import EngineError
+from phi3v_ros.engine.memory_guard import (cgroup_room_bytes, kv_bytes_per_token,
+                                           mem_available_bytes, MemoryGuard)
 import pytest
 
 PHI3V_DECODER = {'num_hidden_layers': 32, 'num_attention_heads': 32, 'num_key_value_heads': 32,

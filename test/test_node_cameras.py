@@ -8,7 +8,7 @@ the answer about either camera alone; a camera that stops is named in the error;
 """
 import re
 
-from phi3v_ros.hd_transform import crop_grid
+from phi3v_ros.engine.hd_transform import crop_grid
 from phi3v_test_utils import gradient_image
 import pytest
 from reliability_helpers import NodePeer, start_nodes

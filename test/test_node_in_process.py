@@ -16,7 +16,7 @@ def node_and_executor(tiny_model):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
-    from phi3v_ros.vision_qa_node import VisionQANode
+    from phi3v_ros.node.vision_qa_node import VisionQANode
     from ros_harness import isolate_ros_domain
     isolate_ros_domain()
     context = rclpy.Context()
@@ -33,8 +33,8 @@ def node_and_executor(tiny_model):
 
 
 def test_a_dead_thread_makes_the_node_exit_1_and_diagnostics_say_error(node_and_executor):
-    from phi3v_ros.diagnostics import engine_status, ERROR
-    from phi3v_ros.vision_qa_node import spin_until_stopped
+    from phi3v_ros.node.diagnostics import engine_status, ERROR
+    from phi3v_ros.node.vision_qa_node import spin_until_stopped
     node, executor = node_and_executor
     stop = Stop()
     stop.received = 'SIGINT'

@@ -3,7 +3,7 @@ import os
 import re
 import xml.etree.ElementTree as ElementTree
 
-from phi3v_ros.parameters import PARAMETERS
+from phi3v_ros.node.parameters import PARAMETERS
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,7 +3,7 @@ import random
 
 from hypothesis import given, settings, strategies as st
 
-from phi3v_ros.piece_coalescer import PieceCoalescer
+from phi3v_ros.engine.piece_coalescer import PieceCoalescer
 
 
 class FakeClock:
@@ -99,9 +99,9 @@ def test_the_worker_streams_joined_pieces_that_equal_the_answer(tiny_model):
     """
     import threading
 
-    from phi3v_ros.engine import EngineConfig
-    from phi3v_ros.engine_client import EngineClient
-    from phi3v_ros.generation import GenerationSettings, Request
+    from phi3v_ros.engine.engine import EngineConfig
+    from phi3v_ros.engine.engine_client import EngineClient
+    from phi3v_ros.engine.generation import GenerationSettings, Request
     from phi3v_test_utils import gradient_image
 
     for interval, expect_fewer in ((0.02, True), (0.0, False)):

@@ -1,6 +1,6 @@
-from phi3v_ros.errors import PromptError
-from phi3v_ros.generation import Turn
-from phi3v_ros.prompt import build_chat_prompt, neutralize, validate_question
+from phi3v_ros.base.errors import PromptError
+from phi3v_ros.engine.generation import Turn
+from phi3v_ros.engine.prompt import build_chat_prompt, neutralize, validate_question
 import pytest
 
 

@@ -1,7 +1,7 @@
 import threading
 
-from phi3v_ros.history import ConversationHistory
-from phi3v_ros.prompt_queue import PromptQueue
+from phi3v_ros.core.history import ConversationHistory
+from phi3v_ros.core.prompt_queue import PromptQueue
 import pytest
 
 

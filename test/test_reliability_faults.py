@@ -179,8 +179,9 @@ def test_a_worker_that_keeps_dying_backs_off_reports_failed_and_does_not_spin(re
         assert status.level == b'\x02'
         assert 'killed by SIGKILL (3 times in a row)' in status.message, status.message
         asked = time.monotonic()
-        reply = peer.ask_and_wait('Anyone there?', timeout=5)
-        assert time.monotonic() - asked < 1.0
+        reply = peer.ask_and_wait('Anyone there?', timeout=30)
+        # at once, not after engine_wait_timeout (60 s): a loaded machine took 1.6 s here
+        assert time.monotonic() - asked < 20.0
         expected = (ERROR + 'the model is not available: the inference worker was killed '
                             'by SIGKILL (3 times in a row); retrying every')
         assert reply.startswith(expected), reply

@@ -3,14 +3,14 @@ import dataclasses
 import threading
 import time
 
-from phi3v_ros.cameras import Cameras
-from phi3v_ros.engine import EngineConfig
-from phi3v_ros.engine_client import EngineClient
-from phi3v_ros.errors import ImageConversionError
-from phi3v_ros.frame_cache import FrameAge
-from phi3v_ros.generation import GenerationSettings
-from phi3v_ros.hd_transform import crop_grid
-from phi3v_ros.vision_qa import ERROR_PREFIX, QAOptions, VisionQA
+from phi3v_ros.base.errors import ImageConversionError
+from phi3v_ros.core.vision_qa import ERROR_PREFIX, QAOptions, VisionQA
+from phi3v_ros.engine.engine import EngineConfig
+from phi3v_ros.engine.engine_client import EngineClient
+from phi3v_ros.engine.generation import GenerationSettings
+from phi3v_ros.engine.hd_transform import crop_grid
+from phi3v_ros.frames.cameras import Cameras
+from phi3v_ros.frames.frame_cache import FrameAge
 from phi3v_test_utils import gradient_image, SettableClock
 import pytest
 from test_cameras import store_once_waited_on

@@ -7,11 +7,11 @@ answered.
 """
 import threading
 
-from phi3v_ros.engine import EngineConfig
-from phi3v_ros.engine_client import EngineClient
-from phi3v_ros.generation import GenerationSettings
-from phi3v_ros.guarded_thread import ThreadHealth
-from phi3v_ros.vision_qa import ERROR_PREFIX, QAOptions
+from phi3v_ros.base.guarded_thread import ThreadHealth
+from phi3v_ros.core.vision_qa import ERROR_PREFIX, QAOptions
+from phi3v_ros.engine.engine import EngineConfig
+from phi3v_ros.engine.engine_client import EngineClient
+from phi3v_ros.engine.generation import GenerationSettings
 import pytest
 from test_vision_qa import Harness
 

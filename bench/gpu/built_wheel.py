@@ -31,8 +31,8 @@ def in_venv(args):
 
 def checks(args):
     import onnxruntime_genai as og
-    from phi3v_ros.engine import Engine, EngineConfig
-    from phi3v_ros.generation import GenerationSettings, Request
+    from phi3v_ros.engine.engine import Engine, EngineConfig
+    from phi3v_ros.engine.generation import GenerationSettings, Request
     from phi3v_ros.tools.genai_wheel.plan import CUDA_CHECK, GENERATE_CHECK, IMPORT_CHECK
     from phi3v_test_utils import gradient_image
 

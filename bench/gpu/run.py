@@ -8,7 +8,7 @@ ms) is its own. The question is one 640x480 camera frame and a short prompt, gre
 (the model's end token can never win, so every run generates exactly 256).
 - raw:    the published example's way: og.Model(folder) as configured (CUDA graph off),
           max_length 7680.
-- engine: phi3v_ros.engine.Engine, max_length sized per request, CUDA graph off and on.
+- engine: phi3v_ros.engine.engine.Engine, max_length sized per request, CUDA graph off and on.
 - node:   vision_qa_node as its own process, prompt over DDS, answer and streamed pieces back.
 Then functional checks on CUDA: streaming, cancel, worker SIGKILL and restart.
 """
@@ -45,7 +45,7 @@ def summarise(values):
 
 def child_raw(args) -> dict:
     import onnxruntime_genai as og
-    from phi3v_ros.image_preparation import encode_image
+    from phi3v_ros.engine.image_preparation import encode_image
     model = og.Model(args.model)
     processor = model.create_multimodal_processor()
     png = encode_image(frame(), 'png')
@@ -73,8 +73,8 @@ def child_raw(args) -> dict:
 
 
 def child_engine(args) -> dict:
-    from phi3v_ros.engine import Engine, EngineConfig
-    from phi3v_ros.generation import GenerationSettings, Request
+    from phi3v_ros.engine.engine import Engine, EngineConfig
+    from phi3v_ros.engine.generation import GenerationSettings, Request
     engine = Engine(EngineConfig(model_path=args.model, provider=args.provider,
                                  cuda_graph=args.cuda_graph))
     settings = GenerationSettings(max_new_tokens=args.new_tokens)
@@ -282,9 +282,9 @@ def dds_round_trips(count: int = 50) -> dict:
 
 def cuda_checks(args) -> dict:
     import signal
-    from phi3v_ros.engine import EngineConfig
-    from phi3v_ros.engine_client import EngineClient
-    from phi3v_ros.generation import GenerationSettings, Request, StopReason
+    from phi3v_ros.engine.engine import EngineConfig
+    from phi3v_ros.engine.engine_client import EngineClient
+    from phi3v_ros.engine.generation import GenerationSettings, Request, StopReason
     client = EngineClient(EngineConfig(model_path=args.model, provider=args.provider), warmup=True,
                           restart_backoff_s=(0.1, 1.0))
     client.start()

@@ -22,7 +22,7 @@ from typing import List, Optional
 
 from phi3v_ros.tools.make_tiny_model import make_tiny_model
 
-COMMANDS = {'vision_qa_node': 'phi3v_ros.vision_qa_node', 'ask': 'phi3v_ros.ask',
+COMMANDS = {'vision_qa_node': 'phi3v_ros.node.vision_qa_node', 'ask': 'phi3v_ros.client.ask',
             'synthetic_camera': 'phi3v_ros.tools.synthetic_camera'}
 LOAD_TIMEOUT_S = 120.0
 # The node's log line for each answer: 'prompt #1 answered in 0.5198 s (first token 0.4988 s,

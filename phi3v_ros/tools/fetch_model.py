@@ -26,10 +26,11 @@ from pathlib import Path
 import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from phi3v_ros.genai_releases import version_tuple
-from phi3v_ros.model_paths import (default_model_path, lfs_pointer_files, MAY2024_CPU,
-                                   MAY2024_FP16, MAY2024_INT4, MODEL_DIR_ENV, model_root,
-                                   ModelFolder, NOV2024_CPU, NOV2024_INT4, PHI35_CPU, PHI35_INT4)
+from phi3v_ros.engine.genai_releases import version_tuple
+from phi3v_ros.engine.model_paths import (default_model_path, lfs_pointer_files, MAY2024_CPU,
+                                          MAY2024_FP16, MAY2024_INT4, MODEL_DIR_ENV, model_root,
+                                          ModelFolder, NOV2024_CPU, NOV2024_INT4, PHI35_CPU,
+                                          PHI35_INT4)
 from phi3v_ros.tools.genai_wheel.platform import free_disk_bytes
 
 GENAI_DISTRIBUTIONS = ('onnxruntime-genai-cuda', 'onnxruntime-genai', 'onnxruntime-genai-directml')

@@ -136,7 +136,7 @@ def layout_for_genai(version: Optional[str] = None) -> str:
     Releases before 0.5 read the May-2024 exports only, later ones the Nov-2024 re-exports only
     (as ``fetch_model`` picks the published folders). With none given or installed: nov2024.
     """
-    from phi3v_ros.genai_releases import version_tuple
+    from phi3v_ros.engine.genai_releases import version_tuple
     from phi3v_ros.tools.fetch_model import installed_genai
     if version is None:
         installed = installed_genai()

@@ -33,8 +33,8 @@ IMPORT_CHECK = ('import onnxruntime_genai as og; '
 CUDA_CHECK = ('import sys, onnxruntime_genai as og; ok = og.is_cuda_available(); '
               'print("is_cuda_available:", ok); sys.exit(0 if ok else 1)')
 GENERATE_CHECK = (
-    'import sys; from phi3v_ros.engine import Engine, EngineConfig; '
-    'from phi3v_ros.generation import Request, GenerationSettings; '
+    'import sys; from phi3v_ros.engine.engine import Engine, EngineConfig; '
+    'from phi3v_ros.engine.generation import Request, GenerationSettings; '
     'e = Engine(EngineConfig(model_path=sys.argv[1], provider="cuda")); '
     'r = e.generate(Request(prompt="hi", settings=GenerationSettings(max_new_tokens=4))); '
     'print("generation with provider cuda:", r); assert r.ok')

@@ -17,7 +17,8 @@ import sys
 import time
 from typing import List, Optional
 
-from phi3v_ros.replies import ERROR_PREFIX, printable
+from phi3v_ros.base.text import printable
+from phi3v_ros.interface.replies import ERROR_PREFIX
 
 EXIT_ANSWER, EXIT_ERROR_REPLY, EXIT_TIMEOUT, EXIT_NO_NODE = 0, 1, 2, 3
 PIECES_GRACE_S = 0.5

@@ -22,7 +22,7 @@ import ctypes
 import os
 from typing import Callable, Optional, Tuple
 
-from phi3v_ros.errors import EngineError
+from phi3v_ros.base.errors import EngineError
 
 SLACK = 1.25
 # Bytes per cached value: the published CUDA models keep the cache in fp16, CPU models in fp32.

@@ -1,5 +1,5 @@
 """
-Start the worker process (phi3v_ros.worker_launch.main in a new Python), and reap it.
+Start the worker process (phi3v_ros.engine.worker_launch.main in a new Python), and reap it.
 
 Why not multiprocessing's spawn: its child runs the parent's main script again (the node's console
 script, and with it rclpy) before the worker's code, and it stays in the node's process group, so
@@ -27,7 +27,7 @@ import phi3v_ros
 # `python -c` with the package's folder first on sys.path: `python -m` would put the current
 # folder first, and a node started in a source tree would run that tree's worker code instead.
 _BOOTSTRAP = ('import sys; sys.path.insert(0, sys.argv[1]); '
-              'from phi3v_ros.worker_launch import main; sys.exit(main(sys.argv[2:]))')
+              'from phi3v_ros.engine.worker_launch import main; sys.exit(main(sys.argv[2:]))')
 
 
 class WorkerProcess:
@@ -110,7 +110,7 @@ def _close_inherited(keep: int) -> List[tuple]:
 
 
 def spawn() -> Tuple[WorkerProcess, Connection]:
-    """Start `python -m phi3v_ros.worker_launch FD`; return the process and the parent's end."""
+    """Start `python -m phi3v_ros.engine.worker_launch FD`; return the process and our end."""
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     child_fd = child_sock.detach()
     try:
@@ -149,7 +149,7 @@ def main(argv: List[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent(int(argv[1]))     # before the seconds of imports and loading
     conn = Connection(int(argv[0]))
-    from phi3v_ros.worker import worker_main
+    from phi3v_ros.engine.worker import worker_main
     _, config, warmup = conn.recv()
     worker_main(conn, config, warmup)
     return 0

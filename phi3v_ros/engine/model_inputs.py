@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from phi3v_ros.hd_transform import ImageInputs
+from phi3v_ros.engine.hd_transform import ImageInputs
 
 # Image tags as the processor finds them (src/models/phi_image_processor.cpp).
 IMAGE_TAG = re.compile(r'<\|image_(\d+)\|>')

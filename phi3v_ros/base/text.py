@@ -1,17 +1,8 @@
-"""
-What a reply on the answer topic looks like; shared by the node and the ask client.
-
-Kept apart from vision_qa.py so that the ask client imports nothing of the engine stack (OpenCV,
-numpy, onnxruntime-genai) and starts fast. Also the two helpers that keep text from a message
-harmless where it is shown (a terminal, a log line, an error reply).
-"""
+"""Text that came in a message, made harmless where it is shown (a terminal, a log, a reply)."""
 from __future__ import annotations
 
 import re
 from typing import Any
-
-# Every reply that is not an answer starts with this.
-ERROR_PREFIX = 'ERROR: '
 
 # C0/C1 control characters other than newline and tab: terminal escapes, carriage returns.
 _CONTROL_CHARS = re.compile('[\x00-\x08\x0b-\x1f\x7f-\x9f]')

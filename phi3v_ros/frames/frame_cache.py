@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any, Callable, Optional, Set, Tuple
 
-from phi3v_ros.replies import short_repr
+from phi3v_ros.base.text import short_repr
 
 AGE_SOURCES = ('stamp', 'arrival')
 # A stamp up to this far ahead of the node's clock is taken as now (clocks a few ms apart, NTP

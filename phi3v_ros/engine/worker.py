@@ -1,7 +1,8 @@
 """
 The worker process: owns the Engine, answers one request at a time, streams pieces back.
 
-worker_launch.py starts it (`python -m phi3v_ros.worker_launch FD`) and hands it to worker_main.
+worker_launch.py starts it (`python -m phi3v_ros.engine.worker_launch FD`) and hands it to
+worker_main.
 
 It runs apart from the ROS node because onnxruntime-genai holds the GIL through the whole prefill
 (seconds on a Jetson) and because some of its failures (libjpeg's exit(1), an out-of-memory abort)
@@ -20,11 +21,11 @@ import queue
 import threading
 from typing import Optional, Tuple
 
-from phi3v_ros.engine import Engine, EngineConfig
-from phi3v_ros.errors import ModelLoadError, Phi3vRosError
-from phi3v_ros.frame_transport import FrameReceiver, FrameRef
-from phi3v_ros.generation import GenerationSettings, Request, Result, StopReason, Turn
-from phi3v_ros.piece_coalescer import PieceCoalescer
+from phi3v_ros.base.errors import ModelLoadError, Phi3vRosError
+from phi3v_ros.engine.engine import Engine, EngineConfig
+from phi3v_ros.engine.generation import GenerationSettings, Request, Result, StopReason, Turn
+from phi3v_ros.engine.piece_coalescer import PieceCoalescer
+from phi3v_ros.frames.frame_transport import FrameReceiver, FrameRef
 
 WARMUP_PROMPT = 'Describe the image.'
 WARMUP_IMAGE_SIDE = 336

@@ -25,16 +25,16 @@ import threading
 import time
 from typing import Callable, Dict, Optional, Tuple
 
-from phi3v_ros.cameras import BoundFrame, Cameras, CamerasNotReady
-from phi3v_ros.engine_client import EngineState
-from phi3v_ros.errors import EngineError, ImageConversionError, PromptError
-from phi3v_ros.frame_cache import Frame
-from phi3v_ros.generation import GenerationSettings, Request, Result, StopReason
-from phi3v_ros.guarded_thread import start_guarded, ThreadHealth
-from phi3v_ros.history import ConversationHistory
-from phi3v_ros.prompt import validate_question
-from phi3v_ros.prompt_queue import PromptQueue
-from phi3v_ros.replies import ERROR_PREFIX
+from phi3v_ros.base.errors import EngineError, ImageConversionError, PromptError
+from phi3v_ros.base.guarded_thread import start_guarded, ThreadHealth
+from phi3v_ros.core.history import ConversationHistory
+from phi3v_ros.core.prompt_queue import PromptQueue
+from phi3v_ros.engine.engine_client import EngineState
+from phi3v_ros.engine.generation import GenerationSettings, Request, Result, StopReason
+from phi3v_ros.engine.prompt import validate_question
+from phi3v_ros.frames.cameras import BoundFrame, Cameras, CamerasNotReady
+from phi3v_ros.frames.frame_cache import Frame
+from phi3v_ros.interface.replies import ERROR_PREFIX
 
 # How long past the engine's own stall timeout the dispatcher waits for a sign of progress before
 # it gives up on a request (only reached when the engine client's monitor is not doing its job).

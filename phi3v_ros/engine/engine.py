@@ -20,16 +20,16 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from phi3v_ros import model_paths
-from phi3v_ros.errors import EngineError, ModelLoadError
-from phi3v_ros.genai_releases import (check_genai_release, folder_layout_error, listed_provider,
-                                      provider_without_config)
-from phi3v_ros.generation import Request, Result, StopReason
-from phi3v_ros.hd_transform import crop_grid, MAX_CROPS, prepare_image
-from phi3v_ros.image_preparation import bound_longest_side, encode_image
-from phi3v_ros.memory_guard import MemoryGuard
-from phi3v_ros.model_inputs import InputBuilder, prompt_token_ids, takes_own_inputs
-from phi3v_ros.prompt import build_chat_prompt
+from phi3v_ros.base.errors import EngineError, ModelLoadError
+from phi3v_ros.engine import model_paths
+from phi3v_ros.engine.genai_releases import (check_genai_release, folder_layout_error,
+                                             listed_provider, provider_without_config)
+from phi3v_ros.engine.generation import Request, Result, StopReason
+from phi3v_ros.engine.hd_transform import crop_grid, MAX_CROPS, prepare_image
+from phi3v_ros.engine.image_preparation import bound_longest_side, encode_image
+from phi3v_ros.engine.memory_guard import MemoryGuard
+from phi3v_ros.engine.model_inputs import InputBuilder, prompt_token_ids, takes_own_inputs
+from phi3v_ros.engine.prompt import build_chat_prompt
 
 PROVIDERS = ('auto', 'cuda', 'cpu')
 # fast / exact: the engine builds the model's inputs from the RGB frame itself (model_inputs.py;

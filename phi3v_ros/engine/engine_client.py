@@ -48,13 +48,13 @@ import threading
 import time
 from typing import Callable, List, Optional
 
-from phi3v_ros import worker_launch
-from phi3v_ros.engine import EngineConfig
-from phi3v_ros.errors import EngineError
-from phi3v_ros.frame_transport import FrameSender, SharedMemoryUnavailable
-from phi3v_ros.generation import Request, Result, StopReason
-from phi3v_ros.guarded_thread import start_guarded, ThreadHealth
-from phi3v_ros.worker import WorkItem
+from phi3v_ros.base.errors import EngineError
+from phi3v_ros.base.guarded_thread import start_guarded, ThreadHealth
+from phi3v_ros.engine import worker_launch
+from phi3v_ros.engine.engine import EngineConfig
+from phi3v_ros.engine.generation import Request, Result, StopReason
+from phi3v_ros.engine.worker import WorkItem
+from phi3v_ros.frames.frame_transport import FrameSender, SharedMemoryUnavailable
 
 _POLL_S = 0.1   # the monitor's longest sleep: how soon it sees close() and timeouts
 

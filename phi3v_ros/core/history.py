@@ -5,7 +5,7 @@ import collections
 import threading
 from typing import Tuple
 
-from phi3v_ros.generation import Turn
+from phi3v_ros.engine.generation import Turn
 
 
 class ConversationHistory:

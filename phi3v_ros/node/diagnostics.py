@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
-from phi3v_ros.cameras import describe_frames
-from phi3v_ros.engine_client import EngineState
+from phi3v_ros.engine.engine_client import EngineState
+from phi3v_ros.frames.cameras import describe_frames
 
 OK, WARN, ERROR = 0, 1, 2   # diagnostic_msgs/DiagnosticStatus levels
 

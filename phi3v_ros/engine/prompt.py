@@ -4,9 +4,9 @@ from __future__ import annotations
 import re
 from typing import Iterable, Sequence
 
-from phi3v_ros.errors import PromptError
-from phi3v_ros.generation import Turn
-from phi3v_ros.replies import printable
+from phi3v_ros.base.errors import PromptError
+from phi3v_ros.base.text import printable
+from phi3v_ros.engine.generation import Turn
 
 IMAGE_TAG = '<|image_{}|>'
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Tuple
 
-from phi3v_ros.engine import IMAGE_PREPROCESSING, PROVIDERS
-from phi3v_ros.frame_cache import AGE_SOURCES
-from phi3v_ros.generation import GenerationSettings
-from phi3v_ros.image_preparation import IMAGE_FORMATS
-from phi3v_ros.model_paths import default_model_path
-from phi3v_ros.prompt_queue import BUSY_POLICIES
-from phi3v_ros.vision_qa import QAOptions
+from phi3v_ros.core.prompt_queue import BUSY_POLICIES
+from phi3v_ros.core.vision_qa import QAOptions
+from phi3v_ros.engine.engine import IMAGE_PREPROCESSING, PROVIDERS
+from phi3v_ros.engine.generation import GenerationSettings
+from phi3v_ros.engine.image_preparation import IMAGE_FORMATS
+from phi3v_ros.engine.model_paths import default_model_path
+from phi3v_ros.frames.frame_cache import AGE_SOURCES
 
 _QA = QAOptions()
 _GEN = GenerationSettings()

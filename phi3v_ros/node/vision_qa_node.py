@@ -20,17 +20,18 @@ import time
 import traceback
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from phi3v_ros.cameras import Cameras, describe_frames
-from phi3v_ros.diagnostics import camera_statuses, engine_status
-from phi3v_ros.engine import EngineConfig
-from phi3v_ros.engine_client import EngineClient, EngineState
-from phi3v_ros.errors import ConfigurationError
-from phi3v_ros.frame_cache import FrameAge
-from phi3v_ros.frame_conversion import FrameConverter, load_cv_bridge_converter
-from phi3v_ros.guarded_thread import ThreadHealth
-from phi3v_ros.parameters import (check_value, default_for, PARAMETERS, qa_options,
-                                  type_mismatch)
-from phi3v_ros.vision_qa import Reply, Ticket, VisionQA
+from phi3v_ros.base.errors import ConfigurationError
+from phi3v_ros.base.guarded_thread import ThreadHealth
+from phi3v_ros.core.vision_qa import Reply, Ticket, VisionQA
+from phi3v_ros.engine.engine import EngineConfig
+from phi3v_ros.engine.engine_client import EngineClient, EngineState
+from phi3v_ros.frames.cameras import Cameras, describe_frames
+from phi3v_ros.frames.frame_cache import FrameAge
+from phi3v_ros.frames.frame_conversion import FrameConverter
+from phi3v_ros.node.cv_bridge_fallback import load_cv_bridge_converter
+from phi3v_ros.node.diagnostics import camera_statuses, engine_status
+from phi3v_ros.node.parameters import (check_value, default_for, PARAMETERS, qa_options,
+                                       type_mismatch)
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 import rclpy

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import re
 
-from phi3v_ros import model_paths
-from phi3v_ros.errors import ModelLoadError
+from phi3v_ros.base.errors import ModelLoadError
+from phi3v_ros.engine import model_paths
 
 
 def check_genai_release(og) -> None:

@@ -5,7 +5,8 @@ ROS-free: the functions are duck-typed on the message fields, so they accept the
 messages (whose ``data`` is an ``array.array('B')``) as well as any object with the same
 attributes.  Both public converters return an ``(H, W, 3)`` ``uint8`` C-contiguous RGB array that
 owns its memory (it never aliases ``msg.data``) or raise
-:class:`~phi3v_ros.errors.ImageConversionError` with a one-sentence message naming the problem.
+:class:`~phi3v_ros.base.errors.ImageConversionError` with a one-sentence message naming the
+problem.
 No other exception type escapes, whatever the input.
 
 Raw frames are validated before any pixel is touched: positive width and height,
@@ -29,8 +30,8 @@ from typing import Any, Dict, FrozenSet, NamedTuple, Optional, Tuple
 import cv2
 import numpy as np
 
-from phi3v_ros.errors import ImageConversionError
-from phi3v_ros.replies import short_repr
+from phi3v_ros.base.errors import ImageConversionError
+from phi3v_ros.base.text import short_repr
 
 __all__ = [
     'SUPPORTED_ENCODINGS',

@@ -19,7 +19,7 @@ import dataclasses
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from phi3v_ros.frame_cache import Frame, FrameAge, FrameCache
+from phi3v_ros.frames.frame_cache import Frame, FrameAge, FrameCache
 
 # How often bind() looks again at ages that change with time alone (a stamp-aged frame ages as
 # the clock runs, with no new frame to wake the wait).
