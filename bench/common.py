@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -62,16 +61,6 @@ def latency_summary(values_s: Sequence[float]) -> Dict[str, float]:
 
 
 # -- machine and environment ------------------------------------------------------------------------
-
-def isolate_ros_domain() -> None:
-    """A random ROS domain on localhost only, for this process and the nodes it starts, so that other
-    ROS programs on the machine (tests running at the same time) neither see nor disturb the benchmark."""
-    os.environ['ROS_DOMAIN_ID'] = str(random.randint(101, 200))
-    if os.environ.get('ROS_DISTRO') == 'humble':
-        os.environ['ROS_LOCALHOST_ONLY'] = '1'
-    else:
-        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-
 
 def use_large_shm_profile() -> str:
     """Point Fast DDS (the default RMW) at bench/fastdds_large_shm.xml unless a profile is already set:

@@ -22,9 +22,10 @@ from typing import Dict
 from bench import ingestion, overhead, responsiveness, startup, throughput
 import cv2
 
-from bench.common import (NodeProcess, Peer, isolate_ros_domain, machine_description, test_frame_bgr,
+from bench.common import (NodeProcess, Peer, machine_description, test_frame_bgr,
                           use_large_shm_profile)
 from bench.direct import DirectEngine
+from phi3v_ros.tools.ros_domain import isolate_ros_domain
 
 SIZES = ((480, 640), (1080, 1920))
 PARTS = ('overhead', 'throughput', 'ingestion', 'responsiveness', 'startup')
@@ -254,6 +255,8 @@ def main(argv=None) -> int:
     parser.add_argument('--ingestion-s', type=float, default=20.0)
     parser.add_argument('--probe-s', type=float, default=12.0)
     parser.add_argument('--only', default=','.join(PARTS), help=f'comma-separated subset of {PARTS}')
+    parser.add_argument('--domain-id', type=int, default=None,
+                        help='ROS_DOMAIN_ID (default: a free one, as the tests take theirs)')
     parser.add_argument('--quick', action='store_true', help='fewer repeats, shorter windows (a smoke test)')
     args = parser.parse_args(argv)
     if args.quick:
@@ -262,13 +265,15 @@ def main(argv=None) -> int:
     unknown = set(parts) - set(PARTS)
     if unknown:
         parser.error(f'unknown parts {sorted(unknown)}')
-    isolate_ros_domain()
+    domain_id = isolate_ros_domain(args.domain_id)   # a free one unless --domain-id says
+    print(f'[bench] ROS domain {domain_id}', flush=True)
     dds_profile = use_large_shm_profile()
     started = time.monotonic()
     results: Dict[str, object] = {
         'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
         'machine': machine_description(), 'model': 'tiny random-weight phi3v (make_tiny_model, seed 0)',
         'rmw': os.environ.get('RMW_IMPLEMENTATION', 'default (rmw_fastrtps_cpp)'), 'dds_profile': dds_profile,
+        'domain_id': domain_id,
         'settings': {'max_new_tokens': args.max_new_tokens, 'greedy': True, 'rounds': args.rounds,
                      'repeats': args.repeats,
                      'stream_interval': args.stream_interval,

@@ -36,6 +36,7 @@ import threading
 import time
 from typing import Dict, List, Optional
 
+from phi3v_ros.tools.ros_domain import isolate_ros_domain
 from bench.process_watch import (memory_verdict, percentile, python_module, rounded, rss_mb,
                                  shm_blocks, stop, worker_of)
 import psutil
@@ -148,8 +149,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--provider', default='cpu')
     parser.add_argument('--param', action='append', default=[], metavar='NAME:=VALUE',
                         help='extra node parameter (repeatable)')
-    parser.add_argument('--domain-id', type=int, default=101,
-                        help='ROS_DOMAIN_ID for the node, the camera and the client (localhost only)')
+    parser.add_argument('--domain-id', type=int, default=None,
+                        help='ROS_DOMAIN_ID for the node, the camera and the client (localhost '
+                             'only); default: a free one, as the tests take theirs '
+                             '(phi3v_ros.tools.ros_domain)')
     parser.add_argument('--out', default='soak_results.json', help='JSON file to write')
     parser.add_argument('--log', help='node log file (default: next to --out)')
     from bench.faults import run as fault_mode
@@ -159,14 +162,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 ('warmup', 60.0, 30.0)):
         if getattr(args, name) is None:
             setattr(args, name, faults if args.faults else plain)
+    # the user's choice, else a domain no other run (test, benchmark, soak) holds or uses
+    args.domain_id = isolate_ros_domain(args.domain_id)
+    print(f'ROS domain {args.domain_id}', flush=True)
     if args.faults:
         return fault_mode.run(args)
-
-    os.environ['ROS_DOMAIN_ID'] = str(args.domain_id)
-    if os.environ.get('ROS_DISTRO') == 'humble':
-        os.environ['ROS_LOCALHOST_ONLY'] = '1'
-    else:
-        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 
     workdir = tempfile.mkdtemp(prefix='phi3v_soak_')
     model = args.model
@@ -202,7 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if time.monotonic() > deadline or node_proc.poll() is not None:
                 raise SystemExit(f'the node did not become ready; see {log_path}')
             time.sleep(0.1)
-        print(f'node ready (pid {node_proc.pid}); soaking for {args.duration:g} s: '
+        print(f'node ready (pid {node_proc.pid}, domain {args.domain_id}); soaking for {args.duration:g} s: '
               f'{width}x{height} at {args.frame_rate:g} Hz, a prompt every {args.prompt_interval:g} s',
               flush=True)
         start = time.monotonic()
@@ -261,7 +261,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = {
             'machine': {'cpu': platform.processor() or platform.machine(), 'cores': os.cpu_count(),
                         'platform': platform.platform(), 'python': platform.python_version()},
-            'settings': {'duration_s': args.duration, 'prompt_interval_s': args.prompt_interval,
+            'settings': {'duration_s': args.duration, 'domain_id': args.domain_id,
+                         'prompt_interval_s': args.prompt_interval,
                          'frame_rate_hz': args.frame_rate, 'size': f'{width}x{height}',
                          'max_new_tokens': args.max_new_tokens, 'provider': args.provider,
                          'model': 'tiny random-weight phi3v (make_tiny_model)' if args.model is None

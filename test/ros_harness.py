@@ -1,116 +1,16 @@
 """Run vision_qa_node as its own process and talk to it over real DDS (no launch, no ros2 CLI)."""
 import atexit
-import fcntl
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
+# The tests, benchmarks and soaks take their ROS domain one way; the test files import it from here
+from phi3v_ros.tools.ros_domain import isolate_ros_domain  # noqa: F401
 import psutil
-
-
-# ROS domain ids Fast DDS can use on Linux without port clashes (0 is left alone: it is the default
-# domain, where users run their robots).
-SAFE_DOMAIN_IDS = tuple(range(1, 102)) + tuple(range(215, 233))
-DOMAIN_ID_VARIABLE = 'PHI3V_ROS_TEST_DOMAIN_ID'
-DOMAIN_LOCK = '/tmp/phi3v_ros_test_domain_{}.lock'
-_domain_lock = {'id': None, 'fd': None}   # the domain this process holds, and its lock file
-
-
-def _try_lock_domain(domain_id):
-    """Return an open file descriptor holding the domain's lock, or None if another holds it."""
-    try:
-        fd = os.open(DOMAIN_LOCK.format(domain_id), os.O_RDONLY | os.O_CREAT, 0o644)
-    except OSError:   # e.g. a lock file of another user that we may not read
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _domain_in_use(domain_id, participants=10):
-    """
-    Tell whether a DDS participant on this machine already uses the domain.
-
-    RTPS participant p of domain d binds the well-known unicast discovery port
-    7410 + 250 * d + 2 * p (Fast DDS does, with or without localhost-only discovery): if one of
-    them cannot be bound, someone is there. That covers ROS processes which take no lock of this
-    suite (a benchmark or soak run with --domain-id, an older copy of the suite).
-    """
-    for participant in range(participants):
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            probe.bind(('', 7410 + 250 * domain_id + 2 * participant))
-        except OSError:
-            return True
-        finally:
-            probe.close()
-    return False
-
-
-def _release_domain():
-    if _domain_lock['fd'] is not None:
-        os.close(_domain_lock['fd'])    # closing the descriptor releases the flock
-    _domain_lock['id'], _domain_lock['fd'] = None, None
-
-
-def isolate_ros_domain():
-    """
-    Move this test process, and the nodes it starts from now on, to a ROS domain of their own.
-
-    The domain is one that no other process of this suite holds: each domain id has a lock file
-    (/tmp/phi3v_ros_test_domain_<id>.lock) and the process keeps an exclusive flock on the one it
-    uses until the next call or its exit. A domain where some other DDS participant on this
-    machine is seen (its discovery port is bound) is skipped too. Ids are scanned from a random
-    offset over the ids Fast DDS can use on Linux (1-101 and 215-232; 0 is the default domain,
-    left to the user's robots). Every call moves to a new domain (taken before the previous one
-    is released) so that nodes of earlier tests cannot answer.
-
-    Set PHI3V_ROS_TEST_DOMAIN_ID=<id> to force a fixed domain id instead (no lock is taken: you
-    choose it, you keep other runs off it).
-
-    Discovery is limited to this machine: ROS_LOCALHOST_ONLY=1 on Humble; on later distros
-    ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, and ROS_LOCALHOST_ONLY is unset (it is deprecated
-    there and rcl warns about it on stderr, which the nodes' output would then contain).
-    """
-    forced = os.environ.get(DOMAIN_ID_VARIABLE, '').strip()
-    if forced:
-        if not forced.isdigit():
-            raise ValueError(f'{DOMAIN_ID_VARIABLE} must be a ROS domain id, not {forced!r}')
-        _release_domain()
-        domain_id = int(forced)
-    else:
-        start = random.SystemRandom().randrange(len(SAFE_DOMAIN_IDS))   # not the seeded random
-        for step in range(len(SAFE_DOMAIN_IDS)):
-            domain_id = SAFE_DOMAIN_IDS[(start + step) % len(SAFE_DOMAIN_IDS)]
-            fd = _try_lock_domain(domain_id)   # fails for the domain this process holds now
-            if fd is not None and not _domain_in_use(domain_id):
-                break
-            if fd is not None:
-                os.close(fd)
-        else:
-            raise RuntimeError(
-                f'no ROS domain id this suite may use is free: processes of it hold them '
-                f'({DOMAIN_LOCK.format("<id>")}) or DDS participants use them; set '
-                f'{DOMAIN_ID_VARIABLE} to choose one')
-        _release_domain()
-        _domain_lock['id'], _domain_lock['fd'] = domain_id, fd
-    os.environ['ROS_DOMAIN_ID'] = str(domain_id)
-    if os.environ.get('ROS_DISTRO') == 'humble':
-        os.environ['ROS_LOCALHOST_ONLY'] = '1'
-    else:
-        os.environ.pop('ROS_LOCALHOST_ONLY', None)
-        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    return domain_id
-
 
 CONSOLE_SCRIPT_MODULES = {'vision_qa_node': 'phi3v_ros.node.vision_qa_node',
                           'ask': 'phi3v_ros.client.ask',

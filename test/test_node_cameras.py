@@ -95,6 +95,9 @@ def test_a_camera_that_stops_is_named_in_the_error(tiny_model):
         peer.wait_ready()
         peer.deliver_to(head, '/stop/head', HEAD)
         peer.deliver_to(wrist, '/stop/wrist', WRIST)
+        # fresh again just before asking: a delivery under load can take longer than max_image_age
+        peer.publish_frame(HEAD, publisher=head)
+        peer.publish_frame(WRIST, publisher=wrist)
         assert not peer.ask_and_wait('Both?').startswith(ERROR), process.output()
 
         # the wrist camera stops; the head camera goes on until the node calls the wrist stale

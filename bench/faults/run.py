@@ -178,12 +178,11 @@ def recovery_probe(client: FaultClient, budget_s: float) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the fault soak; return the exit code (0 when the verdict passed)."""
-    os.environ['ROS_DOMAIN_ID'] = str(args.domain_id)
-    if os.environ.get('ROS_DISTRO') == 'humble':
-        os.environ['ROS_LOCALHOST_ONLY'] = '1'
-    else:
-        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    """
+    Run the fault soak; return the exit code (0 when the verdict passed).
+
+    The ROS domain is taken by bench.soak before this (args.domain_id, already in os.environ).
+    """
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
 
     workdir = tempfile.mkdtemp(prefix='phi3v_soak_faults_')

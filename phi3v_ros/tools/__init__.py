@@ -1,7 +1,9 @@
 """
-Command-line tools shipped with phi3v_ros, each module one entry point.
+Command-line tools shipped with phi3v_ros, and what tests and benchmarks share.
 
-build_genai_wheel (with genai_wheel/), make_tiny_model, fetch_model, synthetic_camera, demo.
+Entry points: build_genai_wheel (with genai_wheel/), make_tiny_model (with tiny_model_graphs),
+fetch_model, synthetic_camera, demo. Shared by the tests, benchmarks and soaks: ros_domain (a
+ROS domain of their own).
 
 May import: base, interface, frames, engine; not the request core, the node or the client.
 """
