@@ -13,7 +13,9 @@ setup(
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
         ('share/' + package_name + '/config', glob('config/*.yaml')),
+        ('share/' + package_name + '/schemas', glob('phi3v_ros/interface/schemas/*.json')),
     ],
+    package_data={'phi3v_ros.interface': ['schemas/*.json']},
     # Runtime Python dependencies come from rosdep (numpy, opencv) and pip (onnxruntime-genai,
     # see README): install_requires stays empty so `colcon build` works without them.
     install_requires=['setuptools'],

@@ -36,9 +36,9 @@ import threading
 import time
 from typing import Dict, List, Optional
 
-from phi3v_ros.tools.ros_domain import isolate_ros_domain
 from bench.process_watch import (memory_verdict, percentile, python_module, rounded, rss_mb,
                                  shm_blocks, stop, worker_of)
+from phi3v_ros.tools.ros_domain import isolate_ros_domain
 import psutil
 
 ERROR_PREFIX = 'ERROR: '

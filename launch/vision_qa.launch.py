@@ -22,6 +22,9 @@ PARAMETER_ARGUMENTS = [
                      'or head/image_raw,wrist/image_raw'),
     ('prompt_topic', 'question topic (std_msgs/String)'),
     ('answer_topic', 'answer topic (std_msgs/String); pieces go to <answer_topic>/stream'),
+    ('request_topic', 'request topic (std_msgs/String, one JSON object each)'),
+    ('response_topic', 'response topic (std_msgs/String, JSON); pieces go to '
+                       '<response_topic>/stream'),
     ('use_compressed', 'true: subscribe <image_topic>/compressed (sensor_msgs/CompressedImage)'),
 ]
 BOOLEANS = {'true': True, '1': True, 'yes': True, 'on': True,

@@ -37,12 +37,12 @@ def test_ask_with_namespace_reaches_a_namespaced_node(tiny_model):
 
 
 def test_ask_follows_ros_remapping_arguments(tiny_model):
-    node = NodeProcess({'model_path': tiny_model, **TEXT_ONLY, 'prompt_topic': '/ops/question',
-                        'answer_topic': '/ops/reply'})
+    node = NodeProcess({'model_path': tiny_model, **TEXT_ONLY, 'request_topic': '/ops/question',
+                        'response_topic': '/ops/reply'})
     try:
         answered = ask('Hello there?', '--connect-timeout', '60', '--ros-args',
-                       '-r', 'prompt:=/ops/question', '-r', 'answer:=/ops/reply',
-                       '-r', 'answer/stream:=/ops/reply/stream')
+                       '-r', 'request:=/ops/question', '-r', 'response:=/ops/reply',
+                       '-r', 'response/stream:=/ops/reply/stream')
         assert answered.returncode == 0, answered.stderr
         assert answered.stdout.strip()
     finally:

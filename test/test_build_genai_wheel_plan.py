@@ -4,9 +4,10 @@ import shlex
 
 from phi3v_ros.tools import build_genai_wheel as tool
 from phi3v_ros.tools.genai_wheel import versions as V
+from phi3v_ros.tools.genai_wheel.checks import check_prerequisites
 from phi3v_ros.tools.genai_wheel.ort_libs import source_summary_for_preset
 from phi3v_ros.tools.genai_wheel.plan import (header_archive, make_plan, Options, parallel_jobs,
-                                              render_plan, wheel_name)
+                                              render_plan, use_guidance, wheel_name)
 from phi3v_ros.tools.genai_wheel.platform import GIB, preset_platform
 import pytest
 from test_build_genai_wheel_fakes import make_probe, python_probe_json
@@ -70,10 +71,14 @@ def test_default_target_source_and_headers_are_pinned():
                for d in gather.detail)
 
 
-def test_install_adds_install_and_the_three_checks():
+def test_install_adds_install_and_the_checks():
     _, _, plan = plan_for('jp6-orin', install=True)
     ids = [s.id for s in plan.steps]
-    assert ids[-5:] == ['install', 'check-import', 'check-cuda', 'tiny-model', 'check-generate']
+    assert ids[-6:] == ['install', 'check-import', 'check-cuda', 'tiny-model', 'check-generate',
+                        'check-guidance']
+    guided = step(plan, 'check-guidance')
+    assert 'answer_format=("choices"' in guided.argv[2] and guided.allow_fail, \
+        'said, not failed, for a wheel built (or found) without guidance'
     install = step(plan, 'install')
     assert install.argv == ['/usr/bin/python3', '-m', 'pip', 'install', '--no-deps',
                             '--force-reinstall', '--user', '{wheel}']
@@ -149,6 +154,45 @@ def test_old_release_flags():
                      Options(work_root=WORK))
     argv = step(plan, 'build').argv
     assert '--skip_csharp' in argv and '--skip_examples' not in argv
+
+
+@pytest.mark.parametrize('cargo,guidance,deps,built,why', [
+    (None, 'auto', False, False, 'no Rust (cargo) here'),
+    ('1.88.0', 'auto', False, True, 'cargo 1.88.0'),
+    ('1.88.0', 'off', False, False, '--guidance off'),
+    ('1.88.0', 'auto', True, False, 'downloaded by cargo'),
+])
+def test_guidance_is_built_where_cargo_is_and_the_build_is_online(cargo, guidance, deps,
+                                                                  built, why, tmp_path):
+    plat = preset_platform('jp6-orin')
+    plat.cargo = cargo
+    source = source_summary_for_preset(plat.ort_runtime.capi_dir, plat.ort_runtime.version, 12)
+    choice = V.choose_versions(source.version)
+    opts = Options(work_root=WORK, guidance=guidance, deps_dir=tmp_path if deps else None)
+    assert use_guidance(plat, choice, opts) == (built, use_guidance(plat, choice, opts)[1])
+    assert why in use_guidance(plat, choice, opts)[1]
+    if not deps:    # the plan says it, and build.py gets the flag
+        plan = make_plan(plat, choice, source, opts)
+        assert ('--use_guidance' in step(plan, 'build').argv) == built
+        (note,) = [n for n in plan.notes if n.startswith('guidance (constrained answers)')]
+        assert ('built in' in note) == built and why in note, note
+
+
+def test_guidance_checks_warn_or_refuse():
+    plat = preset_platform('jp6-orin')
+    source = source_summary_for_preset(plat.ort_runtime.capi_dir, plat.ort_runtime.version, 12)
+    choice = V.choose_versions(source.version)
+
+    def said(**options):
+        return [str(p) for p in check_prerequisites(plat, choice, source, install=False,
+                                                    **options)
+                if 'guidance' in str(p) or 'Rust' in str(p)]
+    assert plat.cargo is None and any(line.startswith('WARNING') for line in said())
+    assert any(line.startswith('ERROR') and 'rustup' in line for line in said(guidance='on'))
+    assert said(guidance='off') == []
+    old = V.VersionChoice(V.find_release('0.7.1'), '1.19.2', 'test')
+    assert any('has no guidance (0.8 and later)' in str(problem) for problem in
+               check_prerequisites(plat, old, source, install=False, guidance='on'))
 
 
 def test_prebuilt_wheel_is_looked_for_first_on_a_jetson():
@@ -254,8 +298,9 @@ def jetson_probe(tmp_path, ort_version='1.22.0', cmake='3.28.3'):
     ort = {'version': ort_version, 'providers': ['CUDAExecutionProvider', 'CPUExecutionProvider'],
            'capi_dir': CAPI}
     probe, commands = make_probe('orin-jp62', tmp_path, answers={
-        'python3': (0, python_probe_json(ort=ort)), 'cmake': (0, f'cmake version {cmake}\n')},
-        env={'ROS_DISTRO': 'humble'})
+        'python3': (0, python_probe_json(ort=ort)), 'cmake': (0, f'cmake version {cmake}\n'),
+        'cargo': (0, 'cargo 1.88.0 (873a06493 2025-05-10)\n')},
+        env={'ROS_DISTRO': 'humble'}, tools=('cmake', 'git', 'python3', 'cargo'))
     release = fake_ort_release(tmp_path / 'rel', version=ort_version, headers=False, links=False)
     capi = probe.path(CAPI)
     capi.mkdir(parents=True)

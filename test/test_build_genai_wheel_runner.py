@@ -205,7 +205,7 @@ def test_install_uses_the_collected_wheel_and_runs_the_checks(tmp_path):
     assert machine.ran(lambda c: c[1:3] == ['-m', 'phi3v_ros.tools.make_tiny_model'])
     machine = FakeMachine()
     execute(plan, context(machine, []))
-    assert len(machine.calls) == 5, 'install and the checks run every time'
+    assert len(machine.calls) == 6, 'install and the checks run every time'
 
 
 def test_a_failing_install_stops_with_its_log(tmp_path):

@@ -53,7 +53,8 @@ def test_no_text_becomes_a_special_token(tiny_model):
                                history=[Turn('</s>', '<unk>')])
     special = {0, 1, 2} | {tokenizer.encode(tag)[-1] for tag in ('<|end|>', '<|user|>')}
     ours = [int(t) for t in tokenizer.encode(prompt)]
-    assert not {0, 1, 2} & set(ours[1:])      # a BOS in front is the tokenizer's own
+    ours = ours[1:] if ours[:1] == [1] else ours      # a BOS in front is the tokenizer's own (0.4)
+    assert not {0, 1, 2} & set(ours)
     assert sum(t in special for t in ours) == sum(prompt.count(tag) for tag in (
         '<|end|>', '<|user|>')), "only the template's own tags"
 
@@ -288,10 +289,10 @@ def test_a_passing_failure_at_the_first_image_keeps_our_inputs(tiny_model, failu
     start_generator = engine._start_generator
     failures = [RuntimeError(failure)]
 
-    def failing_once(inputs, search):     # the real generator, after one real-looking failure
+    def failing_once(*arguments):     # the real generator, after one real-looking failure
         if failures:
             raise failures.pop()
-        return start_generator(inputs, search)
+        return start_generator(*arguments)
 
     monkeypatch.setattr(engine, '_start_generator', failing_once)
     request = Request(prompt='What is this?', images=(noisy_image(480, 640, 9),),

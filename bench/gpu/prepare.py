@@ -32,7 +32,9 @@ PLATFORM = ['--python-version', '3.12', '--implementation', 'cp', '--only-binary
 # has). The model builder (onnxruntime_genai.models.builder) imports onnx_ir, which the GPU machine
 # lacks.
 GENAI = ['onnxruntime-genai-cuda==0.18.0', 'onnxruntime-gpu>=1.31,<1.33', 'flatbuffers',
-         'onnx-ir==1.1.0', 'ml-dtypes']
+         'onnx-ir==1.1.0', 'ml-dtypes',
+         # constrained JSON answers are checked with jsonschema (core/answers.py)
+         'jsonschema>=4,<5', 'jsonschema-specifications', 'referencing', 'rpds-py', 'attrs']
 # rclpy's runtime closure as installed by requirements/ros-pypi.txt (checked in a bare venv:
 # message imports need rosidl_parser and rosidl_generator_py too).
 ROS = ['ros-rclpy==9.1.2', 'ros-std-msgs', 'ros-sensor-msgs', 'ros-std-srvs',

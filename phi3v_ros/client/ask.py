@@ -1,28 +1,33 @@
 """
-ask: publish one question to a vision_qa node, print the answer as it streams, exit by outcome.
+ask: ask a vision_qa node one question, print the answer as it streams, exit by outcome.
 
     ros2 run phi3v_ros ask "What is in front of you?" [--timeout 60] [--namespace /robot1]
-    ros2 run phi3v_ros ask "..." --ros-args -r prompt:=/my/prompt -r answer:=/my/answer
+    ros2 run phi3v_ros ask "Is the door open?" --choices yes,no        # prints yes or no
+    ros2 run phi3v_ros ask "How many people?" --regex '[0-9]{1,2}'
+    ros2 run phi3v_ros ask "Check the room." --json-schema room.schema.json
+    ros2 run phi3v_ros ask "..." --ros-args -r request:=/my/request -r response:=/my/response
 
 Exit status: 0 answer, 1 ERROR reply, 2 timeout, 3 no node listening.
 
-It starts fast: the module imports neither the engine stack (onnxruntime-genai, OpenCV, numpy) nor,
-until the arguments are parsed, rclpy (`ask --help` needs no ROS at all).
+A thin user of the client library (vision_qa_client.py): the question is a request with an id of
+its own, so the answer printed is this question's, never another client's. With a format, the
+value is printed (JSON for a schema) and nothing streams. It starts fast: the module imports
+neither the engine stack (onnxruntime-genai, OpenCV, numpy) nor, until the arguments are parsed,
+rclpy (`ask --help` needs no ROS at all).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
-import time
+import threading
 from typing import List, Optional
 
 from phi3v_ros.base.text import printable
-from phi3v_ros.interface.replies import ERROR_PREFIX
 
 EXIT_ANSWER, EXIT_ERROR_REPLY, EXIT_TIMEOUT, EXIT_NO_NODE = 0, 1, 2, 3
 PIECES_GRACE_S = 0.5
-DELIVERY_TIMEOUT_S = 2.0
 
 
 def without_ros_args(argv: List[str]) -> List[str]:
@@ -42,119 +47,92 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                         help='seconds to wait for a vision_qa node to be found (default 10)')
     parser.add_argument('--namespace', default='',
                         help='namespace of the vision_qa node, e.g. /robot1')
-    parser.add_argument('--prompt-topic', default='prompt')
-    parser.add_argument('--answer-topic', default='answer')
+    parser.add_argument('--request-topic', default='request')
+    parser.add_argument('--response-topic', default='response')
     parser.add_argument('--no-stream', action='store_true', help='print only the final answer')
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument('--choices', help='the answer is one of these, comma-separated: yes,no')
+    form.add_argument('--regex', help='the answer matches this regular expression')
+    form.add_argument('--json-schema', metavar='FILE_OR_JSON',
+                      help='the answer is JSON of this schema (a file, or the schema itself)')
+    parser.add_argument('--camera', action='append', default=[], metavar='TOPIC',
+                        help="answer from this camera only (repeatable; the node's resolved "
+                             'topic names)')
+    parser.add_argument('--max-new-tokens', type=int)
     return parser.parse_args(argv)
 
 
-class AskClient:
-    """Publishes one prompt and collects the streamed pieces and the answer that follow it."""
-
-    def __init__(self, node, prompt_topic: str, answer_topic: str, stream: bool) -> None:
-        from std_msgs.msg import String
-        self._String = String
-        self.node = node
-        self.answer: Optional[str] = None
-        self.pieces: List[str] = []
-        self._stream = stream
-        self._asked = False
-        self._publisher = node.create_publisher(String, prompt_topic, 10)
-        self._answer_topic = node.resolve_topic_name(answer_topic)
-        node.create_subscription(String, answer_topic, self._on_answer, 10)
-        node.create_subscription(String, answer_topic + '/stream', self._on_piece, 100)
-
-    def connected(self) -> bool:
-        return (self._publisher.get_subscription_count() > 0
-                and self.node.count_publishers(self._answer_topic) > 0)
-
-    def ask(self, question: str) -> None:
-        self._asked = True
-        self._publisher.publish(self._String(data=question))
-
-    def wait_delivered(self, timeout_s: float) -> bool:
-        """
-        Wait until the node has acknowledged the prompt (bounded); call before exiting.
-
-        The node's subscription can match this publisher a moment after this publisher matched
-        it: the prompt is then re-sent only while the publisher exists. With several clients the
-        first answer seen may be another prompt's, and exiting at once lost this one.
-        """
-        if not self._asked:
-            return True
-        from rclpy.duration import Duration
-        return self._publisher.wait_for_all_acked(Duration(nanoseconds=int(timeout_s * 1e9)))
-
-    def complete(self) -> bool:
-        return self.answer is not None and ''.join(self.pieces) == self.answer
-
-    def _on_piece(self, message) -> None:
-        # Pieces and the answer travel on two topics: the last pieces may come after the answer.
-        if self._asked and not self.complete():
-            self.pieces.append(message.data)
-            if self._stream:   # anyone may publish on the topic: no terminal escapes
-                sys.stdout.write(printable(message.data))
-                sys.stdout.flush()
-
-    def _on_answer(self, message) -> None:
-        if self._asked and self.answer is None:
-            self.answer = message.data
-
-
-def spin_until(node, condition, timeout_s: float) -> bool:
-    import rclpy
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        rclpy.spin_once(node, timeout_sec=min(0.1, remaining))
-    return True
+def _schema(text: str) -> dict:
+    if os.path.isfile(text):
+        with open(text, encoding='utf-8') as f:
+            text = f.read()
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise SystemExit(f'ask: --json-schema is neither a file nor JSON ({exc})') from None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv if argv is None else argv
     args = parse_args(without_ros_args(argv)[1:])
-    import rclpy
-    from rclpy.node import Node
-    rclpy.init(args=argv)
-    node = Node(f'ask_{os.getpid()}', namespace=args.namespace)
-    client = None
+    options = {'cameras': args.camera, 'max_new_tokens': args.max_new_tokens}
+    if args.choices is not None:
+        options['choices'] = [c.strip() for c in args.choices.split(',') if c.strip()]
+    if args.regex is not None:
+        options['regex'] = args.regex
+    if args.json_schema is not None:
+        options['json_schema'] = _schema(args.json_schema)
+    formatted = any(name in options for name in ('choices', 'regex', 'json_schema'))
+    from phi3v_ros.client.vision_qa_client import AnswerTimeout, NodeNotFound, VisionQAClient
+    client = VisionQAClient(namespace=args.namespace, request_topic=args.request_topic,
+                            response_topic=args.response_topic, args=argv)
+    pieces: List[str] = []
+    streamed = threading.Condition()
+
+    def on_piece(piece: str) -> None:   # in the client's spinning thread
+        with streamed:
+            pieces.append(piece)
+            streamed.notify_all()
+        if not args.no_stream:      # anyone may publish on the topic: no terminal escapes
+            sys.stdout.write(printable(piece))
+            sys.stdout.flush()
+
     try:
-        client = AskClient(node, args.prompt_topic, args.answer_topic, stream=not args.no_stream)
-        if not spin_until(node, client.connected, args.connect_timeout):
-            print(f'ask: no vision_qa node found on {node.resolve_topic_name(args.prompt_topic)} '
-                  f'within {args.connect_timeout:g} s (is it running, in this namespace and '
-                  'ROS_DOMAIN_ID?)',
-                  file=sys.stderr)
-            return EXIT_NO_NODE
-        client.ask(args.question)
-        if not spin_until(node, lambda: client.answer is not None, args.timeout):
-            print(f'\nask: no answer within {args.timeout:g} s', file=sys.stderr)
-            return EXIT_TIMEOUT
-        answer = client.answer
-        if not answer.startswith(ERROR_PREFIX):
-            spin_until(node, client.complete, PIECES_GRACE_S)
-        if answer.startswith(ERROR_PREFIX):
-            if client.pieces and not args.no_stream:
+        answer = client.ask(args.question, timeout=args.timeout,
+                            connect_timeout=args.connect_timeout,
+                            on_piece=None if formatted else on_piece, **options)
+        if not answer.ok:
+            if pieces and not args.no_stream:
                 print()
-            print(printable(answer), file=sys.stderr)
+            print(printable('ERROR: ' + (answer.error or 'no reason given')), file=sys.stderr)
             return EXIT_ERROR_REPLY
-        if args.no_stream or ''.join(client.pieces) != answer:
+        if formatted:
+            value = answer.value
+            print(printable(value if isinstance(value, str) else json.dumps(value)))
+            return EXIT_ANSWER
+        # Pieces and the answer travel on two topics: the last pieces may come after it.
+        with streamed:
+            streamed.wait_for(lambda: ''.join(pieces) == answer.text, PIECES_GRACE_S)
+            complete = ''.join(pieces) == answer.text
+        if args.no_stream or not complete:
             # Streamed pieces can be missed (a late subscription); the answer is always complete.
-            if client.pieces and not args.no_stream:
+            if pieces and not args.no_stream:
                 print()
-            print(printable(answer))
+            print(printable(answer.text))
         else:
             print()
         return EXIT_ANSWER
+    except NodeNotFound as exc:
+        print(f'ask: {exc}', file=sys.stderr)
+        return EXIT_NO_NODE
+    except AnswerTimeout as exc:
+        print(f'\nask: {exc}', file=sys.stderr)
+        client.wait_delivered()     # the cancel
+        return EXIT_TIMEOUT
     except KeyboardInterrupt:
         return 130
     finally:
-        if client is not None:
-            client.wait_delivered(DELIVERY_TIMEOUT_S)
-        node.destroy_node()
-        rclpy.try_shutdown()
+        client.close()
 
 
 if __name__ == '__main__':

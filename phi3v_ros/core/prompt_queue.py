@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Deque, Generic, List, Optional, TypeVar
+from typing import Callable, Deque, Generic, List, Optional, TypeVar
 
 BUSY_POLICIES = ('reject', 'drop_oldest')
 
@@ -51,6 +51,15 @@ class PromptQueue(Generic[T]):
             if not self._changed.wait_for(lambda: self._items or self._closed, timeout_s):
                 return None
             return self._items.popleft() if self._items else None
+
+    def remove(self, matches: Callable[[T], bool]) -> Optional[T]:
+        """Take the first waiting item that matches out of the queue; None if none does."""
+        with self._changed:
+            for item in self._items:
+                if matches(item):
+                    self._items.remove(item)
+                    return item
+        return None
 
     def __len__(self) -> int:
         return len(self._items)

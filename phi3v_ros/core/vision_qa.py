@@ -14,8 +14,14 @@ Threads (the concurrency model):
   does is bounded (engine_wait_timeout, image_wait_timeout, and for the result: no progress for
   the engine's stall_timeout plus RESULT_GRACE_S) and ends in an ERROR reply; an unexpected
   exception while serving a prompt is that prompt's ERROR reply ('internal error').
-- self._lock guards counters and _current (the prompt being served: its engine request id and
-  whether it was cancelled), so that ~/cancel stops that very request and never the next one.
+- self._lock guards counters, _current (the prompt being served: its engine request id and
+  whether it was cancelled), so that ~/cancel stops that very request and never the next one,
+  and _open_ids (the ids of the requests waiting or being answered: ids are unique among them).
+
+Requests (interface/requests.py) share the queue, the policies and every guarantee with plain
+prompts: a QARequest rides on its Ticket, its options apply to it alone (cameras, max_new_tokens
+up to the node's, max_crops, max_image_age, the answer's format), and a format's answer is
+checked (answers.py) before the reply says answered; requests use no history.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from phi3v_ros.base.errors import EngineError, ImageConversionError, PromptError
 from phi3v_ros.base.guarded_thread import start_guarded, ThreadHealth
+from phi3v_ros.core.answers import AnswerError, check_answer
 from phi3v_ros.core.history import ConversationHistory
 from phi3v_ros.core.prompt_queue import PromptQueue
 from phi3v_ros.engine.engine_client import EngineState
@@ -35,6 +42,7 @@ from phi3v_ros.engine.prompt import validate_question
 from phi3v_ros.frames.cameras import BoundFrame, Cameras, CamerasNotReady
 from phi3v_ros.frames.frame_cache import Frame
 from phi3v_ros.interface.replies import ERROR_PREFIX
+from phi3v_ros.interface.requests import QARequest
 
 # How long past the engine's own stall timeout the dispatcher waits for a sign of progress before
 # it gives up on a request (only reached when the engine client's monitor is not doing its job).
@@ -62,6 +70,7 @@ class Ticket:
     id: int  # noqa: A003 - the prompt's number, a public field (reply.ticket.id: node, tests)
     question: str
     received: float      # time.monotonic()
+    request: Optional[QARequest] = None     # a request's options; None for a plain prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +88,7 @@ class Reply:
     frames: Tuple[BoundFrame, ...] = ()     # one per camera, in image order; () for text only
     # cameras answered without (allow_text_only: stale or silent when the prompt was taken)
     missing: Tuple[str, ...] = ()
+    value: object = None    # a request with a format: the checked value of the answer
     # Where the node's own time went, in seconds (see VisionQA._serve), plus 'stream_messages'
     # (a count).
     timings: Dict[str, float] = dataclasses.field(default_factory=dict)
@@ -107,11 +117,16 @@ class _Current:
         self.ticket = ticket
         self.request_id: Optional[int] = None   # the engine's, once submitted
         self.cancelled = False
+        self.cancelled_by = ''
         self.replied = False
 
 
 class _Failed(Exception):
     """A taken prompt cannot be answered; the message is the reply's sentence (without prefix)."""
+
+
+class _Refused(Exception):
+    """A request's options cannot be had here; the message is the reply's sentence."""
 
 
 class VisionQA:
@@ -145,6 +160,7 @@ class VisionQA:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._current: Optional[_Current] = None
+        self._open_ids: set = set()
         self.counters = Counters()
         self.last_result: Optional[Result] = None
         self.last_frames: Tuple[BoundFrame, ...] = ()   # the frames of the last answer
@@ -156,24 +172,38 @@ class VisionQA:
         self._thread = start_guarded('phi3v-dispatcher', self._dispatch_one, self._closing,
                                      self._health, self._log)
 
-    def ask(self, text: str) -> Ticket:
+    def ask(self, text: str, request: Optional[QARequest] = None) -> Ticket:
         """
-        Take a prompt; never blocks.
+        Take a prompt, or a request's question with its options; never blocks.
 
         Refusals are replied to at once, from the caller's thread.
         """
         with self._lock:
             self.counters.received += 1
-        ticket = Ticket(next(self._ids), text, time.monotonic())
+        ticket = Ticket(next(self._ids), text, time.monotonic(), request)
         try:
             ticket = dataclasses.replace(
                 ticket, question=validate_question(text, self._options.max_prompt_chars))
-        except PromptError as exc:
+            if request is not None:
+                self._check_request(request)
+        except (PromptError, _Refused) as exc:
             self._reply(ticket, f'{exc}.', 'rejected')
             return ticket
         if self._closing.is_set():
             self._reply(ticket, 'the node is shutting down.', 'rejected')
             return ticket
+        if request is not None:
+            with self._lock:
+                if request.id in self._open_ids:
+                    duplicate = True
+                else:
+                    duplicate = False
+                    self._open_ids.add(request.id)
+            if duplicate:
+                self._reply(ticket, f'a request with id {request.id!r} is already waiting or '
+                                    'being answered: ids must be unique among them.', 'rejected',
+                            keep_id=True)
+                return ticket
         loser = self._queue.put(ticket)
         if loser is ticket and self._closing.is_set():    # closed since the check above
             self._reply(ticket, 'the node is shutting down.', 'rejected')
@@ -185,9 +215,46 @@ class VisionQA:
                                'drop_oldest).', 'rejected')
         return ticket
 
-    def cancel(self) -> bool:
+    def _check_request(self, request: QARequest) -> None:
+        """Raise _Refused saying why a request's options cannot be had here."""
+        unknown = [name for name in request.cameras if name not in self._cameras.names]
+        if unknown:
+            raise _Refused(f'cameras {", ".join(unknown)} are not subscribed here; the node\'s '
+                           f'cameras are {", ".join(self._cameras.names)}')
+        ceiling = self._options.settings.max_new_tokens
+        if request.max_new_tokens is not None and request.max_new_tokens > ceiling:
+            raise _Refused(f'max_new_tokens {request.max_new_tokens} is more than the node '
+                           f'allows ({ceiling}, its max_new_tokens parameter)')
+
+    def count_refused_request(self) -> None:
+        """Count a request message that could not be read as one (its response is sent)."""
+        with self._lock:
+            self.counters.received += 1
+            self.counters.rejected += 1
+
+    def cancel_request(self, request_id: str) -> bool:
         """
-        Stop the prompt being processed (its reply says it was cancelled).
+        Cancel the request of that id: the one being answered, or one still waiting.
+
+        Its one reply says it was cancelled. False when no such request is waiting or being
+        answered (already answered, or never seen).
+        """
+        with self._lock:
+            current = self._current
+            serving = (current is not None and current.ticket.request is not None
+                       and current.ticket.request.id == request_id and not current.replied)
+        if serving:
+            return self.cancel(by='its client cancelled the request')
+        waiting = self._queue.remove(
+            lambda ticket: ticket.request is not None and ticket.request.id == request_id)
+        if waiting is None:
+            return False
+        self._reply(waiting, 'cancelled by its client before it was answered.', 'rejected')
+        return True
+
+    def cancel(self, by: str = '~/cancel was called') -> bool:
+        """
+        Stop the prompt being processed (its reply says it was cancelled, and by what).
 
         False if there is none, or its reply is already out (its answer was complete: a client
         that saw the answer and then cancels must hear "nothing to cancel").
@@ -197,6 +264,7 @@ class VisionQA:
             if current is None or current.replied:
                 return False
             current.cancelled = True
+            current.cancelled_by = by
             request_id = current.request_id
         if request_id is not None:     # else _run sees the flag before or right after submitting
             self._engine.cancel(request_id)
@@ -272,7 +340,7 @@ class VisionQA:
         handoff = worker round trip outside Engine.generate; reply = result to reply.
         """
         ticket = current.ticket
-        options = self._options
+        options = self._options_for(ticket.request)
         frames = ()
         timings = {'queue': time.monotonic() - ticket.received}
         try:
@@ -283,11 +351,13 @@ class VisionQA:
             images = tuple(self._convert(bound_frame, slot)
                            for slot, bound_frame in enumerate(frames))
             timings.update(wait=bound - start, convert=time.monotonic() - bound)
-            history, epoch = self._history.turns()
+            history, epoch = self._history.turns() if ticket.request is None else ((), None)
             cameras = tuple(frame.camera for frame in frames) if self._cameras.labelled else ()
             result = self._run(current, images, cameras, missing, history, options, timings)
+            value = self._check(ticket.request, result, options)
         except _Cancelled:
-            self._reply(ticket, self._cancel_reason(), 'failed', frames=frames, timings=timings)
+            self._reply(ticket, self._cancel_reason(current), 'failed', frames=frames,
+                        timings=timings)
             return
         except _Failed as exc:
             self._reply(ticket, str(exc), 'failed', frames=frames, timings=timings)
@@ -295,17 +365,45 @@ class VisionQA:
         self.last_result = result
         if result.stop_reason == StopReason.CANCELLED or (self._closing.is_set()
                                                           and not result.ok):
-            self._reply(ticket, self._cancel_reason(), 'failed', result, frames, timings)
+            self._reply(ticket, self._cancel_reason(current), 'failed', result, frames, timings)
         elif result.stop_reason == StopReason.ERROR:
             self._reply(ticket, f'the model failed: {result.error}', 'failed', result, frames,
                         timings)
         elif not result.text.strip():
             self._reply(ticket, 'the model ended its answer without any text.', 'failed', result,
                         frames, timings)
+        elif isinstance(value, AnswerError):
+            self._reply(ticket, f'{value}.', 'failed', result, frames, timings, missing)
         else:
-            self._history.add(ticket.question, result.text.strip(), epoch)
+            if ticket.request is None:
+                self._history.add(ticket.question, result.text.strip(), epoch)
             self.last_frames = frames
-            self._reply(ticket, result.text, 'answered', result, frames, timings, missing)
+            self._reply(ticket, result.text, 'answered', result, frames, timings, missing, value)
+
+    def _options_for(self, request: Optional[QARequest]) -> QAOptions:
+        """Return the node's options, with a request's own settings in place of the node's."""
+        options = self._options
+        if request is None:
+            return options
+        settings = options.settings
+        if request.max_new_tokens is not None:
+            settings = dataclasses.replace(settings, max_new_tokens=request.max_new_tokens)
+        if request.max_crops is not None:
+            settings = dataclasses.replace(settings, max_crops=request.max_crops)
+        age = options.max_image_age_s if request.max_image_age is None else request.max_image_age
+        return dataclasses.replace(options, settings=settings, max_image_age_s=age)
+
+    @staticmethod
+    def _check(request: Optional[QARequest], result: Result, options: QAOptions):
+        """Return the value of a formatted answer, its AnswerError, or None (no format)."""
+        if request is None or request.format is None or not result.ok:
+            return None
+        try:
+            return check_answer(request.format.kind, request.format.spec, result.text,
+                                complete=result.stop_reason == StopReason.END_OF_TEXT,
+                                max_new_tokens=options.settings.max_new_tokens)
+        except AnswerError as exc:
+            return exc
 
     def _wait_for_engine(self, current: _Current, options: QAOptions) -> None:
         deadline = time.monotonic() + options.engine_wait_timeout_s
@@ -339,14 +437,15 @@ class VisionQA:
         frames of the others.
         """
         check = lambda: self._check_cancel(current)  # noqa: E731 - a callback, named for width
+        names = current.ticket.request.cameras if current.ticket.request is not None else ()
         if not options.allow_text_only:
             try:
                 return self._cameras.bind(options.max_image_age_s, options.image_wait_timeout_s,
-                                          check), ()
+                                          check, names), ()
             except CamerasNotReady as exc:
                 raise _Failed(str(exc)) from None
         frames, missing, why = self._cameras.bind_available(
-            options.max_image_age_s, options.image_wait_timeout_s, check)
+            options.max_image_age_s, options.image_wait_timeout_s, check, names)
         if missing:
             self._log(f'prompt #{current.ticket.id}: answered without '
                       f'{", ".join(missing)} (allow_text_only): {why}')
@@ -379,10 +478,13 @@ class VisionQA:
             stream_messages[0] += 1
             self._on_piece(ticket, piece)
 
+        answer_format = ticket.request.format if ticket.request is not None else None
         request = Request(prompt=ticket.question, images=images, cameras=cameras,
                           missing_cameras=missing if self._cameras.labelled else (),
                           settings=options.settings, system_prompt=options.system_prompt,
-                          history=history)
+                          history=history,
+                          answer_format=None if answer_format is None else
+                          (answer_format.kind, answer_format.spec))
         self._check_cancel(current)
         start = time.monotonic()
         try:
@@ -410,10 +512,10 @@ class VisionQA:
                        reply=time.monotonic() - arrived[0], stream_messages=stream_messages[0])
         return result
 
-    def _cancel_reason(self) -> str:
+    def _cancel_reason(self, current: _Current) -> str:
         if self._closing.is_set():
             return 'the node is shutting down.'
-        return 'cancelled (~/cancel was called) before the answer was complete.'
+        return f'cancelled ({current.cancelled_by}) before the answer was complete.'
 
     def _check_cancel(self, current: _Current) -> None:
         with self._lock:
@@ -424,12 +526,16 @@ class VisionQA:
     def _reply(self, ticket: Ticket, text: str, outcome: str, result: Optional[Result] = None,
                frames: Tuple[BoundFrame, ...] = (),
                timings: Optional[Dict[str, float]] = None,
-               missing: Tuple[str, ...] = ()) -> None:
+               missing: Tuple[str, ...] = (), value: object = None,
+               keep_id: bool = False) -> None:
+        """Count and hand on the one reply of a ticket (keep_id: its id is another's, open)."""
         if outcome != 'answered':
             text = ERROR_PREFIX + text
         with self._lock:
             setattr(self.counters, outcome, getattr(self.counters, outcome) + 1)
             if self._current is not None and self._current.ticket is ticket:
                 self._current.replied = True
+            if ticket.request is not None and not keep_id:
+                self._open_ids.discard(ticket.request.id)
         self._on_reply(Reply(ticket, text, outcome, result, tuple(frames), tuple(missing),
-                             dict(timings or {})))
+                             value, dict(timings or {})))

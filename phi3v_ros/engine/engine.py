@@ -23,8 +23,11 @@ import numpy as np
 from phi3v_ros.base.errors import EngineError, ModelLoadError
 from phi3v_ros.engine import model_paths
 from phi3v_ros.engine.genai_releases import (check_genai_release, folder_layout_error,
-                                             listed_provider, provider_without_config)
-from phi3v_ros.engine.generation import Request, Result, StopReason
+                                             listed_provider, provider_without_config,
+                                             version_tuple)
+from phi3v_ros.engine.generation import GenerationSettings, Request, Result, StopReason
+from phi3v_ros.engine.guidance import (ChoiceScores, grammar_for, has_guidance,
+                                       logits_of_last_step, token_texts)
 from phi3v_ros.engine.hd_transform import crop_grid, MAX_CROPS, prepare_image
 from phi3v_ros.engine.image_preparation import bound_longest_side, encode_image
 from phi3v_ros.engine.memory_guard import MemoryGuard
@@ -54,6 +57,8 @@ class EngineConfig:
     cuda_graph: bool = False
     # the worker joins pieces closer together than this (piece_coalescer)
     stream_interval_s: float = 0.02
+    # answer choices by rank even where the release has guidance (tests and benchmarks compare)
+    rank_choices: bool = False
 
 
 def import_genai():
@@ -184,6 +189,11 @@ def _fetch_hint(model_path: str) -> str:
     return '; ' + model_paths.missing_model_hint(model_path)
 
 
+# How llguidance's errors start when they come while answering (the mask or a token it refused)
+GUIDANCE_ERROR = re.compile(r'^(Error computing mask|Error committing tokens|Error creating '
+                            r'grammar)|<state>')
+
+
 class Engine:
     """One loaded Phi-3-vision model. Not thread-safe: one request at a time."""
 
@@ -246,6 +256,17 @@ class Engine:
         # 0.9 moved set_inputs from GeneratorParams to Generator; 0.4-0.8 only have the former.
         self._generator_takes_inputs = hasattr(self._og.Generator, 'set_inputs')
         self._open_bytes = getattr(self._og.Images, 'open_bytes', None)
+        # constrained answers: the grammar engine where this release has it (see guidance.py);
+        # rank_choices answers choices by rank even where it has (to compare the two)
+        self.guidance = has_guidance(self._og) and not config.rank_choices
+        # A build without guidance has set_guidance too, and ignores it (a warning in its log):
+        # the first formatted request finds out with a one-token answer (_guidance_is_built).
+        self._guidance_checked = False
+        # 0.11.4 aborts the process (an assertion in its guidance) once a constrained answer
+        # holds a character written as several byte tokens (seen: 'é' in a JSON enum); 0.18
+        # does not. Older releases are kept to formats written in ASCII.
+        self._ascii_formats_only = version_tuple(self.genai_version) < (0, 12)
+        self._token_texts = None     # of tokenizer.json, read at the first choices request
         self.memory_guard = MemoryGuard.for_model(model_section.get('decoder', {}),
                                                   self.provider, config.device_id)
 
@@ -274,6 +295,11 @@ class Engine:
         except (EngineError, ValueError) + self._genai_errors as exc:
             result.stop_reason = StopReason.ERROR
             result.error = str(exc)
+            if result.constrained_by == 'guidance' and not isinstance(exc, EngineError) and \
+                    GUIDANCE_ERROR.search(result.error):
+                # llguidance's errors carry its whole state: their first line says it
+                result.error = ('the grammar engine stopped the answer: '
+                                + result.error.strip().splitlines()[0])
         result.total_s = time.perf_counter() - start
         return result
 
@@ -309,6 +335,7 @@ class Engine:
                   should_stop: Callable[[], bool]) -> None:
         settings = request.settings
         settings.validate()
+        guide, scores = self._answer_format(request.answer_format, result)
         prompt = build_chat_prompt(request.prompt, images=len(request.images),
                                    cameras=request.cameras,
                                    missing_cameras=request.missing_cameras,
@@ -347,7 +374,7 @@ class Engine:
         self.memory_guard.check(result.max_length)
         search = self._search_options(settings, result.max_length)
         try:
-            generator = self._start_adapting_pixels(inputs, search, prompt, prepared)
+            generator = self._start_adapting_pixels(inputs, search, prompt, prepared, guide)
         except self._genai_errors as exc:
             if not prepared or self._own_image_inputs_worked or \
                     not self._inputs.refuses_inputs(exc):
@@ -367,11 +394,101 @@ class Engine:
         try:
             if not self._generator_takes_inputs and not self._inputs_readable:
                 result.prompt_tokens = len(generator.get_sequence(0))   # as the generator holds it
-            self._decode_loop(generator, result, start, on_piece, should_stop)
+            if result.constrained_by == 'ranking':
+                self._rank_choices(generator, scores, result, start, on_piece)
+            else:
+                self._decode_loop(generator, result, start, on_piece, should_stop, scores)
         finally:
             del generator   # holds the KV cache (and on CUDA a captured graph)
 
-    def _start_adapting_pixels(self, inputs, search: dict, prompt: str, images: list):
+    def _answer_format(self, answer_format, result: Result):
+        """
+        Return (guidance type and data or None, ChoiceScores or None) for a request's format.
+
+        A format the grammar engine refuses (a bad schema, regex or grammar), or one this release
+        cannot constrain, is the request's EngineError here, before any image work.
+        """
+        if answer_format is None:
+            return None, None
+        if self.guidance and not self._guidance_checked:
+            self._guidance_checked = True
+            if not self._guidance_is_built():
+                self.guidance = False
+                self._log(f'onnxruntime-genai {self.genai_version} was built without guidance: '
+                          'constrained answers are refused, choices are ranked (docs/jetson.md)')
+        kind, spec = answer_format
+        scores = None
+        if kind == 'choices':
+            if self._token_texts is None:
+                try:
+                    self._token_texts = token_texts(
+                        os.path.join(self.config.model_path, 'tokenizer.json'))
+                except (OSError, ValueError, AttributeError, TypeError) as exc:
+                    self._log(f'tokenizer.json unreadable ({exc}): no choice probabilities')
+                    self._token_texts = {}
+            scores = ChoiceScores(self._token_texts, spec)
+        if self.guidance:
+            guide = grammar_for(kind, spec)
+            written = spec if isinstance(spec, str) else json.dumps(spec, ensure_ascii=False)
+            if self._ascii_formats_only and not written.isascii():
+                raise EngineError(f'onnxruntime-genai {self.genai_version} aborts on constrained '
+                                  'answers with characters outside ASCII (fixed by 0.18): write '
+                                  f'the {kind} format in ASCII, or use 0.18')
+            try:    # the grammar is made with a generator: one of 16 tokens, a KV cache of nothing
+                params = self._og.GeneratorParams(self._model)
+                params.set_search_options(max_length=16)
+                params.set_guidance(*guide)
+                self._og.Generator(self._model, params)     # made and dropped
+            except self._genai_errors as exc:
+                raise EngineError(f'the {kind} format was refused: '
+                                  f'{" ".join(str(exc).split())[:500]}') from None
+            result.constrained_by = 'guidance'
+            return guide, scores
+        why = (f'onnxruntime-genai {self.genai_version} cannot constrain answers '
+               + ('(guidance came in 0.8)' if not has_guidance(self._og) else
+                  '(rank_choices is set)' if self.config.rank_choices else
+                  '(this build has no guidance)'))
+        if kind != 'choices':
+            raise EngineError(f'{why}: {kind} needs a release built with guidance (0.8 or later; '
+                              'a source build needs Rust: see docs/jetson.md)')
+        if scores.owners is None:
+            raise EngineError(f"{why}: choices are then ranked by the model's scores of the "
+                              f"answer's first token, which cannot tell these apart "
+                              f'({scores.why_not})')
+        result.constrained_by = 'ranking'
+        return None, scores
+
+    def _guidance_is_built(self) -> bool:
+        """Return True when a one-token answer constrained to 'Q' is 'Q' (guidance applied)."""
+        probe = Request(prompt='Answer.', answer_format=('regex', 'Q'),
+                        settings=GenerationSettings(max_new_tokens=1))
+        result = Result()
+        try:
+            self._generate(probe, result, time.perf_counter(), None, lambda: False)
+        except (EngineError, ValueError) + self._genai_errors:
+            return True     # not a build without guidance: the request will say what is wrong
+        return result.text == 'Q'
+
+    def _rank_choices(self, generator, scores: ChoiceScores, result: Result, start: float,
+                      on_piece: Optional[Callable[[str], None]]) -> None:
+        """Answer choices by the model's scores of their first tokens (no guidance)."""
+        if hasattr(generator, 'compute_logits'):     # releases before 0.6: the prefill runs here
+            generator.compute_logits()
+        logits = logits_of_last_step(generator)
+        if logits is None:
+            raise EngineError(f'onnxruntime-genai {self.genai_version} has no guidance and '
+                              'cannot give the logits choices are ranked by: constrained answers '
+                              'need 0.8 or later, built with guidance (docs/jetson.md)')
+        result.time_to_first_token_s = time.perf_counter() - start
+        result.choice_probabilities = tuple(scores.probabilities(logits).items())
+        result.text = scores.best(logits)
+        result.generated_tokens = len(self._tokenizer.encode(result.text))
+        result.stop_reason = StopReason.END_OF_TEXT
+        if on_piece is not None:
+            on_piece(result.text)
+
+    def _start_adapting_pixels(self, inputs, search: dict, prompt: str, images: list,
+                               guide: Optional[tuple] = None):
         """
         Start the generator; adapt the pixel values once to what the vision graph declares.
 
@@ -384,7 +501,7 @@ class Engine:
         del inputs
         for _ in range(3):   # at most one change of each kind
             try:
-                generator = self._start_generator(attempt[0], search)
+                generator = self._start_generator(attempt[0], search, guide)
             except self._genai_errors as exc:
                 fixed = self._inputs.fixed_crop_count(exc) if images else None
                 if images and dtype == np.float32 and self._inputs.wants_float16(exc):
@@ -413,10 +530,12 @@ class Engine:
                 search['random_seed'] = settings.seed
         return search
 
-    def _start_generator(self, inputs, search: dict):
+    def _start_generator(self, inputs, search: dict, guide: Optional[tuple] = None):
         """Return a generator with the inputs set: the vision encoder and the prefill run here."""
         params = self._og.GeneratorParams(self._model)
         params.set_search_options(**search)
+        if guide is not None:
+            params.set_guidance(*guide)
         if not self._generator_takes_inputs:
             params.set_inputs(inputs)
         generator = self._og.Generator(self._model, params)
@@ -443,9 +562,11 @@ class Engine:
 
     def _decode_loop(self, generator, result: Result, start: float,
                      on_piece: Optional[Callable[[str], None]],
-                     should_stop: Callable[[], bool]) -> None:
+                     should_stop: Callable[[], bool],
+                     scores: Optional[ChoiceScores] = None) -> None:
         stream = self._processor.create_stream()
         pieces = []
+        tokens = []
         first_token_at = None
         needs_compute_logits = hasattr(generator, 'compute_logits')   # releases before 0.6
         stop_reason = StopReason.LENGTH
@@ -456,8 +577,13 @@ class Engine:
                 break
             if needs_compute_logits:
                 generator.compute_logits()
+            if scores is not None and scores.owners is not None and not tokens:
+                logits = logits_of_last_step(generator)   # the answer's first token: how sure
+                if logits is not None:
+                    result.choice_probabilities = tuple(scores.probabilities(logits).items())
             generator.generate_next_token()
             token = int(generator.get_next_tokens()[0])
+            tokens.append(token)
             if first_token_at is None:
                 first_token_at = time.perf_counter()
                 result.time_to_first_token_s = first_token_at - start

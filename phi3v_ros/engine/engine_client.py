@@ -253,7 +253,8 @@ class EngineClient:
                         frames=tuple(frame for frame, _ in placed),
                         pixels=tuple(pixels for _, pixels in placed),
                         cameras=tuple(request.cameras),
-                        missing_cameras=tuple(request.missing_cameras))
+                        missing_cameras=tuple(request.missing_cameras),
+                        answer_format=request.answer_format)
         with self._lock:
             self._check_can_submit_locked()
             request_id = next(self._ids)

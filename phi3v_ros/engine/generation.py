@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 
 class StopReason(str, enum.Enum):
@@ -63,6 +63,9 @@ class Request:
 
     cameras, when given, names each image's camera (its topic) for the model, in the same order;
     missing_cameras names the cameras that have no current image, which the model is told.
+    answer_format, when given, is (kind, spec): the answer must be one of the choices (a tuple of
+    strings), match a regex or a Lark grammar (a string), or be JSON of a schema (a dict); see
+    guidance.py.
     """
 
     prompt: str
@@ -73,6 +76,7 @@ class Request:
     settings: GenerationSettings = dataclasses.field(default_factory=GenerationSettings)
     system_prompt: str = ''
     history: Tuple[Turn, ...] = ()
+    answer_format: Optional[Tuple[str, object]] = None
 
 
 @dataclasses.dataclass
@@ -99,6 +103,11 @@ class Result:
     image_prepare_s: float = 0.0
     # extra timings (name, s)
     stages: List[Tuple[str, float]] = dataclasses.field(default_factory=list)
+    # with answer_format: 'guidance' (the grammar engine) or 'ranking' (choices by the model's
+    # scores, where the release has no guidance); and each choice's probability where the
+    # choices part, when it could be read
+    constrained_by: str = ''
+    choice_probabilities: Tuple[Tuple[str, float], ...] = ()
 
     @property
     def ok(self) -> bool:

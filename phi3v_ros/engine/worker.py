@@ -49,6 +49,7 @@ class WorkItem:
     pixels: Tuple[Optional[object], ...] = ()
     cameras: Tuple[str, ...] = ()
     missing_cameras: Tuple[str, ...] = ()
+    answer_format: Optional[Tuple[str, object]] = None
 
 
 def _warm_up(engine: Engine) -> None:
@@ -160,7 +161,8 @@ def _answer(engine: Engine, frames: FrameReceiver, inbox: _Inbox, request_id: in
                        for slot, (frame, pixels) in enumerate(zip(item.frames, item.pixels)))
         request = Request(prompt=item.prompt, images=images, cameras=item.cameras,
                           missing_cameras=item.missing_cameras, settings=item.settings,
-                          system_prompt=item.system_prompt, history=item.history)
+                          system_prompt=item.system_prompt, history=item.history,
+                          answer_format=item.answer_format)
         return engine.generate(request, on_piece=pieces.add,
                                should_stop=lambda: inbox.is_cancelled(request_id))
     except Exception as exc:  # noqa: BLE001 - a bug must cost one request, not the worker

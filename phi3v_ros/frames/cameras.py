@@ -72,20 +72,22 @@ class Cameras:
         return BoundFrame(camera, frame, age_s, source)
 
     def bind(self, max_age_s: float, timeout_s: float,
-             check: Callable[[], None] = lambda: None) -> Tuple[BoundFrame, ...]:
+             check: Callable[[], None] = lambda: None,
+             names: Sequence[str] = ()) -> Tuple[BoundFrame, ...]:
         """
         Return every camera's latest frame, each at most max_age_s old (0 = any age).
 
         Waits up to timeout_s for them; check() is called between waits (it raises to stop).
-        Raises CamerasNotReady naming the cameras that had no frame or only an old one.
+        Raises CamerasNotReady naming the cameras that had no frame or only an old one. names
+        (a subset of the cameras, in their order) binds only those; () binds all.
         """
-        bound, waiting = self._wait(max_age_s, timeout_s, check)
+        bound, waiting = self._wait(max_age_s, timeout_s, check, names)
         if waiting:
             raise CamerasNotReady(self._not_ready(waiting, max_age_s, timeout_s))
         return bound
 
     def bind_available(self, max_age_s: float, timeout_s: float,
-                       check: Callable[[], None] = lambda: None
+                       check: Callable[[], None] = lambda: None, names: Sequence[str] = ()
                        ) -> Tuple[Tuple[BoundFrame, ...], Tuple[str, ...], str]:
         """
         Wait as bind() does, then return what there is: (fresh frames, missing cameras, why).
@@ -93,20 +95,23 @@ class Cameras:
         The frames keep the cameras' order; missing names the cameras without a fresh frame and
         why is bind()'s sentence about them ('' when every camera had one).
         """
-        bound, waiting = self._wait(max_age_s, timeout_s, check)
+        bound, waiting = self._wait(max_age_s, timeout_s, check, names)
         if not waiting:
             return bound, (), ''
         missing = tuple(name for name, _ in waiting)
-        fresh = tuple(frame for name, frame in zip(self.names, bound) if name not in missing)
+        fresh = tuple(frame for frame in bound
+                      if frame is not None and frame.camera not in missing)
         return fresh, missing, self._not_ready(waiting, max_age_s, timeout_s)
 
-    def _wait(self, max_age_s: float, timeout_s: float, check: Callable[[], None]
+    def _wait(self, max_age_s: float, timeout_s: float, check: Callable[[], None],
+              names: Sequence[str] = ()
               ) -> Tuple[Tuple[BoundFrame, ...], List[Tuple[str, Optional[BoundFrame]]]]:
-        """Return (every camera's latest frame, those not fresh) once all are, or at timeout."""
+        """Return (each camera's latest frame, those not fresh) once all are, or at timeout."""
+        names = tuple(name for name in self.names if name in names) if names else self.names
         deadline = time.monotonic() + max(0.0, timeout_s)
         while True:
-            bound = [self.latest(name) for name in self.names]
-            waiting = [(name, found) for name, found in zip(self.names, bound)
+            bound = [self.latest(name) for name in names]
+            waiting = [(name, found) for name, found in zip(names, bound)
                        if found is None or (max_age_s > 0 and found.age_s > max_age_s)]
             remaining = deadline - time.monotonic()
             if not waiting or remaining <= 0:

@@ -96,6 +96,12 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec('answer_topic', 'answer',
                   'answers (std_msgs/String); streamed pieces go to <answer_topic>/stream',
                   read_only=True),
+    ParameterSpec('request_topic', 'request',
+                  'requests: one JSON object each (std_msgs/String; README, Requests)',
+                  read_only=True),
+    ParameterSpec('response_topic', 'response',
+                  "responses: one JSON object per request, with the request's id; streamed "
+                  'pieces go to <response_topic>/stream', read_only=True),
     ParameterSpec('max_image_pixels', 40_000_000,
                   'frames with more pixels than this are refused before any work', read_only=True,
                   value_range=(1, 400_000_000)),

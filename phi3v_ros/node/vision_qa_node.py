@@ -22,12 +22,14 @@ import traceback
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from phi3v_ros.base.errors import ConfigurationError
 from phi3v_ros.base.guarded_thread import ThreadHealth
+from phi3v_ros.core.responses import refusal_message, response_message
 from phi3v_ros.core.vision_qa import Reply, Ticket, VisionQA
 from phi3v_ros.engine.engine import EngineConfig
 from phi3v_ros.engine.engine_client import EngineClient, EngineState
 from phi3v_ros.frames.cameras import Cameras, describe_frames
 from phi3v_ros.frames.frame_cache import FrameAge
 from phi3v_ros.frames.frame_conversion import FrameConverter
+from phi3v_ros.interface.requests import CancelRequest, parse_request, piece_json, RequestError
 from phi3v_ros.node.cv_bridge_fallback import load_cv_bridge_converter
 from phi3v_ros.node.diagnostics import camera_statuses, engine_status
 from phi3v_ros.node.parameters import (check_value, default_for, PARAMETERS, qa_options,
@@ -57,7 +59,8 @@ PROMPT_DEPTH = ANSWER_DEPTH = 1000
 # ~/cancel and ~/reset: with the default depth of 10, a burst of calls (a client retrying in a
 # loop) lost all but about 10 requests in the middleware, and their callers waited forever.
 SERVICE_DEPTH = 1000
-TOPIC_PARAMETERS = ('image_topic', 'prompt_topic', 'answer_topic')
+TOPIC_PARAMETERS = ('image_topic', 'prompt_topic', 'answer_topic', 'request_topic',
+                    'response_topic')
 # How long main() waits in the executor before it looks at the stop flag (Python runs signal
 # handlers only between the executor's waits).
 SPIN_PERIOD_S = 0.1
@@ -157,6 +160,9 @@ class VisionQANode(Node):
         self._answer_pub = self.create_publisher(String, v['answer_topic'], ANSWER_DEPTH)
         self._stream_pub = self.create_publisher(String, v['answer_topic'] + '/stream',
                                                  STREAM_DEPTH)
+        self._response_pub = self.create_publisher(String, v['response_topic'], ANSWER_DEPTH)
+        self._response_stream_pub = self.create_publisher(
+            String, v['response_topic'] + '/stream', STREAM_DEPTH)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics',
                                                       RELIABLE_DEPTH)
         image_qos = QoSProfile(
@@ -168,6 +174,8 @@ class VisionQANode(Node):
             self.create_subscription(CompressedImage if suffix else Image, topic + suffix,
                                      self._guarded(self._image_callback(camera)), image_qos)
         self.create_subscription(String, v['prompt_topic'], self._guarded(self._on_prompt),
+                                 PROMPT_DEPTH)
+        self.create_subscription(String, v['request_topic'], self._guarded(self._on_request),
                                  PROMPT_DEPTH)
         service_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=SERVICE_DEPTH,
                                  reliability=ReliabilityPolicy.RELIABLE,
@@ -185,8 +193,9 @@ class VisionQANode(Node):
         self._qa.start()
         cameras = ', '.join(camera + suffix for camera in self._cameras.names)
         self.get_logger().info(
-            f'listening on {cameras} and {self._resolved(v["prompt_topic"])}, '
-            f'answering on {self._resolved(v["answer_topic"])}; '
+            f'listening on {cameras}, {self._resolved(v["prompt_topic"])} and '
+            f'{self._resolved(v["request_topic"])}, answering on '
+            f'{self._resolved(v["answer_topic"])} and {self._resolved(v["response_topic"])}; '
             f'loading {v["model_path"]} (provider {v["provider"]})')
 
     def _warn_unknown_overrides(self, overrides: dict) -> None:
@@ -263,6 +272,21 @@ class VisionQANode(Node):
     def _on_prompt(self, message: String) -> None:
         self._qa.ask(message.data)
 
+    def _on_request(self, message: String) -> None:
+        try:
+            request = parse_request(message.data)
+        except RequestError as error:     # one response, with the id when it had one
+            self._qa.count_refused_request()
+            self._publish(self._response_pub, refusal_message(error))
+            self.get_logger().warning(f'request {error.request_id or "(no id)"} refused: {error}')
+            return
+        if isinstance(request, CancelRequest):
+            if not self._qa.cancel_request(request.id):
+                self.get_logger().info(f'cancel of request {request.id!r}: no such request is '
+                                       'waiting or being answered')
+            return
+        self._qa.ask(request.question, request)
+
     def _on_cancel(self, request, response):
         response.success = self._qa.cancel()
         response.message = ('cancelling the current answer' if response.success
@@ -316,11 +340,17 @@ class VisionQANode(Node):
     # -- output -------------------------------------------------------------------------------
 
     def _publish_piece(self, ticket: Ticket, piece: str) -> None:
-        self._publish(self._stream_pub, piece)
+        if ticket.request is None:
+            self._publish(self._stream_pub, piece)
+        else:
+            self._publish(self._response_stream_pub, piece_json(ticket.request.id, piece))
 
     def _publish_reply(self, reply: Reply) -> None:
         start = time.monotonic()
-        self._publish(self._answer_pub, reply.text)
+        if reply.ticket.request is None:
+            self._publish(self._answer_pub, reply.text)
+        else:
+            self._publish(self._response_pub, response_message(reply))
         published = time.monotonic()
         logger = self.get_logger()
         used = 'frames: ' + describe_frames(reply.frames) if reply.frames else 'no frame'
@@ -332,6 +362,8 @@ class VisionQANode(Node):
         if result is not None and result.image_crops:
             cost += f', {result.image_crops} crops ({result.image_tokens} image tokens)'
         line = f'prompt #{reply.ticket.id} {reply.outcome}{cost}, {used}'
+        if reply.ticket.request is not None:
+            line += f', request {reply.ticket.request.id!r}'
         if result is not None and reply.timings:
             line += '; ' + _node_timings(reply.timings, published - start,
                                          published - reply.ticket.received)
@@ -379,9 +411,12 @@ class VisionQANode(Node):
         # The last replies were just published: give subscribers a moment to take them before
         # the publisher goes away with the node (milliseconds usually; 1 s was seen too short
         # on a machine at load average 17).
-        answers = getattr(self, '_answer_pub', None)
-        if answers is not None:
-            answers.wait_for_all_acked(Duration(seconds=REPLIES_ACKED_TIMEOUT_S))
+        deadline = time.monotonic() + REPLIES_ACKED_TIMEOUT_S
+        for name in ('_answer_pub', '_response_pub'):
+            publisher = getattr(self, name, None)
+            if publisher is not None:
+                left = max(0.0, deadline - time.monotonic())
+                publisher.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9)))
 
     def destroy_node(self) -> None:
         # Also called (by main, and on newer rclpy by the context's shutdown) on a node whose

@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='offline build: one folder per third-party source its CMake would '
                              'download (--dry-run lists them); needs --source and, without the '
                              'network, --ort-headers')
+    parser.add_argument('--guidance', choices=('auto', 'on', 'off'), default='auto',
+                        help="build constrained answers (llguidance, needs Rust's cargo) in: "
+                             'auto (where cargo is there and the build is online; the default), '
+                             'on (a missing cargo is an error) or off')
     parser.add_argument('--cuda-libs', choices=('toolkit', 'python'), default='toolkit',
                         help='where cuBLAS, cuRAND and cuFFT come from: the CUDA toolkit '
                              "(default) or the Python's nvidia-* pip packages (for a toolkit "
@@ -233,7 +237,7 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
         install=args.install, install_cmake=args.install_cmake,
         ort_headers_available=headers_available, docker_requested=bool(args.ort_image),
         non_jetson=args.non_jetson and not plat.synthetic, cuda_libs=args.cuda_libs,
-        offline=bool(args.deps_dir))
+        offline=bool(args.deps_dir), guidance=args.guidance)
     problems += checks_mod.check_local_sources(
         Path(args.source).expanduser() if args.source else None,
         Path(args.deps_dir).expanduser() if args.deps_dir else None, choice.genai.version)
@@ -253,7 +257,7 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
                    package_root=PACKAGE_ROOT,
                    source=Path(args.source).expanduser() if args.source else None,
                    deps_dir=Path(args.deps_dir).expanduser() if args.deps_dir else None,
-                   cuda_libs=args.cuda_libs)
+                   cuda_libs=args.cuda_libs, guidance=args.guidance)
     plan = make_plan(plat, choice, ort, opts)
     errors = checks_mod.has_errors(problems)
     if args.dry_run:

@@ -45,6 +45,10 @@ SPIECE = '\u2581'  # the sentencepiece word-start marker
 # plain BPE vocabulary; the Phi-3 chat tokens follow (cf. 32000 in the real model)
 BASE_VOCAB = 1000
 MODEL_VOCAB = 1024  # logits width, padded to a multiple of 64 like the real 32064
+# vocabulary='phi3': Phi-3's sizes (32,000 plain tokens, logits 32,064), for measuring what grows
+# with the vocabulary (the grammar engine's per-token work); trained on more text (CORPUS and the
+# Python standard library's sources), so its tokens depend on the Python that trains it.
+VOCABULARIES = {'tiny': (BASE_VOCAB, MODEL_VOCAB), 'phi3': (32000, 32064)}
 CONTEXT_LENGTH = 4096
 # Attention output scale: small enough that the current token steers the next one (varied text),
 # large enough that the ~2,000 image rows change the generated words.
@@ -164,9 +168,22 @@ def _corpus_words() -> set:
 # Tokenizer
 # ------------------------------------------------------------------------------------------------
 
-def _train_bpe() -> Tuple[Dict[str, int], List[Tuple[str, str]]]:
+def _large_corpus_lines() -> List[str]:
+    """Return the corpus and the Python standard library's sources: text for 32,000 tokens."""
+    import sysconfig
+    lines = _corpus_lines()
+    stdlib = pathlib.Path(sysconfig.get_paths()['stdlib'])
+    for path in sorted(stdlib.glob('*.py')) + sorted(stdlib.glob('*/*.py')):
+        try:
+            lines += path.read_text(encoding='utf-8').splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+    return lines
+
+
+def _train_bpe(base_vocab: int = BASE_VOCAB) -> Tuple[Dict[str, int], List[Tuple[str, str]]]:
     """
-    Train a sentencepiece-style BPE on the corpus; return (vocab, merges) of BASE_VOCAB tokens.
+    Train a sentencepiece-style BPE on the corpus; return (vocab, merges) of base_vocab tokens.
 
     Ids: 0 <unk>, 1 <s>, 2 </s>, 3..258 the byte-fallback tokens <0x00>..<0xFF>, then characters
     and merges in training order, exactly as a Llama/Phi-3 tokenizer.json lays them out.
@@ -182,14 +199,15 @@ def _train_bpe() -> Tuple[Dict[str, int], List[Tuple[str, str]]]:
         pre_tokenizers.Metaspace(replacement=SPIECE, prepend_scheme='always', split=True),
         pre_tokenizers.Punctuation('isolated'),
     ])
-    trainer = trainers.BpeTrainer(vocab_size=BASE_VOCAB - len(fixed), min_frequency=1,
+    trainer = trainers.BpeTrainer(vocab_size=base_vocab - len(fixed), min_frequency=1,
                                   special_tokens=[], show_progress=False)
-    trainer_tok.train_from_iterator(_corpus_lines(), trainer)
+    trainer_tok.train_from_iterator(
+        _corpus_lines() if base_vocab <= BASE_VOCAB else _large_corpus_lines(), trainer)
     model = json.loads(trainer_tok.to_str())['model']
     learned = sorted(model['vocab'].items(), key=lambda item: item[1])
-    if len(learned) != BASE_VOCAB - len(fixed):
+    if len(learned) != base_vocab - len(fixed):
         raise RuntimeError(f'BPE training gave {len(learned)} tokens, '
-                           f'expected {BASE_VOCAB - len(fixed)}')
+                           f'expected {base_vocab - len(fixed)}')
     vocab = {tok: i for i, tok in enumerate(fixed)}
     for tok, _ in learned:
         vocab[tok] = len(vocab)
@@ -197,7 +215,7 @@ def _train_bpe() -> Tuple[Dict[str, int], List[Tuple[str, str]]]:
     return vocab, merges
 
 
-def build_tokenizer_json(string_merges: bool = False) -> str:
+def build_tokenizer_json(string_merges: bool = False, base_vocab: int = BASE_VOCAB) -> str:
     """
     Build the tokenizer.json text: Llama-style BPE (byte fallback) and the Phi-3 chat tokens.
 
@@ -207,7 +225,7 @@ def build_tokenizer_json(string_merges: bool = False) -> str:
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
 
-    vocab, merges = _train_bpe()
+    vocab, merges = _train_bpe(base_vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=UNK_TOKEN, byte_fallback=True,
                                fuse_unk=True))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend(SPIECE),
@@ -383,14 +401,16 @@ def _json_text(obj: dict) -> str:
 
 def make_tiny_model(out_dir, *, seed: int = 0, end_immediately: bool = False,
                     context_length: int = CONTEXT_LENGTH,
-                    num_layers: int = Dims.num_layers, layout: str = 'nov2024') -> pathlib.Path:
+                    num_layers: int = Dims.num_layers, layout: str = 'nov2024',
+                    vocabulary: str = 'tiny') -> pathlib.Path:
     """
     Write the tiny model into ``out_dir`` (created if needed) and return its absolute path.
 
     A longer ``context_length`` lets tests keep a generation running for seconds (cancel, floods);
     more ``num_layers`` make its KV cache larger per token (the memory guard's tests).
     ``layout`` is nov2024 (onnxruntime-genai 0.5 and later), may2024 (0.4) or auto (the layout
-    of the installed release, ``layout_for_genai()``).
+    of the installed release, ``layout_for_genai()``). ``vocabulary`` 'phi3' gives the tokenizer
+    and the logits Phi-3's sizes (see VOCABULARIES).
 
     Same arguments -> byte-identical files. Files already in ``out_dir`` with the same names are
     overwritten; other files are left alone.
@@ -404,9 +424,10 @@ def make_tiny_model(out_dir, *, seed: int = 0, end_immediately: bool = False,
     may2024 = layout == 'may2024'
     out = pathlib.Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    dims = Dims(vocab_size=MODEL_VOCAB, context_length=context_length, num_layers=num_layers)
+    base_vocab, model_vocab = VOCABULARIES[vocabulary]
+    dims = Dims(vocab_size=model_vocab, context_length=context_length, num_layers=num_layers)
 
-    tokenizer_json = build_tokenizer_json(string_merges=may2024)
+    tokenizer_json = build_tokenizer_json(string_merges=may2024, base_vocab=base_vocab)
     tok_data = json.loads(tokenizer_json)
     vocab: Dict[str, int] = dict(tok_data['model']['vocab'])
     added = {entry['content']: entry['id'] for entry in tok_data['added_tokens']}
@@ -457,13 +478,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help=f'longest prompt + answer in tokens (default {CONTEXT_LENGTH})')
     parser.add_argument('--num-layers', type=int, default=Dims.num_layers,
                         help=f'decoder layers (default {Dims.num_layers})')
+    parser.add_argument('--vocabulary', choices=sorted(VOCABULARIES), default='tiny',
+                        help="tiny (1,000 tokens, the default) or phi3 (Phi-3's 32,064)")
     parser.add_argument('--layout', choices=LAYOUTS + ('auto',), default='nov2024',
                         help='folder layout: nov2024 (onnxruntime-genai 0.5 and later, the '
                              'default), may2024 (0.4) or auto (that of the installed release)')
     args = parser.parse_args(argv)
     path = make_tiny_model(args.out_dir, seed=args.seed, end_immediately=args.end_immediately,
                            context_length=args.context_length, num_layers=args.num_layers,
-                           layout=args.layout)
+                           layout=args.layout, vocabulary=args.vocabulary)
     print(path)
     return 0
 

@@ -10,7 +10,8 @@ from .cuda_libs import pip_packages_for
 from .gpu_code import runs_on
 from .ort_libs import OrtSource
 from .platform import GIB, Platform
-from .versions import (ort_api_version, ORT_GPU_HINTS, parse_version, version_at_least,
+from .versions import (GUIDANCE_SINCE, ort_api_version, ORT_GPU_HINTS, parse_version,
+                       version_at_least,
                        VersionChoice)
 
 MIN_CUDA = '11.8'
@@ -40,7 +41,8 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
                         install: bool, install_cmake: bool = False,
                         ort_headers_available: bool = True, docker_requested: bool = False,
                         prebuilt_only: bool = False, non_jetson: bool = False,
-                        cuda_libs: str = 'toolkit', offline: bool = False) -> List[Problem]:
+                        cuda_libs: str = 'toolkit', offline: bool = False,
+                        guidance: str = 'auto') -> List[Problem]:
     """
     Every reason the build would fail, found before it starts.
 
@@ -57,6 +59,22 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
 
     py = plat.python
     py_cmd = py.path if py else 'python3'
+
+    if guidance != 'off' and not prebuilt_only and \
+            parse_version(choice.genai.version) >= GUIDANCE_SINCE:
+        no_cargo = ('Rust is not installed: the wheel is built without guidance, so constrained '
+                    'answers (requests with a format) are refused')
+        fix = ('install Rust for your user (curl --proto =https -sSf https://sh.rustup.rs | sh, '
+               'then a new shell), and rerun; or --guidance off to say you do not want it')
+        if not plat.cargo:
+            (error if guidance == 'on' else warn)(no_cargo, fix)
+        elif offline and guidance == 'on':
+            error("--guidance on with --deps-dir: cargo downloads llguidance's crates while "
+                  'building, which an offline build cannot', 'build online for guidance, or '
+                  'leave --guidance at auto (built without it)')
+    elif guidance == 'on' and parse_version(choice.genai.version) < GUIDANCE_SINCE:
+        error(f'--guidance on: onnxruntime-genai {choice.genai.version} has no guidance (0.8 '
+              'and later)', 'choose 0.8 or later with --genai-version, or leave --guidance out')
 
     if non_jetson:
         if plat.is_jetson:

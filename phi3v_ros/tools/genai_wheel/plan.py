@@ -18,8 +18,9 @@ from .checks import CMAKE_PIP_SPEC
 from .ort_libs import docker_commands, gather_plan, OrtSource
 from .platform import GIB, Platform
 from .prebuilt import jetson_ai_lab_index
-from .versions import (GENAI_REPO_URL, ort_api_version, ort_archive_for, ORT_ARCHIVE_URL,
-                       ORT_SOURCE_ARCHIVES, version_at_least, VersionChoice)
+from .versions import (GENAI_REPO_URL, GUIDANCE_SINCE, ort_api_version, ort_archive_for,
+                       ORT_ARCHIVE_URL, ORT_SOURCE_ARCHIVES, parse_version, version_at_least,
+                       VersionChoice)
 
 # memory one compile job may take, and what to leave free. Measured (bench/build_wheel.py,
 # docs/jetson.md 4c): the largest compiler process of a 0.11.4 CUDA build took 0.95 GiB, two jobs
@@ -32,6 +33,14 @@ IMPORT_CHECK = ('import onnxruntime_genai as og; '
                 'print("onnxruntime_genai", og.__version__, "from", og.__file__)')
 CUDA_CHECK = ('import sys, onnxruntime_genai as og; ok = og.is_cuda_available(); '
               'print("is_cuda_available:", ok); sys.exit(0 if ok else 1)')
+GUIDANCE_CHECK = (
+    'import sys; from phi3v_ros.engine.engine import Engine, EngineConfig; '
+    'from phi3v_ros.engine.generation import Request, GenerationSettings; '
+    'e = Engine(EngineConfig(model_path=sys.argv[1], provider="cuda")); '
+    'r = e.generate(Request(prompt="Is it?", settings=GenerationSettings(max_new_tokens=8), '
+    'answer_format=("choices", ("yes", "no")))); '
+    'print("constrained answer:", repr(r.text), r.constrained_by or r.error); '
+    'sys.exit(0 if r.ok and r.constrained_by == "guidance" else 1)')
 GENERATE_CHECK = (
     'import sys; from phi3v_ros.engine.engine import Engine, EngineConfig; '
     'from phi3v_ros.engine.generation import Request, GenerationSettings; '
@@ -57,6 +66,7 @@ class Options:
     source: Optional[Path] = None           # a local onnxruntime-genai tree instead of a clone
     deps_dir: Optional[Path] = None         # local folders for every FetchContent dependency
     cuda_libs: str = 'toolkit'              # 'toolkit', or 'python': cuBLAS & co from pip wheels
+    guidance: str = 'auto'                  # build constrained answers in: auto, on or off
 
 
 @dataclass
@@ -178,6 +188,21 @@ def header_archive(choice: VersionChoice, ort: Optional[OrtSource]) -> Optional[
         if version:
             return version
     return None
+
+
+def use_guidance(plat: Platform, choice: VersionChoice, opts: Options):
+    """Return (build with guidance?, why) for --guidance auto/on/off (on: checks refuse misses)."""
+    if opts.guidance == 'off':
+        return False, '--guidance off'
+    if parse_version(choice.genai.version) < GUIDANCE_SINCE:
+        return False, f'onnxruntime-genai {choice.genai.version} has none (it came in 0.8)'
+    if not plat.cargo:
+        return (opts.guidance == 'on', 'no Rust (cargo) here' if opts.guidance == 'auto' else
+                '--guidance on')
+    if opts.deps_dir:
+        return (opts.guidance == 'on', 'its Rust crates are downloaded by cargo, and --deps-dir '
+                'builds offline' if opts.guidance == 'auto' else '--guidance on')
+    return True, f'--guidance {opts.guidance}, cargo {plat.cargo}'
 
 
 def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
@@ -360,6 +385,11 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
         argv.append('--skip_csharp')
     if release.skip_examples_flag:
         argv.append('--skip_examples')
+    guidance, why_guidance = use_guidance(plat, choice, opts)
+    notes.append(f'guidance (constrained answers): {"built in" if guidance else "not built"}: '
+                 f'{why_guidance}')
+    if guidance:
+        argv.append('--use_guidance')
     if cmake_path != 'cmake':
         argv += ['--cmake_path', cmake_path]
     argv += ['--cmake_extra_defines', f'CMAKE_CUDA_ARCHITECTURES={arch}', 'ENABLE_TESTS=OFF',
@@ -401,6 +431,11 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
         Step('check-generate', 'Check: a generation on the tiny model runs with provider cuda',
              'verify', argv=[py, '-c', GENERATE_CHECK, str(tiny)], cwd=str(work),
              env=dict(pythonpath), log=str(logs / 'checks.log'), always=True),
+        # a prebuilt wheel may or may not have guidance: said, not failed, when not asked for
+        Step('check-guidance', 'Check: a constrained answer (choices yes/no) on the tiny model',
+             'verify', argv=[py, '-c', GUIDANCE_CHECK, str(tiny)], cwd=str(work),
+             env=dict(pythonpath), log=str(logs / 'checks.log'), always=True,
+             allow_fail=opts.guidance != 'on'),
     ]
     if opts.install:
         steps.append(Step('install', f'Install the wheel into {py} '

@@ -169,6 +169,7 @@ class Platform:
     cmake: Optional[str] = None
     cmake_path: Optional[str] = None
     git: Optional[str] = None
+    cargo: Optional[str] = None     # Rust's cargo version: builds guidance (constrained answers)
     docker: Optional[str] = None
     mem_total: Optional[int] = None
     mem_available: Optional[int] = None
@@ -227,6 +228,7 @@ class Platform:
             f'CMake            {self.cmake or "not found"}'
             + (f' ({self.cmake_path})' if self.cmake_path else ''),
             f'git / docker     {"yes" if self.git else "no"} / {"yes" if self.docker else "no"}',
+            f'Rust (cargo)     {self.cargo or "not found"}',
             f'memory           {gib(self.mem_available)} available of {gib(self.mem_total)}, '
             f'swap free {gib(self.swap_free)}, {self.cpu_count} CPUs',
             f'disk free        {gib(self.disk_free)} in the work folder',
@@ -538,6 +540,10 @@ def detect(probe: Probe, work_dir: str = '/tmp', python: Optional[str] = None,
         result = probe.run([plat.cmake_path, '--version'])
         plat.cmake = parse_first_version(result.stdout) if result.returncode == 0 else None
     plat.git = probe.which('git')
+    cargo = probe.which('cargo')
+    if cargo:
+        result = probe.run([cargo, '--version'])
+        plat.cargo = parse_first_version(result.stdout) if result.returncode == 0 else None
     plat.docker = probe.which('docker')
     mem = parse_meminfo(probe.read_text('/proc/meminfo') or '')
     plat.mem_total = mem.get('MemTotal')

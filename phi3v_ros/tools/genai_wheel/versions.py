@@ -34,6 +34,11 @@ GENAI_REPO_URL = 'https://github.com/microsoft/onnxruntime-genai'
 ORT_ARCHIVE_URL = 'https://github.com/microsoft/onnxruntime/archive/refs/tags/v{version}.tar.gz'
 
 
+# onnxruntime-genai builds guidance (llguidance, a Rust library: constrained answers) from 0.8,
+# when build.py is given --use_guidance
+GUIDANCE_SINCE = (0, 8)
+
+
 def parse_version(text: str) -> Tuple[int, ...]:
     """
     Parse a version: '1.22.0' -> (1, 22, 0); '12.6' -> (12, 6).
