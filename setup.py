@@ -28,6 +28,7 @@ setup(
     entry_points={
         'console_scripts': [
             'vision_qa_node = phi3v_ros.node.vision_qa_node:main',
+            'managed_vision_qa_node = phi3v_ros.node.managed_node:main',
             'ask = phi3v_ros.client.ask:main',
             'synthetic_camera = phi3v_ros.tools.synthetic_camera:main',
             'make_tiny_model = phi3v_ros.tools.make_tiny_model:main',

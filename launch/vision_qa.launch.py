@@ -2,15 +2,20 @@
 Start vision_qa_node: ros2 launch phi3v_ros vision_qa.launch.py model_path:=/path/to/model.
 
 Arguments left empty keep the value from params_file (default: config/vision_qa.yaml of this
-package).
+package). managed:=true starts the managed (lifecycle) node instead, unconfigured, for a
+lifecycle manager to drive; with autostart:=true this launch configures and activates it itself.
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from lifecycle_msgs.msg import Transition
 import yaml
 
 # Launch arguments that set the node parameter of the same name when they are not empty.
@@ -41,20 +46,34 @@ def _node(context):
             overrides[name] = _topics(name, value)
         elif value != '':
             overrides[name] = value
-    return [Node(
-        package='phi3v_ros',
-        executable='vision_qa_node',
-        name='vision_qa',
-        namespace=LaunchConfiguration('namespace'),
-        output='screen',
-        emulate_tty=True,
-        parameters=[LaunchConfiguration('params_file'), overrides],   # later entries win
-        arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
+    common = {
+        'package': 'phi3v_ros',
+        'name': 'vision_qa',
+        'namespace': LaunchConfiguration('namespace'),
+        'output': 'screen',
+        'emulate_tty': True,
+        'parameters': [LaunchConfiguration('params_file'), overrides],   # later entries win
+        'arguments': ['--ros-args', '--log-level', LaunchConfiguration('log_level')],
         # The node exits with code 1 only when one of its threads died (it recovers from
         # everything else in place); a bad parameter exits 2 and would respawn in a loop.
-        respawn=_boolean('respawn', LaunchConfiguration('respawn').perform(context)),
-        respawn_delay=float(LaunchConfiguration('respawn_delay').perform(context)),
-    )]
+        'respawn': _boolean('respawn', LaunchConfiguration('respawn').perform(context)),
+        'respawn_delay': float(LaunchConfiguration('respawn_delay').perform(context)),
+    }
+    if not _boolean('managed', LaunchConfiguration('managed').perform(context)):
+        return [Node(executable='vision_qa_node', **common)]
+    node = LifecycleNode(executable='managed_vision_qa_node', **common)
+    if not _boolean('autostart', LaunchConfiguration('autostart').perform(context)):
+        return [node]      # a lifecycle manager drives it
+
+    def change(transition):
+        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                           transition_id=transition))
+    # configured (the model loaded): activate; a configure that fails leaves it unconfigured
+    return [node,
+            RegisterEventHandler(OnStateTransition(
+                target_lifecycle_node=node, goal_state='inactive',
+                entities=[change(Transition.TRANSITION_ACTIVATE)])),
+            change(Transition.TRANSITION_CONFIGURE)]
 
 
 def _topics(name, value):
@@ -88,5 +107,11 @@ def generate_launch_description():
                                           'with code 1 only when one of its threads died)'),
         DeclareLaunchArgument('respawn_delay', default_value='2.0',
                               description='seconds before a respawn'),
+        DeclareLaunchArgument('managed', default_value='false',
+                              description='true: the managed (lifecycle) node, which loads the '
+                                          'model at configure and frees it at cleanup'),
+        DeclareLaunchArgument('autostart', default_value='false',
+                              description='with managed:=true: configure and activate it here '
+                                          '(false: leave it to a lifecycle manager)'),
     ]
     return LaunchDescription(declared + [OpaqueFunction(function=_node)])

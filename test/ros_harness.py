@@ -13,6 +13,7 @@ from phi3v_ros.tools.ros_domain import isolate_ros_domain  # noqa: F401
 import psutil
 
 CONSOLE_SCRIPT_MODULES = {'vision_qa_node': 'phi3v_ros.node.vision_qa_node',
+                          'managed_vision_qa_node': 'phi3v_ros.node.managed_node',
                           'ask': 'phi3v_ros.client.ask',
                           'synthetic_camera': 'phi3v_ros.tools.synthetic_camera'}
 
@@ -65,9 +66,10 @@ def _kill_leftovers():
 class NodeProcess:
     """vision_qa_node in a subprocess; its output is kept for assertions and failure messages."""
 
-    def __init__(self, parameters, extra_args=(), prefix=(), env=None):
+    def __init__(self, parameters, extra_args=(), prefix=(), env=None,
+                 executable='vision_qa_node'):
         """Start the node; prefix is put before the command (unshare, ...), env replaces os's."""
-        args = list(prefix) + entry_point('vision_qa_node') + ['--ros-args']
+        args = list(prefix) + entry_point(executable) + ['--ros-args']
         for name, value in parameters.items():
             args += ['-p', f'{name}:={value}']
         args += list(extra_args)

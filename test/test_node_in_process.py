@@ -34,7 +34,7 @@ def node_and_executor(tiny_model):
 
 def test_a_dead_thread_makes_the_node_exit_1_and_diagnostics_say_error(node_and_executor):
     from phi3v_ros.node.diagnostics import engine_status, ERROR
-    from phi3v_ros.node.vision_qa_node import spin_until_stopped
+    from phi3v_ros.node.shell import spin_until_stopped
     node, executor = node_and_executor
     stop = Stop()
     stop.received = 'SIGINT'

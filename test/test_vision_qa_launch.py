@@ -7,7 +7,6 @@ on `image` would reply that no camera image arrived). Runs under `colcon test` o
 skipped where launch_testing is not installed (PyPI).
 """
 import os
-import tempfile
 import threading
 import unittest
 
@@ -18,13 +17,9 @@ pytest.importorskip('launch_ros')
 pytest.importorskip('onnxruntime_genai')
 
 # Imported after the skips: E402, and I100 for the first one, which cannot sort above pytest.
-from ament_index_python.packages import get_package_share_directory  # noqa: E402, I100
-import launch  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-import launch_testing.actions  # noqa: E402
+from launch_includes import vision_qa_launches  # noqa: E402, I100
 import launch_testing.asserts  # noqa: E402
 import numpy as np  # noqa: E402
-from phi3v_ros.tools.make_tiny_model import make_tiny_model  # noqa: E402
 import rclpy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -35,22 +30,11 @@ NAMESPACE = f'/phi3v_launch_test_{os.getpid()}'
 LAUNCHES = [(NAMESPACE, {}, ('image',)),
             (NAMESPACE + '_cameras', {'image_topics': '[head/image, wrist/image]'},
              ('head/image', 'wrist/image'))]
-# Removed when the test process exits.
-MODEL_DIR = tempfile.TemporaryDirectory(prefix='phi3v_ros_launch_test_')
 
 
 @pytest.mark.launch_test
 def generate_test_description():
-    model = make_tiny_model(os.path.join(MODEL_DIR.name, 'model'))
-    launch_file = os.path.join(get_package_share_directory('phi3v_ros'), 'launch',
-                               'vision_qa.launch.py')
-    includes = []
-    for namespace, arguments, _ in LAUNCHES:
-        includes.append(launch.actions.IncludeLaunchDescription(
-            PythonLaunchDescriptionSource(launch_file),
-            launch_arguments={'model_path': str(model), 'provider': 'cpu',
-                              'namespace': namespace, **arguments}.items()))
-    return launch.LaunchDescription(includes + [launch_testing.actions.ReadyToTest()])
+    return vision_qa_launches([(namespace, arguments) for namespace, arguments, _ in LAUNCHES])
 
 
 class TestVisionQALaunch(unittest.TestCase):

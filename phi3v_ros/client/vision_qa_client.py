@@ -42,6 +42,9 @@ from phi3v_ros.interface.requests import (AnswerFormat, cancel_json, parse_json_
 # How long a request is re-sent by the middleware until the node acknowledges it (publish is
 # asynchronous: a client that exits at once can lose its request).
 DELIVERY_TIMEOUT_S = 2.0
+# Pieces and responses travel on two topics: the last pieces of an answer may come after it.
+# A request's on_piece is kept this long after its response.
+LATE_PIECES_S = 5.0
 
 
 class NodeNotFound(RuntimeError):
@@ -137,6 +140,7 @@ class VisionQAClient:
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
         self._pending: Dict[str, tuple] = {}      # id -> (AnswerFuture, on_piece)
+        self._answered: Dict[str, tuple] = {}     # id -> (on_piece, answered at): late pieces
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
                               reliability=ReliabilityPolicy.RELIABLE)
         self._publisher = node.create_publisher(String, request_topic, reliable)
@@ -229,8 +233,14 @@ class VisionQAClient:
         body = parse_json_object(message.data)
         if body is None or not isinstance(body.get('id'), str):
             return
+        now = time.monotonic()
         with self._lock:
             entry = self._pending.pop(body['id'], None)
+            if entry is not None and entry[1] is not None:
+                self._answered[body['id']] = (entry[1], now)
+            for late in [key for key, (_, at) in self._answered.items()
+                         if now - at > LATE_PIECES_S]:
+                del self._answered[late]
         if entry is not None and not entry[0].done():
             entry[0].set_result(Answer.from_response(body))
 
@@ -239,6 +249,8 @@ class VisionQAClient:
         if body is None or not isinstance(body.get('piece'), str):
             return
         with self._lock:
-            entry = self._pending.get(body.get('id'))
-        if entry is not None and entry[1] is not None:
-            entry[1](body['piece'])
+            pending = self._pending.get(body.get('id'))
+            answered = self._answered.get(body.get('id'))
+        on_piece = pending[1] if pending is not None else answered[0] if answered else None
+        if on_piece is not None:
+            on_piece(body['piece'])

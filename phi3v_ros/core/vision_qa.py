@@ -29,7 +29,7 @@ import dataclasses
 import itertools
 import threading
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 from phi3v_ros.base.errors import EngineError, ImageConversionError, PromptError
 from phi3v_ros.base.guarded_thread import start_guarded, ThreadHealth
@@ -100,10 +100,29 @@ class Reply:
 
 @dataclasses.dataclass
 class Counters:
+    """Prompts and requests: received = answered + rejected + failed once all are replied to."""
+
     received: int = 0
     answered: int = 0
     rejected: int = 0
     failed: int = 0
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False,
+                                              compare=False)
+
+    def count_refused(self) -> None:
+        """Count one received and refused at once (by the shell: malformed, node inactive)."""
+        with self._lock:
+            self.received += 1
+            self.rejected += 1
+
+    def count_received(self) -> None:
+        with self._lock:
+            self.received += 1
+
+    def count(self, outcome: str) -> None:
+        """Count one reply: outcome 'answered', 'rejected' or 'failed'."""
+        with self._lock:
+            setattr(self, outcome, getattr(self, outcome) + 1)
 
 
 class _Cancelled(Exception):
@@ -144,14 +163,16 @@ class VisionQA:
                  options: QAOptions = QAOptions(),
                  log: Callable[[str], None] = lambda text: None,
                  health: Optional[ThreadHealth] = None,
-                 result_grace_s: float = RESULT_GRACE_S) -> None:
+                 result_grace_s: float = RESULT_GRACE_S,
+                 counters: Optional[Counters] = None,
+                 ids: Optional[Iterator[int]] = None) -> None:
         self._engine = engine
         self._cameras = cameras
         self._convert_frame = convert_frame
         self._on_reply = on_reply
         self._on_piece = on_piece
         self._log = log
-        self._ids = itertools.count(1)
+        self._ids = ids if ids is not None else itertools.count(1)   # shared across VisionQAs
         self._queue: PromptQueue[Ticket] = PromptQueue(options.max_queue, options.busy_policy)
         self._history = ConversationHistory(options.history_turns)
         self._options = options
@@ -159,9 +180,10 @@ class VisionQA:
         self._result_grace_s = result_grace_s
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        self._close_reason = 'the node is shutting down.'
         self._current: Optional[_Current] = None
         self._open_ids: set = set()
-        self.counters = Counters()
+        self.counters = counters if counters is not None else Counters()
         self.last_result: Optional[Result] = None
         self.last_frames: Tuple[BoundFrame, ...] = ()   # the frames of the last answer
         self._thread: Optional[threading.Thread] = None
@@ -178,8 +200,7 @@ class VisionQA:
 
         Refusals are replied to at once, from the caller's thread.
         """
-        with self._lock:
-            self.counters.received += 1
+        self.counters.count_received()
         ticket = Ticket(next(self._ids), text, time.monotonic(), request)
         try:
             ticket = dataclasses.replace(
@@ -190,7 +211,7 @@ class VisionQA:
             self._reply(ticket, f'{exc}.', 'rejected')
             return ticket
         if self._closing.is_set():
-            self._reply(ticket, 'the node is shutting down.', 'rejected')
+            self._reply(ticket, self._close_reason, 'rejected')
             return ticket
         if request is not None:
             with self._lock:
@@ -206,7 +227,7 @@ class VisionQA:
                 return ticket
         loser = self._queue.put(ticket)
         if loser is ticket and self._closing.is_set():    # closed since the check above
-            self._reply(ticket, 'the node is shutting down.', 'rejected')
+            self._reply(ticket, self._close_reason, 'rejected')
         elif loser is ticket:
             self._reply(ticket, f'busy: {self._queue.max_size} prompts are already waiting '
                                 '(busy_policy reject); ask again later.', 'rejected')
@@ -225,12 +246,6 @@ class VisionQA:
         if request.max_new_tokens is not None and request.max_new_tokens > ceiling:
             raise _Refused(f'max_new_tokens {request.max_new_tokens} is more than the node '
                            f'allows ({ceiling}, its max_new_tokens parameter)')
-
-    def count_refused_request(self) -> None:
-        """Count a request message that could not be read as one (its response is sent)."""
-        with self._lock:
-            self.counters.received += 1
-            self.counters.rejected += 1
 
     def cancel_request(self, request_id: str) -> bool:
         """
@@ -291,16 +306,22 @@ class VisionQA:
     def busy(self) -> bool:
         return self._current is not None
 
-    def close(self) -> None:
+    def close(self, reason: str = 'the node is shutting down.') -> None:
         """
         Stop taking prompts: the waiting ones get an ERROR reply, the current one is cancelled.
 
-        Never blocks. Then close the engine (which ends the request in flight) and join().
+        reason is their reply's sentence. Never blocks. Then close the engine (which ends the
+        request in flight), or not (a deactivation keeps it), and join().
         """
+        self._close_reason = reason
         self._closing.set()
         for ticket in self._queue.close():
-            self._reply(ticket, 'the node is shutting down.', 'rejected')
+            self._reply(ticket, reason, 'rejected')
         self.cancel()
+
+    @property
+    def closed(self) -> bool:
+        return self._closing.is_set()
 
     def join(self, timeout_s: float = 2.0) -> bool:
         """Wait for the dispatcher to finish its prompt; False if it is still busy."""
@@ -514,7 +535,7 @@ class VisionQA:
 
     def _cancel_reason(self, current: _Current) -> str:
         if self._closing.is_set():
-            return 'the node is shutting down.'
+            return self._close_reason
         return f'cancelled ({current.cancelled_by}) before the answer was complete.'
 
     def _check_cancel(self, current: _Current) -> None:
@@ -531,8 +552,8 @@ class VisionQA:
         """Count and hand on the one reply of a ticket (keep_id: its id is another's, open)."""
         if outcome != 'answered':
             text = ERROR_PREFIX + text
+        self.counters.count(outcome)
         with self._lock:
-            setattr(self.counters, outcome, getattr(self.counters, outcome) + 1)
             if self._current is not None and self._current.ticket is ticket:
                 self._current.replied = True
             if ticket.request is not None and not keep_id:

@@ -97,3 +97,22 @@ def camera_statuses(cameras, max_image_age_s: float) -> List[CameraStatus]:
             ('frame_id', '' if found is None else found.frame.frame_id),
         ]))
     return statuses
+
+
+def idle_status(phase: str, counters, model_path: str,
+                health=None) -> Tuple[int, str, List[Tuple[str, str]]]:
+    """Describe a node with no worker (managed, unconfigured): (level, message, key/values)."""
+    dead = health.dead_threads if health is not None else []
+    level, message = WARN, f'{phase} (lifecycle): no model loaded'
+    if dead:
+        level, message = ERROR, f'thread {", ".join(dead)} ended; the node exits to be restarted'
+    return level, message, [
+        ('lifecycle_state', phase),
+        ('engine_state', EngineState.STOPPED.value),
+        ('model_path', model_path),
+        ('prompts_received', str(counters.received)),
+        ('prompts_answered', str(counters.answered)),
+        ('prompts_rejected', str(counters.rejected)),
+        ('prompts_failed', str(counters.failed)),
+        ('internal_errors', str(health.error_count if health is not None else 0)),
+    ]
