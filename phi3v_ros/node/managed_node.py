@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import sys
 
+from lifecycle_msgs.srv import ChangeState
 from phi3v_ros.base.errors import ConfigurationError, EngineError
 from phi3v_ros.node.shell import RELOADED, run, VisionQAShell
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -40,9 +41,34 @@ class ManagedVisionQANode(VisionQAShell, LifecycleNode):
     def __init__(self, **kwargs) -> None:
         super().__init__('vision_qa', **kwargs)
         self._interface_group = MutuallyExclusiveCallbackGroup()
+        self._refuse_transitions_not_allowed()
         self._init_shell(writable=RELOADED)
         self.get_logger().info('unconfigured: configure and activate me to get answers '
                                '(ros2 lifecycle set <node> configure)')
+
+    def _refuse_transitions_not_allowed(self) -> None:
+        """
+        Answer success=False to a transition the state has not (activate while unconfigured).
+
+        Humble's and Jazzy's rclpy raise out of the change_state service then (Kilted's answer
+        False): the caller never gets its response and the error reaches the executor. The
+        state machine refuses before any callback of ours runs, so the state is unchanged.
+        """
+        for service in self.services:
+            if service.srv_type is ChangeState:
+                service.callback = self._answering_refusals(service.callback)
+
+    def _answering_refusals(self, change_state):
+        def guarded(request, response):
+            try:
+                return change_state(request, response)
+            except Exception as exc:  # noqa: BLE001 - rclpy's RCLError, whose module is private
+                self.get_logger().warning(
+                    f'transition {request.transition.label or request.transition.id} refused '
+                    f'in state {self._phase}: {exc}')
+                response.success = False
+                return response
+        return guarded
 
     def _callback_group(self):
         return self._interface_group

@@ -47,12 +47,11 @@ class _NoDowngrade(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-_OPENER = urllib.request.build_opener(_NoDowngrade)
-
-
 def urlopen(request, timeout: float):
     """Open a URL as urllib does, with only the redirects _NoDowngrade allows."""
-    return _OPENER.open(request, timeout=timeout)
+    # An opener per call: from Python 3.12 an HTTPSHandler reads the trust store (SSL_CERT_FILE)
+    # and the proxies when it is made, so one made at import would miss what is set after it.
+    return urllib.request.build_opener(_NoDowngrade).open(request, timeout=timeout)
 
 
 def inside(folder: Path, name: str) -> Path:
