@@ -183,6 +183,7 @@ def test_diagnostics_report_state_counts_and_frames(clean, node):
         assert clean.latest_diagnostic(key) is not None, key
     assert clean.latest_diagnostic('provider') == 'cpu'
     assert clean.latest_diagnostic('engine_state') in ('ready', 'generating')
+    assert clean.latest_diagnostic('cuda_graph') == 'off'
 
 
 def test_ask_client_exit_codes(clean, node):

@@ -20,3 +20,10 @@ def short_repr(value: Any, limit: int = 40) -> str:
     except Exception:  # noqa: BLE001 - a hostile __repr__ must not change the exception type
         text = '<unprintable %s>' % type(value).__name__
     return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def first_line(text: str, limit: int = 200) -> str:
+    """Return the first line of a message (onnxruntime's run on), cut to limit characters."""
+    lines = text.strip().splitlines()
+    line = lines[0] if lines else ''
+    return line if len(line) <= limit else line[:limit - 3] + '...'

@@ -39,6 +39,7 @@ is still retried.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
 from multiprocessing.connection import wait
@@ -468,7 +469,13 @@ class EngineClient:
 
     def _start_worker(self) -> None:
         try:
-            worker = _Worker(self.config, self._warmup)
+            config = self.config
+            with self._lock:
+                graph = str(self.info.get('cuda_graph', ''))
+            if graph.startswith('off:'):
+                # a worker turned the graph off (worker_main): its successors need not try again
+                config = dataclasses.replace(config, cuda_graph=False)
+            worker = _Worker(config, self._warmup)
         except Exception as exc:  # noqa: BLE001 - ENOMEM, EAGAIN, a full /tmp: retried
             with self._lock:
                 if not self._closing.is_set():

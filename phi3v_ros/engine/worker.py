@@ -12,16 +12,21 @@ parent -> worker: ('start', EngineConfig, warmup) first, then
                   ('generate', id, WorkItem) | ('cancel', id) | ('shutdown',)
 worker -> parent: ('log', text) | ('ready', info) | ('load_failed', reason)
                   | ('piece', id, text) | ('result', id, Result)
+
+cuda_graph is fail-safe here: a model that does not load or warm up with a graph is loaded again
+without one, and info['cuda_graph'] says why ('off: ...'; the parent does not ask again).
 """
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import queue
 import threading
 from typing import Optional, Tuple
 
 from phi3v_ros.base.errors import ModelLoadError, Phi3vRosError
+from phi3v_ros.base.text import first_line
 from phi3v_ros.engine.engine import Engine, EngineConfig
 from phi3v_ros.engine.generation import GenerationSettings, Request, Result, StopReason, Turn
 from phi3v_ros.engine.piece_coalescer import PieceCoalescer
@@ -64,6 +69,22 @@ def _warm_up(engine: Engine) -> None:
         # same way: report it as a load failure instead of a ready engine that answers only errors.
         raise ModelLoadError(f'the model in {engine.config.model_path!r} loaded but cannot answer '
                              f'(warm-up request failed: {result.error})')
+
+
+def _start_engine(config: EngineConfig, warmup: bool,
+                  log) -> Tuple[Optional[Engine], Optional[str]]:
+    """Load the model (and warm it up): (engine, None), or (None, why it failed)."""
+    try:
+        engine = Engine(config, log=log)
+        # with a CUDA graph the warm-up always runs: the graph is captured there, so that a
+        # capture that fails is found before the first answer depends on it
+        if warmup or config.cuda_graph:
+            _warm_up(engine)
+        return engine, None
+    except Phi3vRosError as exc:
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - anything at load time must reach the parent as text
+        return None, f'{type(exc).__name__}: {exc}'
 
 
 class _Inbox:
@@ -111,6 +132,15 @@ class _Inbox:
                 return
 
 
+def graph_state(requested: bool, provider: str, refused: Optional[str]) -> str:
+    """Say what became of cuda_graph, for /diagnostics: 'on', 'off', or 'off: why' (asked for)."""
+    if not requested:
+        return 'off'
+    if refused is not None:
+        return f'off: {refused}'
+    return 'on' if provider == 'cuda' else f'off: the {provider} provider'
+
+
 def worker_main(conn, config: EngineConfig, warmup: bool) -> None:
     """
     Serve on conn until 'shutdown' (worker_launch.main calls it in the spawned process).
@@ -119,20 +149,28 @@ def worker_main(conn, config: EngineConfig, warmup: bool) -> None:
     is answered as "shutting down" and no restart is scheduled; worker_launch makes it ignore
     SIGINT and SIGTERM and die with the parent before anything else.
     """
-    try:
-        engine = Engine(config, log=lambda text: conn.send(('log', text)))
-        if warmup:
-            _warm_up(engine)
-    except Phi3vRosError as exc:
-        conn.send(('load_failed', str(exc)))
-        return
-    except Exception as exc:  # noqa: BLE001 - anything at load time must reach the parent as text
-        conn.send(('load_failed', f'{type(exc).__name__}: {exc}'))
+    log = lambda text: conn.send(('log', text))  # noqa: E731
+    engine, failure = _start_engine(config, warmup, log)
+    graph_refused = None
+    if failure is not None and config.cuda_graph:
+        # A decoder with control flow (LongRoPE's If) is refused at load, a graph that cannot be
+        # captured fails the warm-up: the answer must come anyway, so the graph turns itself off.
+        # Outside the except: the failed engine is gone before the second load takes its memory.
+        graph_refused = first_line(failure)
+        log(f'cuda_graph: the model did not load or warm up with it on ({failure}); trying once '
+            'more with it off')
+        gc.collect()
+        engine, failure = _start_engine(dataclasses.replace(config, cuda_graph=False), warmup,
+                                        log)
+    if failure is not None:
+        conn.send(('load_failed', failure))
         return
     conn.send(('ready', {'provider': engine.provider, 'load_s': engine.load_s,
                          'genai_version': engine.genai_version, 'pid': os.getpid(),
                          'image_preprocessing': engine.image_preprocessing,
-                         'context_length': engine.context_length}))
+                         'context_length': engine.context_length,
+                         'cuda_graph': graph_state(config.cuda_graph, engine.provider,
+                                                   graph_refused)}))
     inbox = _Inbox(conn)
     frames = FrameReceiver()
     while True:
