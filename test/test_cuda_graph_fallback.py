@@ -45,9 +45,12 @@ class WorkerLoop:
                 return seen
 
     def stop(self):
-        if self.thread.is_alive():
+        """Ask the loop to end, unless it ended by itself (after load_failed), and join it."""
+        try:
             self.conn.send(('shutdown',))
-            self.thread.join(TIMEOUT_S)
+        except OSError:   # its end of the pipe is closed: the loop has returned
+            pass
+        self.thread.join(TIMEOUT_S)
         assert not self.thread.is_alive()
 
 
@@ -91,6 +94,8 @@ def test_a_load_error_that_is_not_the_graph_is_still_reported(tmp_path):
     try:
         kind, reason = loop.until('ready', 'load_failed')[-1]
         assert kind == 'load_failed' and 'does not exist' in reason
+        loop.thread.join(TIMEOUT_S)
+        assert not loop.thread.is_alive(), 'the worker loop did not end after load_failed'
     finally:
         loop.stop()
 
