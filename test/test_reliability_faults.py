@@ -134,7 +134,9 @@ def test_a_stalled_worker_is_detected_and_replaced(ready, node):
         if alive(worker):
             worker.send_signal(signal.SIGCONT)
     took = time.monotonic() - stopped
-    assert 1.0 <= took < 2.5, took             # stall_timeout is 1 s
+    # stall_timeout is 1 s, counted from the worker's last message, which came up to a piece
+    # interval (20 ms, more under load) before the SIGSTOP: not before that, and not much later
+    assert 0.9 <= took < 5.0, took
     assert 'was silent for stall_timeout (1 s)' in reply and reply.startswith(ERROR), reply
     assert wait_until(lambda: not alive(worker), 5)
     assert_next_prompt_answered(peer)
