@@ -16,6 +16,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hang_watchdog import pytest_configure, pytest_runtest_protocol  # noqa: E402,F401,I100
 
 
+@pytest.fixture(autouse=True)
+def no_node_outlives_its_test():
+    """
+    Kill the nodes a test started and left running (it failed before it stopped them).
+
+    Function-scoped and autouse: set up after the module fixtures, whose nodes it leaves alone.
+    """
+    from ros_harness import kill_started_since, started_count
+    count = started_count()
+    yield
+    kill_started_since(count)
+
+
 @pytest.fixture(scope='session')
 def tiny_model(tmp_path_factory):
     """

@@ -15,7 +15,10 @@ import contextlib
 import faulthandler
 import os
 import signal
+import sys
+import sysconfig
 import threading
+import traceback
 
 import psutil
 import pytest
@@ -31,6 +34,9 @@ def limit_s():
 
 
 _REAL_STDERR = []
+# Python's and the installed packages' code (pytest, rclpy): not what a hang report is about
+_LIBRARIES = tuple({sysconfig.get_paths()[name] for name in ('stdlib', 'platstdlib', 'purelib',
+                                                             'platlib')}) + ('<',)
 
 
 def pytest_configure(config):
@@ -56,11 +62,41 @@ def kill_descendants():
     return len(children)
 
 
+def where(thread_id, frames=6):
+    """Return the innermost frames of the project's own code in a thread's stack, on one line."""
+    frame = sys._current_frames().get(thread_id)
+    if frame is None:
+        return 'the thread has ended'
+    own = [f'{os.path.basename(entry.filename)}:{entry.lineno} {entry.name}'
+           for entry in traceback.extract_stack(frame)
+           if f'{os.sep}phi3v_ros{os.sep}' in entry.filename
+           or not entry.filename.startswith(_LIBRARIES)]
+    return ' > '.join(own[-frames:]) or "outside the project's code"
+
+
+def machine_state(biggest=4):
+    """Return the load, the free memory and the largest processes, on one line."""
+    try:
+        memory = psutil.virtual_memory()
+        processes = sorted(psutil.process_iter(['pid', 'name', 'memory_info']),
+                           key=lambda p: p.info['memory_info'].rss if p.info['memory_info']
+                           else 0, reverse=True)[:biggest]
+        largest = ', '.join(f"{p.info['name']}({p.info['pid']}) "
+                            f"{p.info['memory_info'].rss / 2 ** 20:.0f} MiB" for p in processes
+                            if p.info['memory_info'])
+        return (f'load {os.getloadavg()[0]:.1f}, {memory.available / 2 ** 20:.0f} of '
+                f'{memory.total / 2 ** 20:.0f} MiB available, '
+                f'{len(psutil.pids())} processes, largest: {largest}')
+    except Exception as error:  # noqa: BLE001 - a report, never the thing that fails
+        return f'unknown ({error!r})'
+
+
 @contextlib.contextmanager
 def bounded(test_id, stream, limit=None):
     """Run the with-block under the watchdog; a block that ends in time disarms it."""
     limit = limit_s() if limit is None else limit
     done, fired = threading.Event(), threading.Event()
+    main_thread = threading.get_ident()
 
     def watch():
         try:
@@ -72,6 +108,9 @@ def bounded(test_id, stream, limit=None):
             stream.flush()
             faulthandler.dump_traceback(file=stream, all_threads=True)
             killed = kill_descendants()
+            # CI shows the end of the output only, and the dump ends with pytest's own frames
+            stream.write(f'*** {test_id} was at: {where(main_thread)}\n')
+            stream.write(f'*** the machine then: {machine_state()}\n')
             stream.write(f'*** killed {killed} child processes; interrupting the test run\n')
             stream.flush()
             os.kill(os.getpid(), signal.SIGINT)   # a real signal: it wakes a blocked wait

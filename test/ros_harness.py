@@ -51,16 +51,32 @@ def entry_point(name):
 _STARTED = []
 
 
+def started_count():
+    """Return how many nodes were started so far (for kill_started_since)."""
+    return len(_STARTED)
+
+
+def kill_started_since(count):
+    """
+    Kill the nodes started after the first count that still run; return how many there were.
+
+    A test that fails between start and stop (or whose peer fails to close) must not leave a node
+    and its worker running into the next tests: idle nodes load a 2-core CI machine.
+    """
+    left = [node for node in _STARTED[count:] if node.process.poll() is None]
+    for node in left:
+        try:
+            os.killpg(node.process.pid, signal.SIGKILL)
+            node.process.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return len(left)
+
+
 @atexit.register
 def _kill_leftovers():
-    """
-    Kill the nodes still running at exit.
-
-    A test that fails between start and stop must not leave a node (and its worker) running.
-    """
-    for node in _STARTED:
-        if node.process.poll() is None:
-            os.killpg(node.process.pid, signal.SIGKILL)
+    """Kill the nodes still running at exit (those of module fixtures, and any left)."""
+    kill_started_since(0)
 
 
 class NodeProcess:

@@ -39,6 +39,8 @@ def test_a_hanging_test_fails_the_run_with_its_stack_and_kills_its_children(tmp_
     assert run.returncode == 2, output   # pytest's code for an interrupted run
     assert 'test_suite.py::test_hangs ran past 2 s' in output, output
     assert 'in test_hangs' in output, output   # the hanging test's frame is in the stack dump
+    # and, in one line after the dump (CI shows the end of the output), where the test was
+    assert re.search(r'test_hangs was at: test_suite.py:\d+ test_hangs\n', output), output
     assert 'killed 1 child processes' in output, output
     assert '1 passed' in output and 'test_never_reached' not in output, output
     child_pid = int(re.search(r'child (\d+)', output).group(1))

@@ -65,8 +65,13 @@ class LifecyclePeer:
                 self.diagnostics = {pair.key: pair.value for pair in status.values}
 
     def call(self, client, request, timeout=120):
+        # Each service is discovered on its own: change_state being there says nothing of
+        # get_state, and a request sent before its server is matched is lost (seen on Jazzy).
+        assert client.wait_for_service(timeout_sec=60), f'{client.srv_name} not available'
         future = client.call_async(request)
-        assert wait_until(future.done, timeout), f'{client.srv_name} did not answer'
+        assert wait_until(lambda: future.done() or self.ros.error is not None, timeout), \
+            f'{client.srv_name} did not answer'
+        assert self.ros.error is None, f'the peer stopped spinning: {self.ros.error!r}'
         return future.result()
 
     def transition(self, name):

@@ -104,6 +104,31 @@ def test_clients_asking_at_once_each_get_exactly_their_own_answers(node, client)
         assert answer.id == future.request_id and answer.ok and answer.value.isdigit()
 
 
+def test_a_response_reaches_a_client_that_subscribed_after_it_was_sent(node):
+    """The node keeps its responses for late readers (transient local, interface/qos.py)."""
+    from phi3v_ros.interface.qos import response_qos
+    from std_msgs.msg import String
+    peer = RawPeer()
+    late, received = None, []
+    try:
+        peer.send(json.dumps({'id': 'sent-before', 'question': '   '}))   # answered at once
+        with peer.changed:
+            assert peer.changed.wait_for(lambda: any(
+                r.get('id') == 'sent-before' for r in peer.responses), 60), peer.responses
+        late = SpinningNode('late_reader')
+        late.node.create_subscription(String, 'response',
+                                      lambda m: received.append(json.loads(m.data)),
+                                      response_qos())
+        late.start()
+        assert wait_until(lambda: any(r.get('id') == 'sent-before' for r in received), 30), \
+            received
+        assert [r['status'] for r in received if r.get('id') == 'sent-before'] == ['error']
+    finally:
+        peer.ros.close()
+        if late is not None:
+            late.close()
+
+
 def test_every_malformed_request_gets_one_error_response_and_the_node_stays_up(node, client):
     peer = RawPeer()
     try:

@@ -36,6 +36,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 import uuid
 
+from phi3v_ros.interface.qos import response_qos
 from phi3v_ros.interface.requests import (AnswerFormat, cancel_json, parse_json_object,
                                           QARequest, request_json, STATUS_OK)
 
@@ -145,9 +146,9 @@ class VisionQAClient:
                               reliability=ReliabilityPolicy.RELIABLE)
         self._publisher = node.create_publisher(String, request_topic, reliable)
         self._response_topic = node.resolve_topic_name(response_topic)
-        node.create_subscription(String, response_topic, self._on_response,
-                                 QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
-                                            reliability=ReliabilityPolicy.RELIABLE))
+        # transient local (interface/qos.py): a response sent before the node met this
+        # subscription still arrives
+        node.create_subscription(String, response_topic, self._on_response, response_qos())
         node.create_subscription(String, response_topic + '/stream', self._on_piece, 1000)
         if self._own is not None:
             self._own.start()
@@ -230,6 +231,8 @@ class VisionQAClient:
     # -- callbacks (in the thread that spins the node) ------------------------------------------
 
     def _on_response(self, message) -> None:
+        if self._prefix not in message.data:
+            return      # another client's (a new client is sent up to 1000 earlier responses)
         body = parse_json_object(message.data)
         if body is None or not isinstance(body.get('id'), str):
             return

@@ -46,6 +46,7 @@ from phi3v_ros.engine.engine_client import EngineClient, EngineState
 from phi3v_ros.frames.cameras import Cameras, describe_frames
 from phi3v_ros.frames.frame_cache import FrameAge
 from phi3v_ros.frames.frame_conversion import FrameConverter
+from phi3v_ros.interface.qos import response_qos
 from phi3v_ros.interface.replies import ERROR_PREFIX
 from phi3v_ros.interface.requests import (CancelRequest, parse_request, piece_json, RequestError,
                                           response_json, STATUS_ERROR)
@@ -192,7 +193,7 @@ class VisionQAShell:
         self._answer_pub = self.create_publisher(String, v['answer_topic'], ANSWER_DEPTH)
         self._stream_pub = self.create_publisher(String, v['answer_topic'] + '/stream',
                                                  STREAM_DEPTH)
-        self._response_pub = self.create_publisher(String, v['response_topic'], ANSWER_DEPTH)
+        self._response_pub = self.create_publisher(String, v['response_topic'], response_qos())
         self._response_stream_pub = self.create_publisher(
             String, v['response_topic'] + '/stream', STREAM_DEPTH)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics',
