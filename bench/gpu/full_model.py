@@ -51,6 +51,36 @@ TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_ma
 BOS, EOS, PAD = 1, 32007, 32000      # the published Phi-3-vision ids
 
 
+# The rope scaling of microsoft/Phi-3-vision-128k-instruct's config.json ("type": "su", i.e.
+# LongRoPE; original_max_position_embeddings 4096, max_position_embeddings 131072, rope_theta
+# 10000), as reproduced in two public test suites that build models from it:
+# huggingface/diffusers tests/pipelines/omnigen/test_pipeline_omnigen.py ("_name_or_path":
+# "Phi-3-vision-128k-instruct") and mlx-vlm's phi3_v model test. 48 values each: one per pair of
+# the 96-wide head.
+PHI3V_LONG_FACTOR = (
+    1.0299999713897705, 1.0499999523162842, 1.0499999523162842, 1.0799999237060547,
+    1.2299998998641968, 1.2299998998641968, 1.2999999523162842, 1.4499999284744263,
+    1.5999999046325684, 1.6499998569488525, 1.8999998569488525, 2.859999895095825,
+    3.68999981880188, 5.419999599456787, 5.489999771118164, 5.489999771118164,
+    9.09000015258789, 11.579999923706055, 15.65999984741211, 15.769999504089355,
+    15.789999961853027, 18.360000610351562, 21.989999771118164, 23.079999923706055,
+    30.009998321533203, 32.35000228881836, 32.590003967285156, 35.56000518798828,
+    39.95000457763672, 53.840003967285156, 56.20000457763672, 57.95000457763672,
+    59.29000473022461, 59.77000427246094, 59.920005798339844, 61.190006256103516,
+    61.96000671386719, 62.50000762939453, 63.3700065612793, 63.48000717163086,
+    63.48000717163086, 63.66000747680664, 63.850006103515625, 64.08000946044922,
+    64.760009765625, 64.80001068115234, 64.81001281738281, 64.81001281738281)
+PHI3V_SHORT_FACTOR = (
+    (1.05,) * 3 + (1.1,) * 3 + (1.2500000000000002,) * 2
+    + (1.4000000000000004, 1.4500000000000004, 1.5500000000000005, 1.8500000000000008,
+       1.9000000000000008)
+    + (2.000000000000001,) * 19 + (2.1000000000000005,) * 2 + (2.2,)
+    + (2.3499999999999996,) * 4 + (2.3999999999999995,) * 2
+    + (2.6499999999999986, 2.6999999999999984, 2.8999999999999977, 2.9499999999999975)
+    + (3.049999999999997,) * 3)
+assert len(PHI3V_LONG_FACTOR) == len(PHI3V_SHORT_FACTOR) == 48
+
+
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     vocab: int = 32064
@@ -58,8 +88,11 @@ class Sizes:
     intermediate: int = 8192
     layers: int = 32
     heads: int = 32
-    # above the original 4096 the builder takes its LongRoPE path (and fails)
+    # 4096 and no rope scaling: one rotary cache, no control flow (above 4096 without scaling
+    # the builder fails); longrope: the published model's (131072 positions, 4096 original, the
+    # factors above), which the builder writes as an If between two caches
     rope_positions: int = 4096
+    longrope: bool = False
     # what the published genai_config says; answers here stay far below 4096
     context: int = 131072
     vit_width: int = 1024
@@ -158,6 +191,27 @@ def build_embedding_table(sizes: Sizes, seed: int = 1) -> np.ndarray:
     return (rng.standard_normal((sizes.vocab, sizes.hidden)) * 0.02).astype(sizes.dtype)
 
 
+def with_longrope(config_file: str) -> None:
+    """
+    Give a saved Phi3 config.json the published model's rope scaling (the builder reads it there).
+
+    Rotary embeddings have no weights, so the saved model is the same; written into the file
+    rather than through Phi3Config, whose rope arguments changed between transformers releases.
+    The builder reads both 'rope_type' (is it LongRoPE?) and 'type' (its magnitude scaling).
+    """
+    with open(config_file) as f:
+        config = json.load(f)
+    scaling = {'type': 'longrope', 'rope_type': 'longrope',
+               'long_factor': list(PHI3V_LONG_FACTOR), 'short_factor': list(PHI3V_SHORT_FACTOR)}
+    config.update({'max_position_embeddings': 131072, 'original_max_position_embeddings': 4096,
+                   'rope_scaling': scaling})
+    if 'rope_parameters' in config:      # transformers 5 keeps rope_theta there too
+        config['rope_parameters'] = dict(scaling, rope_theta=10000.0)
+    with open(config_file, 'w') as f:
+        json.dump(config, f, indent=2)
+    print(f'decoder: LongRoPE written into {config_file}', flush=True)
+
+
 def build_decoder(sizes: Sizes, tokenizer_dir: str, tokenizer_vocab: int, work: str, out: str,
                   precision: str, execution_provider: str) -> dict:
     """Random Phi3ForCausalLM -> onnxruntime-genai builder; returns the builder's genai_config."""
@@ -181,6 +235,8 @@ def build_decoder(sizes: Sizes, tokenizer_dir: str, tokenizer_vocab: int, work: 
     hf_dir = os.path.join(work, 'hf')
     model.save_pretrained(hf_dir)
     del model
+    if sizes.longrope:
+        with_longrope(os.path.join(hf_dir, 'config.json'))
     for name in TOKENIZER_FILES:
         shutil.copy(os.path.join(tokenizer_dir, name), hf_dir)
     print(f'decoder: random init + save {time.perf_counter() - start:.0f} s', flush=True)
@@ -259,8 +315,12 @@ def main(argv=None) -> int:
                         help='small float32 dims on CPU (checks the layout)')
     parser.add_argument('--precision', default='int4')
     parser.add_argument('--execution-provider', default='cuda')
+    parser.add_argument('--longrope', action='store_true',
+                        help="the published model's rope scaling (LongRoPE: the decoder gets "
+                             'the If that CUDA graphs cannot capture)')
     args = parser.parse_args(argv)
-    print(build(args.out, args.small, args.precision, args.execution_provider))
+    sizes = dataclasses.replace(SMALL if args.small else Sizes(), longrope=args.longrope)
+    print(build(args.out, args.small, args.precision, args.execution_provider, sizes))
     return 0
 
 

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from phi3v_ros.base.errors import EngineError, ModelLoadError
-from phi3v_ros.engine import model_paths
+from phi3v_ros.engine import graph_decoder, model_paths
 from phi3v_ros.engine.genai_releases import (check_genai_release, folder_layout_error,
                                              listed_provider, provider_without_config,
                                              version_tuple)
@@ -206,6 +206,8 @@ class Engine:
         genai_config = read_genai_config(config.model_path, self.genai_version)
         model_section = genai_config['model']
         self.context_length = int(model_section.get('context_length', 4096))
+        # a decoder prepared for CUDA graphs (graph_decoder.py) runs this many tokens, no more
+        self.graph_bound = graph_decoder.bound(config.model_path)
         eos = model_section.get('eos_token_id', [])
         self.eos_token_ids = frozenset(eos if isinstance(eos, list) else [eos])
         # before the model loads (minutes on a Jetson): a wrong value fails at once
@@ -363,6 +365,14 @@ class Engine:
                 result.image_prepare_s = time.perf_counter() - start
             inputs, result.prompt_tokens, result.image_tokens = self._inputs.build(prompt,
                                                                                    prepared)
+        if self.graph_bound is not None and \
+                result.prompt_tokens + settings.max_new_tokens > self.graph_bound:
+            raise EngineError(
+                f'with cuda_graph on, the decoder takes at most {self.graph_bound} tokens, prompt '
+                f'and answer together (the range of its short rotary factors): this prompt is '
+                f'{result.prompt_tokens} tokens and max_new_tokens {settings.max_new_tokens}. '
+                'Ask with fewer crops (max_crops) or cameras or a lower max_new_tokens, or set '
+                'cuda_graph false')
         if result.prompt_tokens >= self.context_length:
             raise EngineError(
                 f'the prompt is {result.prompt_tokens} tokens long, the model takes at most '

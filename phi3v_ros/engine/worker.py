@@ -27,7 +27,9 @@ from typing import Optional, Tuple
 
 from phi3v_ros.base.errors import ModelLoadError, Phi3vRosError
 from phi3v_ros.base.text import first_line
-from phi3v_ros.engine.engine import Engine, EngineConfig
+from phi3v_ros.engine import graph_decoder
+from phi3v_ros.engine.engine import (Engine, EngineConfig, import_genai, read_genai_config,
+                                     resolve_provider)
 from phi3v_ros.engine.generation import GenerationSettings, Request, Result, StopReason, Turn
 from phi3v_ros.engine.piece_coalescer import PieceCoalescer
 from phi3v_ros.frames.frame_transport import FrameReceiver, FrameRef
@@ -132,13 +134,50 @@ class _Inbox:
                 return
 
 
-def graph_state(requested: bool, provider: str, refused: Optional[str]) -> str:
-    """Say what became of cuda_graph, for /diagnostics: 'on', 'off', or 'off: why' (asked for)."""
+def graph_state(requested: bool, provider: str, refused: Optional[str],
+                bound: Optional[int] = None) -> str:
+    """
+    Say what became of cuda_graph, for /diagnostics: 'on', 'off', or 'off: why' (asked for).
+
+    'on (prepared decoder, N tokens)' where it runs on a decoder prepared by graph_decoder.py.
+    """
     if not requested:
         return 'off'
     if refused is not None:
         return f'off: {refused}'
-    return 'on' if provider == 'cuda' else f'off: the {provider} provider'
+    if provider != 'cuda':
+        return f'off: the {provider} provider'
+    return 'on' if bound is None else f'on (prepared decoder, {bound} tokens)'
+
+
+def graph_config(config: EngineConfig, log) -> Tuple[EngineConfig, Optional[str]]:
+    """
+    Return (the config to load, why cuda_graph is off or None) for a CUDA graph on this model.
+
+    A decoder with LongRoPE's If is loaded from its prepared copy (graph_decoder.py), which is
+    made here the first time; one that cannot be prepared loads as it is, with the graph off.
+    Without cuda_graph, on the CPU, or for a folder that does not read, nothing is done here (the
+    load says what is wrong with the folder).
+    """
+    if not config.cuda_graph:
+        return config, None
+    try:
+        og = import_genai()
+        if resolve_provider(config.provider, bool(og.is_cuda_available())) != 'cuda':
+            return config, None
+        read_genai_config(config.model_path, getattr(og, '__version__', 'unknown'))
+    except Exception:  # noqa: BLE001 - reported by the load itself, with the reason
+        return config, None
+    try:
+        folder = graph_decoder.prepare_for_graph(
+            config.model_path, graph_decoder.logits_check(og, 'cuda', config.device_id), log)
+    except Exception as exc:  # noqa: BLE001 - fail-safe: the answer comes without the graph
+        why = str(exc) if isinstance(exc, graph_decoder.NotPreparable) else \
+            f'the decoder could not be prepared ({type(exc).__name__}: {exc})'
+        log(f'cuda_graph: off: {why}')
+        gc.collect()
+        return dataclasses.replace(config, cuda_graph=False), first_line(why)
+    return (config if folder is None else dataclasses.replace(config, model_path=folder)), None
 
 
 def worker_main(conn, config: EngineConfig, warmup: bool) -> None:
@@ -150,8 +189,9 @@ def worker_main(conn, config: EngineConfig, warmup: bool) -> None:
     SIGINT and SIGTERM and die with the parent before anything else.
     """
     log = lambda text: conn.send(('log', text))  # noqa: E731
+    asked = config
+    config, graph_refused = graph_config(config, log)
     engine, failure = _start_engine(config, warmup, log)
-    graph_refused = None
     if failure is not None and config.cuda_graph:
         # A decoder with control flow (LongRoPE's If) is refused at load, a graph that cannot be
         # captured fails the warm-up: the answer must come anyway, so the graph turns itself off.
@@ -160,8 +200,8 @@ def worker_main(conn, config: EngineConfig, warmup: bool) -> None:
         log(f'cuda_graph: the model did not load or warm up with it on ({failure}); trying once '
             'more with it off')
         gc.collect()
-        engine, failure = _start_engine(dataclasses.replace(config, cuda_graph=False), warmup,
-                                        log)
+        engine, failure = _start_engine(dataclasses.replace(asked, cuda_graph=False), warmup,
+                                        log)     # the user's folder, not a prepared one
     if failure is not None:
         conn.send(('load_failed', failure))
         return
@@ -169,8 +209,8 @@ def worker_main(conn, config: EngineConfig, warmup: bool) -> None:
                          'genai_version': engine.genai_version, 'pid': os.getpid(),
                          'image_preprocessing': engine.image_preprocessing,
                          'context_length': engine.context_length,
-                         'cuda_graph': graph_state(config.cuda_graph, engine.provider,
-                                                   graph_refused)}))
+                         'cuda_graph': graph_state(asked.cuda_graph, engine.provider,
+                                                   graph_refused, engine.graph_bound)}))
     inbox = _Inbox(conn)
     frames = FrameReceiver()
     while True:

@@ -402,7 +402,8 @@ def _json_text(obj: dict) -> str:
 def make_tiny_model(out_dir, *, seed: int = 0, end_immediately: bool = False,
                     context_length: int = CONTEXT_LENGTH,
                     num_layers: int = Dims.num_layers, layout: str = 'nov2024',
-                    vocabulary: str = 'tiny') -> pathlib.Path:
+                    vocabulary: str = 'tiny',
+                    longrope_original: Optional[int] = None) -> pathlib.Path:
     """
     Write the tiny model into ``out_dir`` (created if needed) and return its absolute path.
 
@@ -410,7 +411,9 @@ def make_tiny_model(out_dir, *, seed: int = 0, end_immediately: bool = False,
     more ``num_layers`` make its KV cache larger per token (the memory guard's tests).
     ``layout`` is nov2024 (onnxruntime-genai 0.5 and later), may2024 (0.4) or auto (the layout
     of the installed release, ``layout_for_genai()``). ``vocabulary`` 'phi3' gives the tokenizer
-    and the logits Phi-3's sizes (see VOCABULARIES).
+    and the logits Phi-3's sizes (see VOCABULARIES). ``longrope_original`` gives the decoder
+    Phi-3-vision-128k's LongRoPE: short-factor rotary caches up to that many positions, long-factor
+    ones past it, picked by an If as onnxruntime-genai's builder writes it (graph_decoder.py).
 
     Same arguments -> byte-identical files. Files already in ``out_dir`` with the same names are
     overwritten; other files are left alone.
@@ -425,7 +428,8 @@ def make_tiny_model(out_dir, *, seed: int = 0, end_immediately: bool = False,
     out = pathlib.Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     base_vocab, model_vocab = VOCABULARIES[vocabulary]
-    dims = Dims(vocab_size=model_vocab, context_length=context_length, num_layers=num_layers)
+    dims = Dims(vocab_size=model_vocab, context_length=context_length, num_layers=num_layers,
+                longrope_original=longrope_original)
 
     tokenizer_json = build_tokenizer_json(string_merges=may2024, base_vocab=base_vocab)
     tok_data = json.loads(tokenizer_json)
@@ -483,10 +487,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--layout', choices=LAYOUTS + ('auto',), default='nov2024',
                         help='folder layout: nov2024 (onnxruntime-genai 0.5 and later, the '
                              'default), may2024 (0.4) or auto (that of the installed release)')
+    parser.add_argument('--longrope-original', type=int, metavar='POSITIONS',
+                        help='LongRoPE: short-factor rotary caches up to POSITIONS, long-factor '
+                             'ones past it, picked by an If (as Phi-3-vision-128k, 4096)')
     args = parser.parse_args(argv)
     path = make_tiny_model(args.out_dir, seed=args.seed, end_immediately=args.end_immediately,
                            context_length=args.context_length, num_layers=args.num_layers,
-                           layout=args.layout, vocabulary=args.vocabulary)
+                           layout=args.layout, vocabulary=args.vocabulary,
+                           longrope_original=args.longrope_original)
     print(path)
     return 0
 

@@ -22,7 +22,7 @@ onnxruntime releases (e.g. on a Jetson) load them too.
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -50,6 +50,10 @@ class Dims:
     intermediate_size: int = 128
     context_length: int = 4096
     rope_theta: float = 10000.0
+    # LongRoPE as in Phi-3-vision-128k: up to this many positions the short-factor caches, past
+    # it the long-factor ones, picked by an If as onnxruntime-genai's builder lays it out. None:
+    # one plain cache, no control flow.
+    longrope_original: Optional[int] = None
 
     @property
     def head_size(self) -> int:
@@ -255,6 +259,43 @@ def build_embedding(dims: Dims, table: np.ndarray, *,
     return g.model(inputs, outputs)
 
 
+def longrope_factors(count: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Short and long rescale factors of LongRoPE's shape (rising from 1), count of each."""
+    rising = np.linspace(0.0, 1.0, count)
+    return 1.0 + 2.0 * rising, 1.0 + 63.0 * rising ** 2
+
+
+def _longrope_caches(g: _Graph, dims: Dims, mask_len: str) -> Tuple[str, str]:
+    """
+    Cos/sin caches picked by an If, as onnxruntime-genai's builder writes a LongRoPE decoder.
+
+    Greater(attention_mask's length, original) -> If: then the long-factor caches of
+    context_length rows, else the short-factor ones of `original` rows, each branch two Constant
+    nodes (make_rotary_embedding_multi_cache in the builder); both scaled by LongRoPE's
+    sqrt(1 + ln(context / original) / ln(original)).
+    """
+    hd, original = dims.head_size, dims.longrope_original
+    short, long = longrope_factors(hd // 2)
+    scale = np.sqrt(1 + np.log(dims.context_length / original) / np.log(original))
+    exponents = np.arange(0, hd, 2, dtype=np.float64) / hd
+
+    def caches(factors: np.ndarray, rows: int, name: str) -> onnx.GraphProto:
+        angles = np.outer(np.arange(rows), 1.0 / (factors * dims.rope_theta ** exponents))
+        nodes = [helper.make_node('Constant', [], [f'{kind}_cache_{name}'],
+                                  value=numpy_helper.from_array(
+                                      (function(angles) * scale).astype(np.float32),
+                                      f'{kind}_cache_{name}_value'))
+                 for kind, function in (('cos', np.cos), ('sin', np.sin))]
+        return helper.make_graph(nodes, f'{name}_rope_caches_graph', [], [
+            helper.make_tensor_value_info(f'{kind}_cache_{name}', TensorProto.FLOAT, None)
+            for kind in ('cos', 'sin')])
+
+    longer = g.op('Greater', [mask_len, g.const(np.array(original, np.int64))])
+    return tuple(g.op('If', [longer], outputs=['cos_cache', 'sin_cache'],
+                      then_branch=caches(long, dims.context_length, 'large'),
+                      else_branch=caches(short, original, 'small')))
+
+
 def build_text(dims: Dims, rng: np.random.Generator, lm_head: np.ndarray,
                lm_bias: np.ndarray, *, o_proj_scale: float = 0.75) -> onnx.ModelProto:
     """Pre-norm decoder with GroupQueryAttention (rotary inside the op) and a biased lm_head."""
@@ -271,16 +312,19 @@ def build_text(dims: Dims, rng: np.random.Generator, lm_head: np.ndarray,
                     axis=0)
     total_len = g.op('Cast', [mask_len], to=TensorProto.INT32)
 
-    # rotary caches, computed in the graph (constant-folded at load) to keep the file small
-    inv_freq = 1.0 / (dims.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
-    inv_freq = inv_freq.astype(np.float32)
-    positions = g.op('Range', [g.const(np.array(0, i64)),
-                               g.const(np.array(dims.context_length, i64)),
-                               g.const(np.array(1, i64))])
-    positions = g.op('Cast', [positions], to=TensorProto.FLOAT)
-    angles = g.op('Mul', [g.op('Unsqueeze', [positions, g.const(np.array([1], i64))]),
-                          g.const(inv_freq.reshape(1, -1), 'rotary.inv_freq')])
-    cos_cache, sin_cache = g.op('Cos', [angles]), g.op('Sin', [angles])
+    if dims.longrope_original is None:
+        # rotary caches, computed in the graph (constant-folded at load) to keep the file small
+        inv_freq = 1.0 / (dims.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+        inv_freq = inv_freq.astype(np.float32)
+        positions = g.op('Range', [g.const(np.array(0, i64)),
+                                   g.const(np.array(dims.context_length, i64)),
+                                   g.const(np.array(1, i64))])
+        positions = g.op('Cast', [positions], to=TensorProto.FLOAT)
+        angles = g.op('Mul', [g.op('Unsqueeze', [positions, g.const(np.array([1], i64))]),
+                              g.const(inv_freq.reshape(1, -1), 'rotary.inv_freq')])
+        cos_cache, sin_cache = g.op('Cos', [angles]), g.op('Sin', [angles])
+    else:
+        cos_cache, sin_cache = _longrope_caches(g, dims, mask_len)
 
     def norm(x: str, prefix: str) -> str:
         gamma = g.const(np.ones(hidden, np.float32) + _randn(rng, (hidden,), 0.05),
