@@ -97,6 +97,7 @@ def main() -> int:
                         help='the full-size model bench/gpu/full_model.py wrote there')
     parser.add_argument('--full-longrope', metavar='FOLDER',
                         help='the full-size model full_model.py --longrope wrote there')
+    parser.add_argument('--no-tiny', action='store_true', help='the full-size models only')
     args = parser.parse_args()
     import onnxruntime_genai as og
     from phi3v_ros.tools.make_tiny_model import make_tiny_model
@@ -106,7 +107,7 @@ def main() -> int:
                False),
               ('tiny_longrope', str(make_tiny_model(
                   os.path.join(args.work, 'tiny_longrope'), layout='auto', context_length=8192,
-                  longrope_original=4096)), False)]
+                  longrope_original=4096)), False)][2 if args.no_tiny else 0:]
     if args.full:
         models.append(('full', args.full, False))
     if args.full_longrope:
