@@ -107,6 +107,7 @@ def test_clients_asking_at_once_each_get_exactly_their_own_answers(node, client)
 def test_a_response_reaches_a_client_that_subscribed_after_it_was_sent(node):
     """The node keeps its responses for late readers (transient local, interface/qos.py)."""
     from phi3v_ros.interface.qos import response_qos
+    import rclpy.qos
     from std_msgs.msg import String
     peer = RawPeer()
     late, received = None, []
@@ -118,7 +119,7 @@ def test_a_response_reaches_a_client_that_subscribed_after_it_was_sent(node):
         late = SpinningNode('late_reader')
         late.node.create_subscription(String, 'response',
                                       lambda m: received.append(json.loads(m.data)),
-                                      response_qos())
+                                      response_qos(rclpy.qos))
         late.start()
         assert wait_until(lambda: any(r.get('id') == 'sent-before' for r in received), 30), \
             received

@@ -27,9 +27,10 @@ def ros_domain():
 
 @pytest.fixture
 def responder():
+    import rclpy.qos
     from std_msgs.msg import String
     ros = SpinningNode('responder').start()
-    publisher = ros.node.create_publisher(String, 'response', response_qos())
+    publisher = ros.node.create_publisher(String, 'response', response_qos(rclpy.qos))
     yield lambda body: publisher.publish(String(data=json.dumps(body)))
     ros.close()
 

@@ -127,6 +127,7 @@ class VisionQAClient:
     def __init__(self, node=None, namespace: str = '', request_topic: str = 'request',
                  response_topic: str = 'response', args: Optional[Sequence[str]] = None) -> None:
         """Make the client; args are ROS arguments (remapping) for a node of its own."""
+        import rclpy.qos
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from std_msgs.msg import String
         self._own = None
@@ -148,7 +149,8 @@ class VisionQAClient:
         self._response_topic = node.resolve_topic_name(response_topic)
         # transient local (interface/qos.py): a response sent before the node met this
         # subscription still arrives
-        node.create_subscription(String, response_topic, self._on_response, response_qos())
+        node.create_subscription(String, response_topic, self._on_response,
+                                 response_qos(rclpy.qos))
         node.create_subscription(String, response_topic + '/stream', self._on_piece, 1000)
         if self._own is not None:
             self._own.start()

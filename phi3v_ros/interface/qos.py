@@ -11,8 +11,8 @@ lost once in a few thousand fresh clients before). A new client therefore also r
 RESPONSE_DEPTH earlier responses of other clients; it drops them by their ids, unparsed.
 
 Subscribers that ask for volatile durability (ros2 topic echo, the default of rclpy) are
-compatible and receive no history. rclpy is imported in the function, not here: this package is
-imported by clients that must start fast, and by code without ROS.
+compatible and receive no history. This package is ROS-free (clients import it and must start
+fast; the import-direction test holds it to that): the caller hands rclpy.qos in.
 """
 
 # A burst of responses (busy rejections for a flood of requests) must not overwrite responses a
@@ -20,9 +20,8 @@ imported by clients that must start fast, and by code without ROS.
 RESPONSE_DEPTH = 1000
 
 
-def response_qos():
-    """Return the QoSProfile of the response topic, for its publisher and its subscriptions."""
-    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=RESPONSE_DEPTH,
-                      reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+def response_qos(qos):
+    """Return the response topic's QoSProfile, built with qos (the module rclpy.qos)."""
+    return qos.QoSProfile(history=qos.HistoryPolicy.KEEP_LAST, depth=RESPONSE_DEPTH,
+                          reliability=qos.ReliabilityPolicy.RELIABLE,
+                          durability=qos.DurabilityPolicy.TRANSIENT_LOCAL)

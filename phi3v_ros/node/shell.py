@@ -193,7 +193,8 @@ class VisionQAShell:
         self._answer_pub = self.create_publisher(String, v['answer_topic'], ANSWER_DEPTH)
         self._stream_pub = self.create_publisher(String, v['answer_topic'] + '/stream',
                                                  STREAM_DEPTH)
-        self._response_pub = self.create_publisher(String, v['response_topic'], response_qos())
+        self._response_pub = self.create_publisher(String, v['response_topic'],
+                                                   response_qos(rclpy.qos))
         self._response_stream_pub = self.create_publisher(
             String, v['response_topic'] + '/stream', STREAM_DEPTH)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics',
