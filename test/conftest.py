@@ -16,12 +16,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hang_watchdog import pytest_configure, pytest_runtest_protocol  # noqa: E402,F401,I100
 
 
-@pytest.fixture(autouse=True)
-def no_node_outlives_its_test():
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
     """
-    Kill the nodes a test started and left running (it failed before it stopped them).
+    Kill the nodes a test's body started and left running (it failed before it stopped them).
 
-    Function-scoped and autouse: set up after the module fixtures, whose nodes it leaves alone.
+    Only those of the call phase: fixtures stop their own nodes, and a module-scoped fixture's
+    nodes serve the next tests (an autouse fixture could not tell them apart: pytest may set a
+    module fixture up after it, when a function fixture asks for it).
     """
     from ros_harness import kill_started_since, started_count
     count = started_count()
