@@ -32,7 +32,7 @@ from phi3v_ros.engine.hd_transform import crop_grid, MAX_CROPS, prepare_image
 from phi3v_ros.engine.image_preparation import bound_longest_side, encode_image
 from phi3v_ros.engine.memory_guard import MemoryGuard
 from phi3v_ros.engine.model_inputs import InputBuilder, prompt_token_ids, takes_own_inputs
-from phi3v_ros.engine.prompt import build_chat_prompt
+from phi3v_ros.engine.prompt import build_chat_prompt, follow_up_turn
 
 PROVIDERS = ('auto', 'cuda', 'cpu')
 # fast / exact: the engine builds the model's inputs from the RGB frame itself (model_inputs.py;
@@ -194,6 +194,16 @@ GUIDANCE_ERROR = re.compile(r'^(Error computing mask|Error committing tokens|Err
                             r'grammar)|<state>')
 
 
+@dataclasses.dataclass
+class _Kept:
+    """A generator kept for a follow-up: its KV cache holds `length` of `max_length` tokens."""
+
+    generator: object
+    max_length: int
+    length: int
+    ended: bool      # the sequence ends with the model's end token
+
+
 class Engine:
     """One loaded Phi-3-vision model. Not thread-safe: one request at a time."""
 
@@ -269,6 +279,11 @@ class Engine:
         # does not. Older releases are kept to formats written in ASCII.
         self._ascii_formats_only = version_tuple(self.genai_version) < (0, 12)
         self._token_texts = None     # of tokenizer.json, read at the first choices request
+        # the sequence kept for a follow-up (see "Conversations" below), or None
+        self._kept: Optional[_Kept] = None
+        # follow-ups: append_tokens (0.6 and later) and get_logits (see _continue)
+        self._can_append = all(hasattr(self._og.Generator, name)
+                               for name in ('append_tokens', 'get_logits'))
         self.memory_guard = MemoryGuard.for_model(model_section.get('decoder', {}),
                                                   self.provider, config.device_id)
 
@@ -337,6 +352,14 @@ class Engine:
                   should_stop: Callable[[], bool]) -> None:
         settings = request.settings
         settings.validate()
+        kept, self._kept = self._kept, None     # every request takes the kept sequence out
+        if request.follow_up:
+            follow_ids, why = self._follow_up_ids(kept, request)
+            if why is None:
+                self._continue(kept, follow_ids, request, result, start, on_piece, should_stop)
+                return
+            result.fresh_because = why
+        del kept      # its KV cache is freed before this request's is allocated
         guide, scores = self._answer_format(request.answer_format, result)
         prompt = build_chat_prompt(request.prompt, images=len(request.images),
                                    cameras=request.cameras,
@@ -377,9 +400,12 @@ class Engine:
             raise EngineError(
                 f'the prompt is {result.prompt_tokens} tokens long, the model takes at most '
                 f'{self.context_length - 1} before answering: shorten it or lower history_turns')
-        # The KV cache is allocated for max_length up front: size it for this request only.
-        result.max_length = min(result.prompt_tokens + settings.max_new_tokens,
-                                self.context_length)
+        # The KV cache is allocated for max_length up front: size it for this request only, and
+        # the follow-ups it is kept for.
+        keep = request.keep_tokens if self._can_append and guide is None and scores is None \
+            else 0
+        result.max_length = min(result.prompt_tokens + settings.max_new_tokens + keep,
+                                self.context_length, self.graph_bound or self.context_length)
         # An answer whose cache does not fit gets a sentence, not the OOM killer.
         self.memory_guard.check(result.max_length)
         search = self._search_options(settings, result.max_length)
@@ -407,9 +433,85 @@ class Engine:
             if result.constrained_by == 'ranking':
                 self._rank_choices(generator, scores, result, start, on_piece)
             else:
-                self._decode_loop(generator, result, start, on_piece, should_stop, scores)
+                self._decode_loop(generator, result, start, on_piece, should_stop, scores,
+                                  settings.max_new_tokens)
+                if keep:
+                    self._keep(generator, result)
         finally:
-            del generator   # holds the KV cache (and on CUDA a captured graph)
+            del generator   # holds the KV cache (and on CUDA a captured graph), unless kept
+
+    # -- Conversations ---------------------------------------------------------------------------
+    # A request with keep_tokens keeps its generator after the answer: the prompt, the image
+    # tokens and the answer stay in its KV cache, sized for keep_tokens more. A follow_up request
+    # appends only its own turn to that sequence (append_tokens, 0.6 and later; rewind_to is
+    # refused for phi3v) and decodes, so it sees the earlier images and exchange and prefills
+    # only its own tokens. Any other request, an error or a cancel drops the kept sequence; a
+    # follow-up that cannot continue is answered afresh from its own images, and says why.
+
+    def end_conversation(self) -> bool:
+        """Drop the kept sequence (its KV cache); True if there was one."""
+        kept, self._kept = self._kept, None
+        return kept is not None
+
+    @property
+    def conversation_open(self) -> bool:
+        return self._kept is not None
+
+    def conversation_sequence(self) -> list:
+        """Return the kept sequence's token ids (image slots as -k), or [] when none is kept."""
+        kept = self._kept
+        return [] if kept is None else [int(t) for t in kept.generator.get_sequence(0)]
+
+    def _follow_up_ids(self, kept: Optional['_Kept'], request: Request):
+        """Return (the follow-up turn's token ids, None), or (None, why it cannot continue)."""
+        if not self._can_append:
+            return None, (f'onnxruntime-genai {self.genai_version} cannot continue a sequence '
+                          '(append_tokens and get_logits came in 0.6)')
+        if kept is None:
+            return None, 'no conversation is kept in the worker (it was restarted?)'
+        if request.answer_format is not None:
+            return None, 'an answer format does not continue a conversation'
+        ids = prompt_token_ids(self._tokenizer.encode,
+                               follow_up_turn(request.prompt, kept.ended), ())
+        left = kept.max_length - kept.length
+        needed = int(ids.shape[1]) + request.settings.max_new_tokens
+        if needed > left:
+            return None, (f'its token budget is used up ({left} tokens left, this follow-up '
+                          f'needs {needed} with max_new_tokens)')
+        return ids, None
+
+    def _continue(self, kept: '_Kept', ids, request: Request, result: Result, start: float,
+                  on_piece: Optional[Callable[[str], None]],
+                  should_stop: Callable[[], bool]) -> None:
+        """Answer a follow-up on the kept sequence; keep it again if there is room."""
+        generator = kept.generator
+        result.continued = True
+        result.prompt_tokens = int(ids.shape[1])
+        result.max_length = kept.max_length
+        try:
+            # onnxruntime-genai runs the model on a generated token only when the next logits are
+            # asked for; append_tokens does not, and the appended turn would attend to an empty
+            # slot where the answer's last token belongs (0.18: logits off by up to 2.5; with
+            # past_present_share_buffer false it fails). get_logits runs it.
+            generator.get_logits()
+            generator.append_tokens(ids[0])          # the follow-up's own prefill, nothing more
+            self._decode_loop(generator, result, start, on_piece, should_stop, None,
+                              request.settings.max_new_tokens)
+            self._keep(generator, result, kept.max_length)
+        finally:
+            del generator, kept
+
+    def _keep(self, generator, result: Result, max_length: Optional[int] = None) -> None:
+        """Keep a generator whose answer came whole or to max_new_tokens, if room is left."""
+        if not result.ok:
+            return
+        sequence = generator.get_sequence(0)
+        max_length = max_length or result.max_length
+        result.kept_tokens_left = max(0, max_length - len(sequence))
+        if result.kept_tokens_left > 0:
+            # 0.18 leaves the end token it stopped on out of the sequence: look, do not assume
+            self._kept = _Kept(generator, max_length, len(sequence),
+                               ended=int(sequence[-1]) in self.eos_token_ids)
 
     def _answer_format(self, answer_format, result: Result):
         """
@@ -573,14 +675,17 @@ class Engine:
     def _decode_loop(self, generator, result: Result, start: float,
                      on_piece: Optional[Callable[[str], None]],
                      should_stop: Callable[[], bool],
-                     scores: Optional[ChoiceScores] = None) -> None:
+                     scores: Optional[ChoiceScores] = None,
+                     max_new_tokens: Optional[int] = None) -> None:
         stream = self._processor.create_stream()
         pieces = []
         tokens = []
         first_token_at = None
         needs_compute_logits = hasattr(generator, 'compute_logits')   # releases before 0.6
         stop_reason = StopReason.LENGTH
-        while not generator.is_done():
+        # max_length ends an answer at max_new_tokens, except in a sequence kept for follow-ups
+        while not generator.is_done() and (max_new_tokens is None
+                                           or result.generated_tokens < max_new_tokens):
             if should_stop():
                 stop_reason = StopReason.CANCELLED
                 result.error = 'cancelled'

@@ -77,6 +77,12 @@ class Request:
     system_prompt: str = ''
     history: Tuple[Turn, ...] = ()
     answer_format: Optional[Tuple[str, object]] = None
+    # Follow-ups (engine.py, "Conversations"): keep_tokens > 0 keeps this answer's sequence (image
+    # included) in the worker for follow-ups, with that many tokens more in its KV cache; a
+    # follow_up continues the kept sequence with this question alone (its images are then used
+    # only if the sequence is gone, and the result says why).
+    keep_tokens: int = 0
+    follow_up: bool = False
 
 
 @dataclasses.dataclass
@@ -108,6 +114,11 @@ class Result:
     # choices part, when it could be read
     constrained_by: str = ''
     choice_probabilities: Tuple[Tuple[str, float], ...] = ()
+    # conversations: this answer continued the kept sequence; its own sequence is kept for a
+    # follow-up (tokens left in its KV cache); a follow-up answered afresh: why
+    continued: bool = False
+    kept_tokens_left: int = 0
+    fresh_because: str = ''
 
     @property
     def ok(self) -> bool:

@@ -82,3 +82,15 @@ def build_chat_prompt(question: str, *, images: int = 0, cameras: Sequence[str] 
     tags = image_tags(images, cameras, missing_cameras)
     parts.append(f'<|user|>\n{tags}{neutralize(question)}<|end|>\n<|assistant|>\n')
     return ''.join(parts)
+
+
+def follow_up_turn(question: str, answer_ended: bool) -> str:
+    """
+    Return what a follow-up appends to a kept conversation, in the same chat format.
+
+    The text after the previous answer: its <|end|> unless the model wrote it (answer_ended),
+    then the question's turn, so that the whole sequence reads as build_chat_prompt would write
+    the conversation with the earlier turn in it.
+    """
+    return (('' if answer_ended else '<|end|>')
+            + f'\n<|user|>\n{neutralize(question)}<|end|>\n<|assistant|>\n')
