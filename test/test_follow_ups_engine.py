@@ -1,6 +1,7 @@
 """
-Follow-up questions in the engine: the kept sequence (image included) continued, on the real
-pipeline with the tiny model, CPU.
+Follow-up questions in the engine: the kept sequence (image included) continued.
+
+On the real pipeline with the tiny model, CPU.
 
 The reference for "the same answer": the whole conversation (first prompt with its image, first
 answer, follow-up turn) run from scratch as one prompt, with the same image inputs, greedy.
@@ -89,23 +90,24 @@ def test_a_follow_up_answers_as_the_whole_conversation_from_scratch(engine):
     assert other != answer
 
 
-def test_the_conversation_ends_and_a_follow_up_is_answered_afresh_saying_why(engine):
+def test_a_follow_up_that_cannot_continue_is_not_answered_and_says_why(engine):
     image = gradient_image(200, 200, seed=3)
     engine.generate(opening(image))
     engine.generate(Request(prompt='Something else?', settings=FOLLOW))    # not a follow-up
     assert not engine.conversation_open
-    fresh = engine.generate(follow_up(images=(image,)))
-    assert fresh.ok and not fresh.continued and fresh.image_tokens > 0
-    assert 'no conversation is kept' in fresh.fresh_because
-    # the budget: a follow-up that does not fit what is left starts afresh
+    refused = engine.generate(follow_up(images=(image,)))
+    assert not refused.ok and refused.generated_tokens == 0 and not refused.continued
+    assert 'no conversation is kept' in refused.fresh_because
+    assert refused.error.startswith('the conversation cannot be continued')
+    # the budget: a follow-up that does not fit what is left
     engine.generate(opening(image, keep=20))
     over = engine.generate(follow_up(settings=GenerationSettings(max_new_tokens=30)))
-    assert not over.continued and 'token budget is used up' in over.fresh_because
+    assert not over.ok and 'token budget is used up' in over.fresh_because
     # a format does not continue a conversation
     engine.generate(opening(image))
     formatted = engine.generate(Request(prompt='Red?', follow_up=True, settings=FOLLOW,
                                         answer_format=('choices', ('yes', 'no'))))
-    assert not formatted.continued and 'format' in formatted.fresh_because
+    assert not formatted.ok and 'format' in formatted.fresh_because
     assert not engine.conversation_open
 
 
@@ -129,3 +131,21 @@ def test_an_answer_that_ended_by_itself_is_closed_by_one_end_token(tiny_model_th
     (end,) = engine.eos_token_ids
     # the chat format: the answer, one <|end|>, the next user turn (build_chat_prompt's)
     assert sequence[length - 1] != end and sequence[length] == end
+
+
+def test_the_memory_guard_counts_the_kv_budget_kept_for_follow_ups(engine):
+    from phi3v_ros.engine.memory_guard import MemoryGuard, SLACK
+    image = gradient_image(200, 200, seed=6)
+    plain = engine.generate(Request(prompt='What is on the table?', images=(image,),
+                                    settings=FIRST))
+    guard = engine.memory_guard
+    room = int(guard.kv_bytes(plain.max_length + KEEP // 2) * SLACK)    # not the whole budget
+    engine.memory_guard = MemoryGuard(guard.per_token_bytes, 'cpu', lambda: (room, 'a test'))
+    try:
+        refused = engine.generate(opening(image))
+        assert not refused.ok and 'not enough memory' in refused.error
+        assert f'{plain.max_length + KEEP} tokens' in refused.error, refused.error
+        assert engine.generate(Request(prompt='What is on the table?', images=(image,),
+                                       settings=FIRST)).ok    # without the budget it fits
+    finally:
+        engine.memory_guard = guard

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 from phi3v_ros.client.spinning import SpinningNode
 from phi3v_ros.engine.guidance import has_guidance
@@ -209,3 +210,49 @@ def test_the_client_library_on_a_node_the_caller_spins(node):
         client.close()      # closes nothing of the caller's node
         assert mine.context.ok()
         mine.close()
+
+
+def test_a_follow_up_through_the_node_is_about_the_frame_of_its_conversation(node, client):
+    """A camera streams; the follow-up is answered about the opening's frame, not a newer one."""
+    from phi3v_test_utils import gradient_image
+    from sensor_msgs.msg import Image
+    camera = SpinningNode('streaming_camera')
+    publisher = camera.node.create_publisher(Image, 'image', 10)
+    camera.start()
+    stop = threading.Event()
+
+    def stream():
+        rgb = gradient_image(240, 320, seed=5)
+        stamp = 1
+        while not stop.wait(0.05):
+            message = Image(height=240, width=320, encoding='rgb8', step=320 * 3)
+            message.data = rgb.tobytes()
+            message.header.stamp.sec = stamp
+            publisher.publish(message)
+            stamp += 1
+    streamer = threading.Thread(target=stream, daemon=True)
+    streamer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:      # allow_text_only: until a frame has arrived, answers have none
+            first = client.ask('What is on the table?', timeout=60, max_new_tokens=6,
+                               max_crops=1, follow_ups=True)
+            if first.frames or time.monotonic() > deadline:
+                break
+        assert first.ok and first.frames and first.conversation['open'], first.raw
+        second = client.ask('Which one is red?', timeout=60, max_new_tokens=6, follows=first.id)
+        assert second.ok, second.error
+        assert second.conversation == {'follows': first.id, 'continued': True, 'follow_up': 1,
+                                       'new_because': None, 'open': True}
+        assert second.frames[0]['stamp'] == first.frames[0]['stamp']   # while newer ones came
+        assert second.raw['image_tokens'] == 0 and second.prompt_tokens < 40
+        other = client.ask('Hello?', timeout=60, max_new_tokens=6)          # another question
+        third = client.ask('And the blue one?', timeout=60, max_new_tokens=6, max_crops=1,
+                           follows=second.id)
+        assert third.ok and not third.conversation['continued']
+        assert other.ok and 'reached the model in between' in third.conversation['new_because']
+        assert third.frames[0]['stamp'] > first.frames[0]['stamp']         # a current frame
+    finally:
+        stop.set()
+        streamer.join(5)
+        camera.close()

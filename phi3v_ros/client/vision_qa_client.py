@@ -7,6 +7,8 @@ VisionQAClient: ask a vision_qa node from a Python program and get the answer to
     answer = client.ask('Is the door open?', choices=['yes', 'no'], timeout=30)
     if answer.ok and answer.value == 'yes':
         ...
+    seen = client.ask('What is on the table?', follow_ups=True)
+    red = client.ask('Which one is red?', follows=seen.id)   # same frames, in the model's memory
     future = client.ask_async('Describe the scene.', on_piece=print)   # non-blocking
     future.cancel()                                # this request only
     client.close()
@@ -73,6 +75,8 @@ class Answer:
     time_to_first_token_s: Optional[float]
     total_s: Optional[float]
     raw: dict
+    # follow-ups: {'follows', 'continued', 'follow_up', 'new_because', 'open'}, or None
+    conversation: Optional[dict] = None
 
     @property
     def ok(self) -> bool:
@@ -88,7 +92,8 @@ class Answer:
                    prompt_tokens=int(body.get('prompt_tokens') or 0),
                    generated_tokens=int(body.get('generated_tokens') or 0),
                    time_to_first_token_s=body.get('time_to_first_token_s'),
-                   total_s=body.get('total_s'), raw=body)
+                   total_s=body.get('total_s'), raw=body,
+                   conversation=body.get('conversation'))
 
 
 class AnswerFuture(concurrent.futures.Future):
@@ -177,13 +182,20 @@ class VisionQAClient:
                   regex: Optional[str] = None, json_schema: Optional[dict] = None,
                   lark_grammar: Optional[str] = None, cameras: Sequence[str] = (),
                   max_new_tokens: Optional[int] = None, max_crops: Optional[int] = None,
-                  max_image_age: Optional[float] = None,
+                  max_image_age: Optional[float] = None, follow_ups: bool = False,
+                  follows: Optional[str] = None,
                   on_piece: Optional[Callable[[str], None]] = None) -> AnswerFuture:
-        """Send a request and return its AnswerFuture at once; on_piece gets streamed pieces."""
+        """
+        Send a request and return its AnswerFuture at once; on_piece gets streamed pieces.
+
+        follow_ups=True keeps the answer for follow-up questions; follows=<an earlier answer's
+        id> asks one (about that conversation's frames; see Answer.conversation).
+        """
         request = QARequest(id=f'{self._prefix}-{next(self._numbers)}', question=question,
                             format=answer_format(choices, regex, json_schema, lark_grammar),
                             cameras=tuple(cameras), max_new_tokens=max_new_tokens,
-                            max_crops=max_crops, max_image_age=max_image_age)
+                            max_crops=max_crops, max_image_age=max_image_age,
+                            follow_ups=follow_ups, follows=follows)
         future = AnswerFuture(self, request.id)
         with self._lock:
             self._pending[request.id] = (future, on_piece)

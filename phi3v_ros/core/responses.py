@@ -32,6 +32,11 @@ def response_message(reply: Reply) -> str:
         'time_to_first_token_s': round(result.time_to_first_token_s, 4) if result else None,
         'total_s': round(result.total_s, 4) if result is not None else None,
         'stop_reason': result.stop_reason.value if result is not None else None,
+        'conversation': None if reply.conversation is None else {
+            'follows': reply.conversation.follows, 'continued': reply.conversation.continued,
+            'follow_up': reply.conversation.follow_up,
+            'new_because': reply.conversation.new_because or None,
+            'open': reply.conversation.open},
     }
     if reply.ok:
         return response_json(request.id, STATUS_OK, reply.text, reply.value, None, **details)

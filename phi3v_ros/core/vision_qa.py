@@ -34,6 +34,7 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 from phi3v_ros.base.errors import EngineError, ImageConversionError, PromptError
 from phi3v_ros.base.guarded_thread import start_guarded, ThreadHealth
 from phi3v_ros.core.answers import AnswerError, check_answer
+from phi3v_ros.core.conversation import Conversations, FollowUpOptions, Note, PLAIN, Plan
 from phi3v_ros.core.history import ConversationHistory
 from phi3v_ros.core.prompt_queue import PromptQueue
 from phi3v_ros.engine.engine_client import EngineState
@@ -63,6 +64,7 @@ class QAOptions:
     history_turns: int = 0
     system_prompt: str = ''
     settings: GenerationSettings = GenerationSettings()
+    follow_ups: FollowUpOptions = FollowUpOptions()     # follow_up_window, _max, _tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +91,8 @@ class Reply:
     # cameras answered without (allow_text_only: stale or silent when the prompt was taken)
     missing: Tuple[str, ...] = ()
     value: object = None    # a request with a format: the checked value of the answer
+    # follow-ups: where the answer stands in its conversation (None: not in one)
+    conversation: Optional[Note] = None
     # Where the node's own time went, in seconds (see VisionQA._serve), plus 'stream_messages'
     # (a count).
     timings: Dict[str, float] = dataclasses.field(default_factory=dict)
@@ -175,6 +179,7 @@ class VisionQA:
         self._ids = ids if ids is not None else itertools.count(1)   # shared across VisionQAs
         self._queue: PromptQueue[Ticket] = PromptQueue(options.max_queue, options.busy_policy)
         self._history = ConversationHistory(options.history_turns)
+        self._conversations = Conversations()
         self._options = options
         self._health = health or ThreadHealth()
         self._result_grace_s = result_grace_s
@@ -286,13 +291,27 @@ class VisionQA:
         return True
 
     def reset_history(self) -> None:
+        """Forget the history and end the open conversation (~/reset)."""
         self._history.clear()
+        self.end_conversation('the conversation was reset (~/reset)')
+
+    def end_conversation(self, why: str) -> None:
+        """End the open conversation, if any, and free what the worker keeps of it."""
+        if self._conversations.end(why):
+            self._engine.end_conversation()
 
     def configure(self, options: QAOptions) -> None:
         """Apply changed parameters; they take effect from the next prompt taken."""
         self._queue.configure(options.max_queue, options.busy_policy)
         self._history.max_turns = options.history_turns
+        if options != self._options:
+            self.end_conversation("the node's parameters changed")
         self._options = options
+
+    @property
+    def conversation(self):
+        """Return what is open for follow-ups (a conversation.Conversation), or None."""
+        return self._conversations.open
 
     @property
     def options(self) -> QAOptions:
@@ -359,47 +378,96 @@ class VisionQA:
         timings (seconds): queue = arrival to taken; wait = for the engine and fresh frames;
         convert = the frames to RGB; to_worker = into shared memory + the request down the pipe;
         handoff = worker round trip outside Engine.generate; reply = result to reply.
+        A follow-up (conversation.py) is answered about its conversation's frames, without new
+        ones; one the worker cannot continue is asked again as a new question.
         """
         ticket = current.ticket
         options = self._options_for(ticket.request)
-        frames = ()
+        key = ticket.request.id if ticket.request is not None else PLAIN
+        frames, missing = (), ()
         timings = {'queue': time.monotonic() - ticket.received}
+        plan = self._conversations.plan(ticket.request, options.follow_ups,
+                                        options.max_image_age_s, self._engine.restarts)
+        result = None
+        submitted = [False]
         try:
             start = time.monotonic()
             self._wait_for_engine(current, options)
-            frames, missing = self._bind_frames(current, options)
-            bound = time.monotonic()
-            images = tuple(self._convert(bound_frame, slot)
-                           for slot, bound_frame in enumerate(frames))
-            timings.update(wait=bound - start, convert=time.monotonic() - bound)
-            history, epoch = self._history.turns() if ticket.request is None else ((), None)
-            cameras = tuple(frame.camera for frame in frames) if self._cameras.labelled else ()
-            result = self._run(current, images, cameras, missing, history, options, timings)
+            if plan.continues is not None:
+                frames = plan.continues.frames_now(time.monotonic())
+                missing = plan.continues.missing
+                timings.update(wait=time.monotonic() - start, convert=0.0)
+                result = self._run(current, (), (), (), (), options, timings, plan, submitted)
+                if not result.continued:      # the worker could not: ask it as a new question
+                    plan = self._conversations.could_not_continue(
+                        plan, result.fresh_because or result.error)
+                    result, frames, missing = None, (), ()
+                    start = time.monotonic()
+            if result is None:
+                frames, missing = self._bind_frames(current, options)
+                bound = time.monotonic()
+                images = tuple(self._convert(bound_frame, slot)
+                               for slot, bound_frame in enumerate(frames))
+                timings.update(wait=bound - start, convert=time.monotonic() - bound)
+                history, epoch = self._history.turns() if ticket.request is None else ((), None)
+                cameras = tuple(frame.camera for frame in frames) if self._cameras.labelled \
+                    else ()
+                result = self._run(current, images, cameras, missing, history, options, timings,
+                                   plan, submitted)
+                plan = dataclasses.replace(plan, frames_bound_at=bound)
+            else:
+                epoch = self._history.turns()[1] if ticket.request is None else None
             value = self._check(ticket.request, result, options)
         except _Cancelled:
+            self._end_if(submitted, plan, key, 'its latest question was cancelled')
             self._reply(ticket, self._cancel_reason(current), 'failed', frames=frames,
-                        timings=timings)
+                        timings=timings, conversation=self._note(plan, 0, False))
             return
         except _Failed as exc:
-            self._reply(ticket, str(exc), 'failed', frames=frames, timings=timings)
+            self._end_if(submitted, plan, key, 'its latest question failed')
+            self._reply(ticket, str(exc), 'failed', frames=frames, timings=timings,
+                        conversation=self._note(plan, 0, False))
             return
         self.last_result = result
+        failure, why = None, 'its latest question was not answered'
         if result.stop_reason == StopReason.CANCELLED or (self._closing.is_set()
                                                           and not result.ok):
-            self._reply(ticket, self._cancel_reason(current), 'failed', result, frames, timings)
+            failure, why = self._cancel_reason(current), 'its latest question was cancelled'
         elif result.stop_reason == StopReason.ERROR:
-            self._reply(ticket, f'the model failed: {result.error}', 'failed', result, frames,
-                        timings)
+            failure = f'the model failed: {result.error}'
         elif not result.text.strip():
-            self._reply(ticket, 'the model ended its answer without any text.', 'failed', result,
-                        frames, timings)
+            failure = 'the model ended its answer without any text.'
         elif isinstance(value, AnswerError):
-            self._reply(ticket, f'{value}.', 'failed', result, frames, timings, missing)
-        else:
-            if ticket.request is None:
-                self._history.add(ticket.question, result.text.strip(), epoch)
-            self.last_frames = frames
-            self._reply(ticket, result.text, 'answered', result, frames, timings, missing, value)
+            failure = f'{value}.'
+        if failure is not None:
+            self._end_if(submitted, plan, key, why)
+            self._reply(ticket, failure, 'failed', result, frames, timings,
+                        missing if isinstance(value, AnswerError) else (),
+                        conversation=self._note(plan, 0, False))
+            return
+        number, can_follow = self._conversations.answered(
+            plan, key, result, frames, missing, plan.frames_bound_at, self._engine.restarts)
+        if ticket.request is None:
+            self._history.add(ticket.question, result.text.strip(), epoch)
+        self.last_frames = frames
+        text = result.text
+        if ticket.request is None and plan.new_because:     # the prompt topic says it in text
+            text = f'(new conversation: {plan.new_because}) {text}'
+        self._reply(ticket, text, 'answered', result, frames, timings, missing, value,
+                    conversation=self._note(plan, number, can_follow, result.continued))
+
+    def _end_if(self, submitted: list, plan: Plan, key: str, why: str) -> None:
+        """End the conversation of a question that reached the model and failed (worker too)."""
+        if submitted[0] and (plan.keep or plan.continues is not None):
+            self._conversations.failed(plan, key, why)
+            self._engine.end_conversation()
+
+    @staticmethod
+    def _note(plan: Plan, number: int, can_follow: bool, continued: bool = False
+              ) -> Optional[Note]:
+        if not plan.asked:
+            return None
+        return Note(plan.follows, continued, number, plan.new_because, can_follow)
 
     def _options_for(self, request: Optional[QARequest]) -> QAOptions:
         """Return the node's options, with a request's own settings in place of the node's."""
@@ -481,7 +549,7 @@ class VisionQA:
 
     def _run(self, current: _Current, images: tuple, cameras: Tuple[str, ...],
              missing: Tuple[str, ...], history, options: QAOptions,
-             timings: Dict[str, float]) -> Result:
+             timings: Dict[str, float], plan: Plan, submitted: list) -> Result:
         ticket = current.ticket
         done = threading.Event()
         outcome = []
@@ -505,11 +573,15 @@ class VisionQA:
                           settings=options.settings, system_prompt=options.system_prompt,
                           history=history,
                           answer_format=None if answer_format is None else
-                          (answer_format.kind, answer_format.spec))
+                          (answer_format.kind, answer_format.spec),
+                          keep_tokens=options.follow_ups.tokens if plan.keep else 0,
+                          follow_up=plan.continues is not None)
         self._check_cancel(current)
         start = time.monotonic()
         try:
             request_id = self._engine.submit(request, on_result=on_result, on_piece=on_piece)
+            self._conversations.submitted(plan, ticket.id)
+            submitted[0] = True
         except EngineError as exc:
             if self._closing.is_set():
                 raise _Cancelled() from None    # its reply: the node is shutting down
@@ -548,7 +620,7 @@ class VisionQA:
                frames: Tuple[BoundFrame, ...] = (),
                timings: Optional[Dict[str, float]] = None,
                missing: Tuple[str, ...] = (), value: object = None,
-               keep_id: bool = False) -> None:
+               keep_id: bool = False, conversation: Optional[Note] = None) -> None:
         """Count and hand on the one reply of a ticket (keep_id: its id is another's, open)."""
         if outcome != 'answered':
             text = ERROR_PREFIX + text
@@ -559,4 +631,4 @@ class VisionQA:
             if ticket.request is not None and not keep_id:
                 self._open_ids.discard(ticket.request.id)
         self._on_reply(Reply(ticket, text, outcome, result, tuple(frames), tuple(missing),
-                             value, dict(timings or {})))
+                             value, conversation, dict(timings or {})))

@@ -358,7 +358,9 @@ class Engine:
             if why is None:
                 self._continue(kept, follow_ids, request, result, start, on_piece, should_stop)
                 return
+            # not answered here: the caller asks again as a new question, with current frames
             result.fresh_because = why
+            raise EngineError(f'the conversation cannot be continued: {why}')
         del kept      # its KV cache is freed before this request's is allocated
         guide, scores = self._answer_format(request.answer_format, result)
         prompt = build_chat_prompt(request.prompt, images=len(request.images),
@@ -446,7 +448,8 @@ class Engine:
     # appends only its own turn to that sequence (append_tokens, 0.6 and later; rewind_to is
     # refused for phi3v) and decodes, so it sees the earlier images and exchange and prefills
     # only its own tokens. Any other request, an error or a cancel drops the kept sequence; a
-    # follow-up that cannot continue is answered afresh from its own images, and says why.
+    # follow-up that cannot continue is not answered (fresh_because says why): its caller asks
+    # it anew, with current frames.
 
     def end_conversation(self) -> bool:
         """Drop the kept sequence (its KV cache); True if there was one."""

@@ -255,7 +255,8 @@ class EngineClient:
                         pixels=tuple(pixels for _, pixels in placed),
                         cameras=tuple(request.cameras),
                         missing_cameras=tuple(request.missing_cameras),
-                        answer_format=request.answer_format)
+                        answer_format=request.answer_format,
+                        keep_tokens=request.keep_tokens, follow_up=request.follow_up)
         with self._lock:
             self._check_can_submit_locked()
             request_id = next(self._ids)
@@ -282,6 +283,17 @@ class EngineClient:
         except SharedMemoryUnavailable as exc:
             self._shared_memory_failed(exc)
             return None
+
+    def end_conversation(self) -> None:
+        """
+        Ask the worker to drop the sequence it keeps for follow-ups (its memory); never blocks.
+
+        A restarted worker keeps none: the conversation then ends by itself.
+        """
+        with self._lock:
+            worker = self._worker
+        if worker is not None:
+            worker.send(('end_conversation',))
 
     def cancel(self, request_id: Optional[int] = None) -> bool:
         """

@@ -79,8 +79,8 @@ class Request:
     answer_format: Optional[Tuple[str, object]] = None
     # Follow-ups (engine.py, "Conversations"): keep_tokens > 0 keeps this answer's sequence (image
     # included) in the worker for follow-ups, with that many tokens more in its KV cache; a
-    # follow_up continues the kept sequence with this question alone (its images are then used
-    # only if the sequence is gone, and the result says why).
+    # follow_up continues the kept sequence with this question alone (where it cannot, the
+    # result is an error whose fresh_because says why, and nothing is generated).
     keep_tokens: int = 0
     follow_up: bool = False
 
@@ -115,7 +115,7 @@ class Result:
     constrained_by: str = ''
     choice_probabilities: Tuple[Tuple[str, float], ...] = ()
     # conversations: this answer continued the kept sequence; its own sequence is kept for a
-    # follow-up (tokens left in its KV cache); a follow-up answered afresh: why
+    # follow-up (tokens left in its KV cache); why a follow-up could not continue
     continued: bool = False
     kept_tokens_left: int = 0
     fresh_because: str = ''

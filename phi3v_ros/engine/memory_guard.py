@@ -211,7 +211,8 @@ class MemoryGuard:
                 f'not enough memory for this answer: its KV cache takes about '
                 f'{needed / MIB:.0f} MiB ({max_length} tokens x '
                 f'{self.per_token_bytes / 1024:.1f} KiB), and only {free_bytes / MIB:.0f} MiB '
-                f'is free ({where}); lower max_new_tokens or history_turns, or free memory')
+                f'is free ({where}); lower max_new_tokens, history_turns or follow_up_tokens, or '
+                'free memory')
 
     def allocated(self, max_length: int) -> None:
         """Remember the largest cache allocated so far (on CUDA the arena keeps it)."""

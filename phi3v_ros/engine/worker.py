@@ -9,7 +9,8 @@ It runs apart from the ROS node because onnxruntime-genai holds the GIL through 
 end the process they happen in. Messages on the pipe are tuples whose first item names them:
 
 parent -> worker: ('start', EngineConfig, warmup) first, then
-                  ('generate', id, WorkItem) | ('cancel', id) | ('shutdown',)
+                  ('generate', id, WorkItem) | ('cancel', id) | ('end_conversation',)
+                  | ('shutdown',)
 worker -> parent: ('log', text) | ('ready', info) | ('load_failed', reason)
                   | ('piece', id, text) | ('result', id, Result)
 
@@ -57,6 +58,8 @@ class WorkItem:
     cameras: Tuple[str, ...] = ()
     missing_cameras: Tuple[str, ...] = ()
     answer_format: Optional[Tuple[str, object]] = None
+    keep_tokens: int = 0          # Request's: keep the sequence for follow-ups
+    follow_up: bool = False       # Request's: continue the kept sequence
 
 
 def _warm_up(engine: Engine) -> None:
@@ -122,7 +125,7 @@ class _Inbox:
             except (EOFError, OSError):
                 os._exit(0)   # the parent is gone: nobody is left to answer
             kind = message[0]
-            if kind == 'generate':
+            if kind in ('generate', 'end_conversation'):    # in order, on the main thread
                 self.work.put(message)
             elif kind == 'cancel':
                 with self._lock:
@@ -217,6 +220,9 @@ def worker_main(conn, config: EngineConfig, warmup: bool) -> None:
         message = inbox.work.get()
         if message is None:
             break
+        if message[0] == 'end_conversation':    # frees the kept sequence's KV cache now
+            engine.end_conversation()
+            continue
         _, request_id, item = message
         result = _answer(engine, frames, inbox, request_id, item, conn)
         inbox.forget(request_id)
@@ -240,7 +246,8 @@ def _answer(engine: Engine, frames: FrameReceiver, inbox: _Inbox, request_id: in
         request = Request(prompt=item.prompt, images=images, cameras=item.cameras,
                           missing_cameras=item.missing_cameras, settings=item.settings,
                           system_prompt=item.system_prompt, history=item.history,
-                          answer_format=item.answer_format)
+                          answer_format=item.answer_format, keep_tokens=item.keep_tokens,
+                          follow_up=item.follow_up)
         return engine.generate(request, on_piece=pieces.add,
                                should_stop=lambda: inbox.is_cancelled(request_id))
     except Exception as exc:  # noqa: BLE001 - a bug must cost one request, not the worker

@@ -13,6 +13,8 @@ anything is done with it.
 A request:   {"id": "door-1", "question": "Is the door open?",
               "format": {"choices": ["yes", "no"]}, "cameras": ["/head/image_raw"],
               "max_new_tokens": 8, "max_crops": 4, "max_image_age": 1.0}
+Follow-ups:  {"id": "t-1", "question": "What is on the table?", "follow_ups": true}, then
+             {"id": "t-2", "question": "Which one is red?", "follows": "t-1"}
 A cancel:    {"id": "door-1", "cancel": true}
 A response:  {"id": "door-1", "status": "ok", "text": "yes", "value": "yes", "error": null, ...}
 A piece:     {"id": "door-1", "piece": "ye"}
@@ -37,7 +39,7 @@ MAX_CAMERAS = 16
 MAX_JSON_DEPTH = 32                # nesting of the whole request, schema included
 FORMAT_KINDS = ('choices', 'regex', 'json_schema', 'lark_grammar')
 REQUEST_FIELDS = ('id', 'question', 'format', 'cameras', 'max_new_tokens', 'max_crops',
-                  'max_image_age', 'cancel')
+                  'max_image_age', 'follow_ups', 'follows', 'cancel')
 STATUS_OK, STATUS_ERROR = 'ok', 'error'
 
 
@@ -66,6 +68,10 @@ class QARequest:
     max_new_tokens: Optional[int] = None    # None = the node's parameter (also the ceiling)
     max_crops: Optional[int] = None
     max_image_age: Optional[float] = None
+    # conversations: keep this answer (its frames, the model's memory of them) for follow-ups;
+    # or continue the conversation whose latest answer is that of request `follows`
+    follow_ups: bool = False
+    follows: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,10 +202,24 @@ def parse_request(data: str):
             raise RequestError('max_image_age must be a number of seconds in [0, 3600]',
                                request_id)
         max_age = float(max_age)
+    follow_ups = body.get('follow_ups', False)
+    if type(follow_ups) is not bool:
+        raise RequestError(f'follow_ups must be true or false, not {_type_name(follow_ups)}',
+                           request_id)
+    follows = body.get('follows')
+    if follows is not None:
+        follows = _string(follows, 'follows', MAX_ID_CHARS, request_id)
+        if not follows:
+            raise RequestError('follows must be the id of an earlier request', request_id)
+    if answer_format is not None and (follow_ups or follows is not None):
+        raise RequestError('a request with a format cannot open or follow a conversation '
+                           '(follow_ups, follows): the model writes formats only as a new '
+                           'question', request_id)
     return QARequest(
         id=request_id, question=question, format=answer_format, cameras=cameras,
         max_new_tokens=_integer(body, 'max_new_tokens', 1, 131072, request_id),
-        max_crops=_integer(body, 'max_crops', 1, 16, request_id), max_image_age=max_age)
+        max_crops=_integer(body, 'max_crops', 1, 16, request_id), max_image_age=max_age,
+        follow_ups=follow_ups, follows=follows)
 
 
 def request_json(request: QARequest) -> str:
@@ -210,9 +230,11 @@ def request_json(request: QARequest) -> str:
         body['format'] = {request.format.kind: list(spec) if isinstance(spec, tuple) else spec}
     if request.cameras:
         body['cameras'] = list(request.cameras)
-    for name in ('max_new_tokens', 'max_crops', 'max_image_age'):
+    for name in ('max_new_tokens', 'max_crops', 'max_image_age', 'follows'):
         if getattr(request, name) is not None:
             body[name] = getattr(request, name)
+    if request.follow_ups:
+        body['follow_ups'] = True
     return json.dumps(body)
 
 

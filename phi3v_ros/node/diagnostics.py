@@ -53,6 +53,7 @@ def engine_status(engine, qa, cameras, model_path: str,
         ('latest_frame_age_s', 'none' if missing else f'{max(ages):.3f}'),
         ('frames_received', str(cameras.received)),
         ('queue_depth', str(qa.queue_depth)),
+        ('conversation', _conversation(qa.conversation)),
         ('prompts_received', str(counters.received)),
         ('prompts_answered', str(counters.answered)),
         ('prompts_rejected', str(counters.rejected)),
@@ -117,3 +118,10 @@ def idle_status(phase: str, counters, model_path: str,
         ('prompts_failed', str(counters.failed)),
         ('internal_errors', str(health.error_count if health is not None else 0)),
     ]
+
+
+def _conversation(open_) -> str:
+    """Say what conversation is open for follow-ups: 'none', or its key and follow-ups."""
+    if open_ is None:
+        return 'none'
+    return f'{open_.key} ({open_.follow_ups} follow-ups)'

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Tuple
 
+from phi3v_ros.core.conversation import FollowUpOptions
 from phi3v_ros.core.prompt_queue import BUSY_POLICIES
 from phi3v_ros.core.vision_qa import QAOptions
 from phi3v_ros.engine.engine import IMAGE_PREPROCESSING, PROVIDERS
@@ -133,6 +134,16 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   value_range=(0, 100)),
     ParameterSpec('system_prompt', _QA.system_prompt, 'system message put before every question',
                   max_chars=20_000),
+    ParameterSpec('follow_up_window', _QA.follow_ups.window_s,
+                  'prompt topic: a prompt this many seconds after an answer follows it up, about '
+                  "the same frames, in the model's memory (0 = off; requests use follow_ups and "
+                  'follows)', value_range=(0.0, 3600.0)),
+    ParameterSpec('follow_up_max', _QA.follow_ups.max_follow_ups,
+                  'follow-ups one conversation may have (0 = none, for requests too)',
+                  value_range=(0, 100)),
+    ParameterSpec('follow_up_tokens', _QA.follow_ups.tokens,
+                  "tokens kept in the model's KV cache for all of a conversation's follow-ups "
+                  '(questions and answers); counted by the memory guard', value_range=(0, 65536)),
     # -- generation (can change while running) --
     ParameterSpec('max_new_tokens', _GEN.max_new_tokens, 'longest answer, in tokens',
                   value_range=(1, 131072)),
@@ -220,4 +231,7 @@ def qa_options(values: dict) -> QAOptions:
         allow_text_only=values['allow_text_only'], max_queue=values['max_queue'],
         busy_policy=values['busy_policy'], max_prompt_chars=values['max_prompt_chars'],
         history_turns=values['history_turns'], system_prompt=values['system_prompt'],
-        settings=settings)
+        settings=settings,
+        follow_ups=FollowUpOptions(window_s=values['follow_up_window'],
+                                   max_follow_ups=values['follow_up_max'],
+                                   tokens=values['follow_up_tokens']))

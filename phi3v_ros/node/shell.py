@@ -517,6 +517,11 @@ class VisionQAShell:
         line = f'prompt #{reply.ticket.id} {reply.outcome}{cost}, {used}'
         if reply.ticket.request is not None:
             line += f', request {reply.ticket.request.id!r}'
+        note = reply.conversation
+        if note is not None:
+            line += (f", follow-up {note.follow_up} (its conversation's frames)" if note.continued
+                     else f', a new conversation ({note.new_because})' if note.new_because
+                     else ', a new conversation' if note.open else '')
         if result is not None and reply.timings:
             line += '; ' + _node_timings(reply.timings, published - start,
                                          published - reply.ticket.received)
