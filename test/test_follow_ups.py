@@ -167,3 +167,18 @@ def test_without_follow_up_options_nothing_is_kept(make):
     assert first.result.max_length == first.result.prompt_tokens + 8
     _, plain = ask(h, 'And?', 2)
     assert plain.conversation is None
+
+
+def test_a_reset_while_the_opening_is_answered_ends_that_conversation(make):
+    h = make(settings=LONG, follow_ups=FollowUpOptions(max_follow_ups=3, tokens=300))
+    h.frames.store(gradient_image(300, 400, seed=1), 1.0)
+    question = 'Tell me everything.'
+    ticket = h.qa.ask(question, QARequest(id='open', question=question, follow_ups=True,
+                                          max_new_tokens=4000))
+    assert h.wait_for_pieces(ticket, 1)
+    h.qa.reset_history()                      # while the answer is still being written
+    opened = h.wait_replies(1)[0]
+    assert opened.ok and not opened.conversation.open   # it would have been open without it
+    _, follow = ask(h, 'Which one is red?', 2, id='next', follows='open', max_new_tokens=8)
+    assert not follow.conversation.continued
+    assert follow.conversation.new_because == 'the conversation was reset (~/reset)'

@@ -62,6 +62,7 @@ class Plan:
     new_because: str = ''                      # meant as a follow-up, answered anew: why
     asked: bool = False                        # the question asked for follow-ups (follow_ups,
     #                                            follows, or a prompt with follow_up_window on)
+    epoch: int = 0                             # Conversations' when planned (end() counts up)
     frames_bound_at: float = 0.0               # a new question's: when its frames were bound
 
 
@@ -98,6 +99,9 @@ class Conversations:
         # why conversations ended, by the keys a follow-up may name (the latest few)
         self._ended: 'collections.OrderedDict[str, str]' = collections.OrderedDict()
         self._last_plain_answer_at: Optional[float] = None   # a prompt within the window follows
+        # end() (another thread) counts this up: an answer planned before it opens nothing
+        self._epoch = 0
+        self._last_end_why = ''
 
     def _record_end(self, keys, why: str) -> None:
         """Remember why the conversation of these keys ended (under _lock)."""
@@ -133,19 +137,21 @@ class Conversations:
             meant = keep and last is not None and now - last <= options.window_s
             key = PLAIN
         follows = request.follows if request is not None else None
+        with self._lock:
+            epoch = self._epoch
         if not meant:
-            return Plan(keep=keep, follows=follows, asked=asked)
+            return Plan(keep=keep, follows=follows, asked=asked, epoch=epoch)
         with self._lock:
             open_ = self._open
             why = self._why_not(open_, key, options, max_image_age_s, worker_restarts, now)
             if why is None:
                 return Plan(continues=open_, keep=keep, follows=follows, meant_as_follow_up=True,
-                            asked=True)
+                            asked=True, epoch=epoch)
             if open_ is not None and open_.key == key:
                 self._open = None
                 self._record_end((key,), why)
         return Plan(keep=keep, follows=follows, meant_as_follow_up=True, new_because=why,
-                    asked=True)
+                    asked=True, epoch=epoch)
 
     def could_not_continue(self, plan: Plan, why: str) -> Plan:
         """End plan's conversation, which the worker could not continue; return the fresh plan."""
@@ -154,7 +160,7 @@ class Conversations:
                 self._open = None
             self._record_end((plan.continues.key,), why)
         return Plan(keep=plan.keep, follows=plan.follows, meant_as_follow_up=True,
-                    new_because=why, asked=True)
+                    new_because=why, asked=True, epoch=plan.epoch)
 
     def _why_not(self, open_: Optional[Conversation], key: str, options: FollowUpOptions,
                  max_image_age_s: float, worker_restarts: int, now: float) -> Optional[str]:
@@ -205,6 +211,9 @@ class Conversations:
         with self._lock:
             if key == PLAIN:
                 self._last_plain_answer_at = now
+            if plan.epoch != self._epoch:      # ended (~/reset, parameters) while answered
+                self._record_end((key,), self._last_end_why)
+                return number, False
             if plan.keep and result.ok and result.kept_tokens_left > 0:
                 if continued:
                     self._open = dataclasses.replace(plan.continues, key=key,
@@ -227,8 +236,14 @@ class Conversations:
                 self._record_end(keys, why)
 
     def end(self, why: str) -> bool:
-        """End the open conversation (~/reset, a parameter change); True if one was open."""
+        """
+        End the open conversation, and any a question being answered would open (~/reset, ...).
+
+        True if one was open.
+        """
         with self._lock:
+            self._epoch += 1
+            self._last_end_why = why
             open_, self._open = self._open, None
             if open_ is not None:
                 self._record_end((open_.key,), why)

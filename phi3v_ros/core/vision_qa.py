@@ -296,9 +296,9 @@ class VisionQA:
         self.end_conversation('the conversation was reset (~/reset)')
 
     def end_conversation(self, why: str) -> None:
-        """End the open conversation, if any, and free what the worker keeps of it."""
-        if self._conversations.end(why):
-            self._engine.end_conversation()
+        """End the open conversation (or one being opened) and free what the worker keeps."""
+        self._conversations.end(why)
+        self._engine.end_conversation()    # after the answer in flight, if any: in order
 
     def configure(self, options: QAOptions) -> None:
         """Apply changed parameters; they take effect from the next prompt taken."""
@@ -337,6 +337,7 @@ class VisionQA:
         for ticket in self._queue.close():
             self._reply(ticket, reason, 'rejected')
         self.cancel()
+        self.end_conversation(reason.rstrip('.'))    # a deactivation keeps the worker: free it
 
     @property
     def closed(self) -> bool:

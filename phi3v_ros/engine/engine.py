@@ -471,7 +471,8 @@ class Engine:
             return None, (f'onnxruntime-genai {self.genai_version} cannot continue a sequence '
                           '(append_tokens and get_logits came in 0.6)')
         if kept is None:
-            return None, 'no conversation is kept in the worker (it was restarted?)'
+            return None, ('no conversation is kept in the worker (it ended there, or the '
+                          'worker was restarted)')
         if request.answer_format is not None:
             return None, 'an answer format does not continue a conversation'
         ids = prompt_token_ids(self._tokenizer.encode,
