@@ -212,7 +212,8 @@ class Conversations:
             if key == PLAIN:
                 self._last_plain_answer_at = now
             if plan.epoch != self._epoch:      # ended (~/reset, parameters) while answered
-                self._record_end((key,), self._last_end_why)
+                if plan.keep:
+                    self._record_end((key,), self._last_end_why)
                 return number, False
             if plan.keep and result.ok and result.kept_tokens_left > 0:
                 if continued:
