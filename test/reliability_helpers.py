@@ -14,15 +14,14 @@ BASE = {'provider': 'cpu', 'max_new_tokens': 4, 'diagnostics_period': 0.1, 'warm
 
 
 class NodePeer(RosPeer):
-    """A RosPeer reading only its own node's /diagnostics (several nodes may share the domain)."""
+    """A RosPeer with more readings of its node's /diagnostics (RosPeer keeps only its node's)."""
 
     def __init__(self, namespace='', node_name='vision_qa'):
         super().__init__(namespace=namespace, node_name=node_name)
         self.prefix = f'{namespace.rstrip("/")}/{node_name}' if namespace else f'/{node_name}'
-        self.status_name = f'{self.prefix}: engine'
 
     def _mine(self):
-        return [d for d in self.diagnostics if d.status and d.status[0].name == self.status_name]
+        return self.diagnostics
 
     def latest_diagnostic(self, key):
         with self.changed:
@@ -43,13 +42,12 @@ class NodePeer(RosPeer):
         with self.changed:
             start = len(self.diagnostics)
 
-        def fresh_match():
-            for array in self.diagnostics[start:]:
-                if array.status and array.status[0].name == self.status_name:
-                    values = {pair.key: pair.value for pair in array.status[0].values}
-                    if predicate(values):
-                        return True
-            return False
+        seen = [start]
+
+        def fresh_match():      # each message once: this runs at every message that arrives
+            arrays, seen[0] = self.diagnostics[seen[0]:], len(self.diagnostics)
+            return any(predicate({pair.key: pair.value for pair in array.status[0].values})
+                       for array in arrays)
         return self.wait_for(fresh_match, timeout)
 
     def wait_ready(self, timeout=60.0):

@@ -169,9 +169,12 @@ class RosPeer:
         self.changed = threading.Condition()
         self.node.create_subscription(String, 'answer', self._record(self.answers), 10)
         self.node.create_subscription(String, 'answer/stream', self._record(self.pieces), 1000)
-        self.node.create_subscription(DiagnosticArray, '/diagnostics',
-                                      self._record(self.diagnostics), 10)
         prefix = f'{namespace.rstrip("/")}/{node_name}' if namespace else f'/{node_name}'
+        # Only this node's: several nodes share /diagnostics in some tests (six at 10 Hz each),
+        # and scanning every node's messages at every notify made a test's own process use a
+        # whole core and starve the nodes under test (seen: one test 22 s, then 196 s).
+        self.status_name = f'{prefix}: engine'
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._record_own, 10)
         self.cancel_client = self.node.create_client(Trigger, f'{prefix}/cancel')
         self.reset_client = self.node.create_client(Trigger, f'{prefix}/reset')
         self.parameter_client = self.node.create_client(SetParameters, f'{prefix}/set_parameters')
@@ -185,6 +188,12 @@ class RosPeer:
                 store.append(message)
                 self.changed.notify_all()
         return callback
+
+    def _record_own(self, array):
+        if array.status and array.status[0].name == self.status_name:
+            with self.changed:
+                self.diagnostics.append(array)
+                self.changed.notify_all()
 
     def wait_for(self, condition, timeout=60.0):
         with self.changed:
@@ -248,7 +257,11 @@ class RosPeer:
                 lambda: int(self.latest_diagnostic('frames_received') or 0) > before, 0.5)
             if received:
                 return
-        raise AssertionError('the node did not receive the frame')
+        raise AssertionError(
+            f'the node did not receive the frame within {timeout:g} s (its latest diagnostics: '
+            f'frames_received {self.latest_diagnostic("frames_received")}, engine_state '
+            f'{self.latest_diagnostic("engine_state")}, image topic matched: '
+            f'{self.image_pub.get_subscription_count() > 0})')
 
     def publish_raw(self, message):
         (self.compressed_pub if hasattr(message, 'format') else self.image_pub).publish(message)
