@@ -178,12 +178,13 @@ def test_diagnostics_report_state_counts_and_frames(clean, node):
     clean.wait_answers(1)
     assert wait_until(lambda: clean.latest_diagnostic('prompts_rejected') not in (None, '0'), 5)
     for key in ('engine_state', 'provider', 'model_path', 'latest_frame_age_s', 'frames_received',
-                'queue_depth', 'prompts_answered', 'prompts_failed', 'last_time_to_first_token_s',
-                'last_tokens_per_s'):
+                'queue_depth', 'conversation', 'prompts_answered', 'prompts_failed',
+                'last_time_to_first_token_s', 'last_tokens_per_s'):
         assert clean.latest_diagnostic(key) is not None, key
     assert clean.latest_diagnostic('provider') == 'cpu'
     assert clean.latest_diagnostic('engine_state') in ('ready', 'generating')
     assert clean.latest_diagnostic('cuda_graph') == 'off'
+    assert clean.latest_diagnostic('conversation') == 'none'     # follow_up_window is off
 
 
 def test_ask_client_exit_codes(clean, node):
