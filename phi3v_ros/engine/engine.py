@@ -501,20 +501,19 @@ class Engine:
             generator.append_tokens(ids[0])          # the follow-up's own prefill, nothing more
             self._decode_loop(generator, result, start, on_piece, should_stop, None,
                               request.settings.max_new_tokens)
-            self._keep(generator, result, kept.max_length)
+            self._keep(generator, result)       # result.max_length is the kept one
         finally:
             del generator, kept
 
-    def _keep(self, generator, result: Result, max_length: Optional[int] = None) -> None:
+    def _keep(self, generator, result: Result) -> None:
         """Keep a generator whose answer came whole or to max_new_tokens, if room is left."""
         if not result.ok:
             return
         sequence = generator.get_sequence(0)
-        max_length = max_length or result.max_length
-        result.kept_tokens_left = max(0, max_length - len(sequence))
+        result.kept_tokens_left = max(0, result.max_length - len(sequence))
         if result.kept_tokens_left > 0:
             # 0.18 leaves the end token it stopped on out of the sequence: look, do not assume
-            self._kept = _Kept(generator, max_length, len(sequence),
+            self._kept = _Kept(generator, result.max_length, len(sequence),
                                ended=int(sequence[-1]) in self.eos_token_ids)
 
     def _answer_format(self, answer_format, result: Result):

@@ -113,7 +113,8 @@ def without_switch(model):
     branch = next(a.g for a in switch.attribute if a.name == 'else_branch')
     renamed = dict(zip((value.name for value in branch.output), switch.output))
     condition = switch.input[0]
-    still_read = any(condition in node.input for node in model.graph.node if node is not switch)
+    still_read = any(condition in node.input for node in model.graph.node
+                     if node.op_type != 'If')     # (the only If is the switch)
     nodes = []
     for node in model.graph.node:
         if node.op_type == 'If':                       # the switch: its else branch's constants
