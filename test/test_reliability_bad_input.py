@@ -414,7 +414,6 @@ def test_random_frames_over_dds_never_break_the_node(nodes):
     each, the node stays up, and no frame that passes conversion makes the model fail.
     """
     from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
     from test_image_conversion_property import compressed_msgs, image_msgs
 
     raw_node, raw_peer, comp_node, comp_peer = nodes
@@ -423,24 +422,31 @@ def test_random_frames_over_dds_never_break_the_node(nodes):
     before = {id(peer): peer.settled_received() for peer in (raw_peer, comp_peer)}
     sent = {id(raw_peer): 0, id(comp_peer): 0}
 
-    @settings(max_examples=160, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(case=st.one_of(image_msgs().map(lambda m: ('raw', m)),
-                          compressed_msgs().map(lambda c: ('comp', c[0]))))
-    def one_case(case):
-        kind, fake = case
-        if kind == 'raw':
-            peer, message = raw_peer, to_image_message(fake)
-        else:
-            peer, message = comp_peer, to_compressed_message(fake)
+    # 80 of each kind, in two runs: one run over one_of(raw, compressed) split its 160 examples
+    # by chance, once 140/20 (colcon test, 2026-12-06), and the count check below then failed
+    examples = settings(max_examples=80, deadline=None, database=None,
+                        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+    def send(peer, message):
         check_one_reply(peer, message)
         sent[id(peer)] += 1
         assert raw_node.process.poll() is None and comp_node.process.poll() is None
 
+    @examples
+    @given(fake=image_msgs())
+    def raw_case(fake):
+        send(raw_peer, to_image_message(fake))
+
+    @examples
+    @given(fake=compressed_msgs())
+    def compressed_case(fake):
+        send(comp_peer, to_compressed_message(fake[0]))
+
     raw_peer.clear_answers()
     comp_peer.clear_answers()
     started = time.monotonic()
-    one_case()
+    raw_case()
+    compressed_case()
     elapsed = time.monotonic() - started
     for peer in (raw_peer, comp_peer):
         peer.wait_settled(before[id(peer)] + sent[id(peer)])
