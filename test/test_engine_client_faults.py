@@ -133,6 +133,32 @@ def test_only_the_first_load_failure_is_final(make_client, tmp_path):
     assert client.restarts == 0 and client.pid is None
 
 
+def test_a_load_failure_sent_just_before_the_worker_ends_is_read_not_taken_for_a_crash(
+        make_client, tmp_path, monkeypatch):
+    """
+    The monitor's wait can time out just before the worker's last message and its exit.
+
+    Once in CI, a node then found the worker gone with its load failure unread, counted a crash
+    and restarted it. Here every wait "times out" after the worker has ended, with its message
+    unread: the failure must still be read, final and not retried.
+    """
+    from phi3v_ros.engine import engine_client
+    real_wait = engine_client.wait
+    timed_out_late = []
+
+    def wait_then_time_out(waitables, timeout=None):
+        sentinels = [item for item in waitables if isinstance(item, int)]
+        if sentinels and real_wait(sentinels, timeout=10.0):    # the worker has ended
+            timed_out_late.append(True)
+            return []
+        return real_wait(waitables, timeout)
+    monkeypatch.setattr(engine_client, 'wait', wait_then_time_out)
+    client = make_client(str(tmp_path / 'missing'))
+    assert wait_state(client, lambda state, detail: state == EngineState.FAILED, 30)
+    assert timed_out_late and client.restarts == 0, (client.restarts, client.detail)
+    assert 'does not exist' in client.detail
+
+
 def test_a_worker_that_cannot_be_started_is_retried(make_client, tiny_model, monkeypatch):
     """ENOMEM from fork/exec (a memory-starved Jetson) used to end the monitor thread."""
     from phi3v_ros.engine import engine_client

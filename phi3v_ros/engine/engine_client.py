@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import itertools
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 import queue
 import signal
 import threading
@@ -79,6 +79,14 @@ def describe_exit(exitcode: Optional[int]) -> str:
         except ValueError:
             return f'was killed by signal {-exitcode}'
     return f'exited with code {exitcode}'
+
+
+def _has_unread(conn: Connection) -> bool:
+    """Return True when conn has a message (or its end) to read now."""
+    try:
+        return conn.poll(0)
+    except (OSError, ValueError):      # closed or broken: nothing more will come
+        return False
 
 
 class _InFlight:
@@ -439,14 +447,18 @@ class EngineClient:
                 ready = [None]        # the pipe is broken: the worker is gone
             if self._closing.is_set():
                 return
-            if worker.conn in ready:
+            # (is_alive: where there is no pidfd)
+            ended = worker.conn not in ready and (bool(ready) or not worker.process.is_alive())
+            # What a worker sent before it ended is read before its end is taken as a crash: the
+            # wait can time out just before its last message (a load failure) and its exit.
+            if worker.conn in ready or (ended and _has_unread(worker.conn)):
                 try:
                     message = worker.conn.recv()
                 except (EOFError, OSError):
                     self._on_worker_death(worker)
                     return
                 self._handle(worker, message)
-            elif ready or not worker.process.is_alive():   # (is_alive: where there is no pidfd)
+            elif ended:
                 self._on_worker_death(worker)
         finally:
             self._deliver()
