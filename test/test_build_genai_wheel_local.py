@@ -59,15 +59,18 @@ EXTENSION_EXTERNALS = {
 }
 ALL_FOLDERS = ('pybind11', 'googletest', 'onnxruntime_extensions', 'gsl', 'dlib',
                'nlohmann_json')
+# a release whose dependencies the builder does not pin (RELEASE_DEPENDENCIES): its folders are
+# read from the tree and only their existence is checked, so the made-up ones above do
+UNPINNED = '0.8.3'
 
 
-def genai_tree(root, version='0.9.2'):
+def genai_tree(root, version=UNPINNED, deps_txt=DEPS_TXT):
     """Write the parts of an onnxruntime-genai source tree the builder reads."""
     root = Path(root)
     (root / 'cmake' / 'external').mkdir(parents=True)
     (root / 'VERSION_INFO').write_text(version + '\n')
     (root / 'build.py').write_text('# build\n')
-    (root / 'cmake' / 'deps.txt').write_text(DEPS_TXT)
+    (root / 'cmake' / 'deps.txt').write_text(deps_txt)
     (root / 'cmake' / 'external' / 'onnxruntime_external_deps.cmake').write_text(EXTERNAL_DEPS)
     return root
 
@@ -114,19 +117,30 @@ def test_missing_dependency_folders_are_named_with_what_to_put_there(tmp_path):
     source = genai_tree(tmp_path / 'src')
     deps = deps_folder(tmp_path / 'deps',
                        [f for f in ALL_FOLDERS if f not in ('dlib', 'googletest')])
-    (problem,) = check_local_sources(source, deps, '0.9.2')
+    problem, unchecked = check_local_sources(source, deps, UNPINNED)
     assert problem.level == 'error' and '2 of the 6 dependencies' in problem.what
     assert f'{deps / "dlib"}/  <- https://github.com/davisking/dlib/archive/refs/tags/' \
            'v19.24.7.zip (the extracted archive, sha1 6c63)' in problem.fix
     assert 'googletest' in problem.fix and 'pybind11/' not in problem.fix
-    assert check_local_sources(source, deps_folder(tmp_path / 'all'), '0.9.2') == []
+    assert f'$ curl -fL -o /tmp/dlib.zip https://github.com/davisking/dlib/archive/refs/tags/' \
+           f'v19.24.7.zip && unzip -qo /tmp/dlib.zip -d {deps}/dlib.tmp && mv -T ' \
+           f'{deps}/dlib.tmp/* {deps}/dlib && rmdir {deps}/dlib.tmp' in problem.fix
+    assert unchecked.level == 'warning' and 'only the existence of pybind11, ' \
+        'onnxruntime_extensions, gsl, nlohmann_json' in unchecked.what
+    (unchecked,) = check_local_sources(source, deps_folder(tmp_path / 'all'), UNPINNED)
+    assert unchecked.level == 'warning' and 'was checked, not their version' in unchecked.what
 
 
 def test_without_the_extensions_folder_its_own_dependencies_are_not_known_yet(tmp_path):
     source = genai_tree(tmp_path / 'src')
-    (problem,) = check_local_sources(source, tmp_path / 'empty', '0.9.2')
+    (problem,) = check_local_sources(source, tmp_path / 'empty', UNPINNED)
     assert '3 of the 3' in problem.what
     assert 'a checkout of commit 9f1f67d6' in problem.fix
+    assert f'$ git clone https://github.com/microsoft/onnxruntime-extensions.git ' \
+           f'{tmp_path}/empty/onnxruntime_extensions && git -C {tmp_path}/empty/' \
+           'onnxruntime_extensions checkout 9f1f67d6' in problem.fix
+    assert 'the dependencies of onnxruntime-extensions are listed once ' \
+           f'{tmp_path}/empty/onnxruntime_extensions is there' in problem.fix
 
 
 def test_a_source_tree_of_another_release_is_refused(tmp_path):
@@ -248,10 +262,47 @@ def test_a_toolkit_without_the_libraries_is_an_error_unless_pip_provides_them():
                                                  non_jetson=True)
                   if 'lacks curand_kernel.h' in p.what]
     assert '--cuda-libs python' in problem.fix and 'nvidia-curand' in problem.fix
+    # a --target preset: the target's Python is not here to look into
     (problem,) = [p for p in check_prerequisites(plat, choice, None, install=False,
                                                  cuda_libs='python')
                   if 'lacks curand_kernel.h' in p.what]
-    assert problem.level == 'warning'
+    assert problem.level == 'warning' and 'cannot be checked from here' in problem.what
+    assert problem.fix == f'on the target: {plat.python.path} -m pip install nvidia-curand-cu12'
+
+
+def fake_python(path, site=None):
+    """Write an interpreter that answers the nvidia package lookup: from ``site``, or none."""
+    answer = f'echo {site}/nvidia' if site else 'echo "No module named nvidia" >&2; exit 1'
+    path.write_text(f'#!/bin/sh\n{answer}\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_cuda_libs_python_without_the_nvidia_packages_is_an_error_with_the_pip_command(
+        tmp_path):
+    plat = preset_platform('jp6-orin')
+    plat.synthetic, plat.cmake = False, '3.28.3'
+    plat.cuda_missing = ['curand_kernel.h', 'cublas_v2.h', 'libcublas.so', 'libcurand.so']
+    plat.python.path = fake_python(tmp_path / 'python3')
+    choice = V.choose_versions('1.22.0')
+
+    def lacking(problems):
+        return [p for p in problems if 'lacks curand_kernel.h' in p.what]
+
+    (problem,) = lacking(check_prerequisites(plat, choice, None, install=False,
+                                             cuda_libs='python'))
+    assert problem.level == 'error' and 'the build would stop' in problem.what
+    assert problem.fix == f'{plat.python.path} -m pip install nvidia-cublas-cu12 ' \
+                          'nvidia-curand-cu12'
+    # a CUDA 13 cuRAND does not count for a CUDA 12 toolkit; the CUDA 12 packages do
+    site = nvidia_package(tmp_path / 'site', 'cu13')
+    plat.python.path = fake_python(tmp_path / 'python3', site)
+    (problem,) = lacking(check_prerequisites(plat, choice, None, install=False,
+                                             cuda_libs='python'))
+    assert problem.level == 'error'
+    nvidia_package(site, 'cu12')
+    assert lacking(check_prerequisites(plat, choice, None, install=False,
+                                       cuda_libs='python')) == []
 
 
 def test_build_py_needs_requests_and_an_offline_wheel_needs_setuptools():
@@ -261,12 +312,30 @@ def test_build_py_needs_requests_and_an_offline_wheel_needs_setuptools():
     choice = V.choose_versions('1.22.0')
     problems = check_prerequisites(plat, choice, None, install=False, offline=True)
     (requests,) = [p for p in problems if 'lacks requests' in p.what]
-    assert 'python3-requests' in requests.fix
+    assert requests.fix.startswith(f'{plat.python.path} -m pip install requests')
     (wheel,) = [p for p in problems if 'setuptools and wheel' in p.what]
     assert wheel.level == 'error' and 'pip install setuptools wheel' in wheel.fix
     plat.python.modules += ['requests', 'setuptools', 'wheel']
     assert not [p for p in check_prerequisites(plat, choice, None, install=False, offline=True)
                 if 'lacks' in p.what]
+
+
+def test_requests_is_installed_with_pip_and_with_apt_only_for_the_system_python():
+    plat = preset_platform('jp6-orin')
+    plat.cmake = '3.28.3'
+    plat.python.modules = ['numpy', 'onnx', 'tokenizers', 'cv2', 'setuptools', 'wheel']
+    choice = V.choose_versions('1.22.0')
+
+    def fix():
+        (requests,) = [p for p in check_prerequisites(plat, choice, None, install=False)
+                       if 'lacks requests' in p.what]
+        return requests.fix
+
+    plat.python.path, plat.python.in_venv = '/usr/bin/python3', False
+    assert fix() == ('/usr/bin/python3 -m pip install requests (or, as it is the system '
+                     'Python, sudo apt install python3-requests)')
+    plat.python.path, plat.python.in_venv = '/home/me/venv/bin/python3', True
+    assert fix() == '/home/me/venv/bin/python3 -m pip install requests'
 
 
 def test_non_jetson_skips_the_jetson_only_errors():
@@ -360,7 +429,8 @@ def test_a_desktop_builds_for_its_own_gpu_offline(tmp_path):
     source, deps = genai_tree(tmp_path / 'src'), deps_folder(tmp_path / 'deps')
     ort = fake_ort_release(tmp_path / 'ort-rel')
     argv = ['--non-jetson', '--cuda-arch', '89', '--source', str(source), '--deps-dir',
-            str(deps), '--ort-source', str(ort), '--work-dir', str(tmp_path / 'w')]
+            str(deps), '--ort-source', str(ort), '--work-dir', str(tmp_path / 'w'),
+            '--genai-version', UNPINNED]
     status, text = run(['--dry-run'] + argv, desktop(tmp_path / 'a'))
     assert status == 0 and 'This machine is not a Jetson' not in text, text
     assert 'ERROR' not in text
@@ -385,7 +455,8 @@ def test_a_desktop_run_stops_on_a_missing_dependency_before_building(tmp_path):
     machine, lines = FakeMachine(), []
     status, text = run(['--non-jetson', '--cuda-arch', '89', '--source', str(source),
                         '--deps-dir', str(deps), '--ort-source', str(ort), '--work-dir',
-                        str(tmp_path / 'w')], desktop(tmp_path / 'a'),
+                        str(tmp_path / 'w'), '--genai-version', UNPINNED],
+                       desktop(tmp_path / 'a'),
                        Context(out=lines.append, run=machine.run, capture=machine.capture))
     assert status == 1 and not machine.calls
     assert 'googletest/  <- https://github.com/google/googletest/archive/530d.zip' in text

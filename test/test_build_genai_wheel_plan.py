@@ -89,9 +89,9 @@ def test_install_adds_install_and_the_checks():
                          f'{plan.work_dir}/tiny-model']
     assert tiny.env == {'PYTHONPATH': '/ws/src/phi3v_ros:$PYTHONPATH'}
     generate = step(plan, 'check-generate')
-    assert generate.argv[-1] == f'{plan.work_dir}/tiny-model'
+    assert generate.argv[-2:] == [f'{plan.work_dir}/tiny-model', 'cuda']
     code = generate.argv[2]
-    assert 'EngineConfig(model_path=sys.argv[1], provider="cuda")' in code
+    assert 'EngineConfig(model_path=sys.argv[1], provider=sys.argv[2])' in code
     assert 'GenerationSettings(max_new_tokens=4)' in code and 'assert r.ok' in code
     compile(code, '<check>', 'exec')
 

@@ -20,6 +20,7 @@ table of known failures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 import re
@@ -28,6 +29,8 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from phi3v_ros.tools.genai_wheel import checks as checks_mod
+from phi3v_ros.tools.genai_wheel import cross as cross_mod
+from phi3v_ros.tools.genai_wheel import cuda_libs
 from phi3v_ros.tools.genai_wheel import platform as platform_mod
 from phi3v_ros.tools.genai_wheel.ort_libs import (from_folder, from_python_package, OrtError,
                                                   OrtSource, source_summary_for_preset)
@@ -37,6 +40,11 @@ from phi3v_ros.tools.genai_wheel.versions import (choose_versions, DEFAULT_GENAI
                                                   table_rows, VersionError)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+OFFLINE_HEADERS_FIX = (
+    'give --ort-headers the include/onnxruntime/core/session folder of an ONNX Runtime 1.{api} '
+    "or newer source tree, or Debian sid's libonnxruntime-dev without installing it: "
+    'docs/jetson.md 4c step 4 (apt-get download libonnxruntime-dev; dpkg -x it DIR; '
+    '--ort-headers DIR/usr/include/onnxruntime)')
 
 
 def default_work_root() -> Path:
@@ -106,6 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="build for this machine's own NVIDIA GPU (x86_64 desktop, aarch64 "
                              'server): no JetPack checks; give --cuda-arch when nvidia-smi '
                              'cannot tell')
+    parser.add_argument('--cross', action='store_true',
+                        help='build the wheel of --target (default jp6-orin: aarch64, sm_87, '
+                             'CUDA 12, Python 3.10) on this x86_64 machine: needs '
+                             '--cuda-home (a CUDA 12 toolkit with targets/aarch64-linux), '
+                             '--target-python-include, --ort-source (aarch64) and a --python '
+                             "of the target's minor; docs/jetson.md 4d")
+    parser.add_argument('--cross-prefix', default='aarch64-linux-gnu-',
+                        help='with --cross: the prefix of the aarch64 GCC (default '
+                             'aarch64-linux-gnu-)')
+    parser.add_argument('--target-python-include', metavar='DIR',
+                        help="with --cross: the target Python's headers (Python.h and an "
+                             "aarch64 pyconfig.h), e.g. the Jetson's /usr/include/python3.10")
+    parser.add_argument('--emulator-python', metavar='COMMAND',
+                        help='with --cross: a command that runs the target Python here, e.g. '
+                             '"qemu-aarch64 -L /usr/aarch64-linux-gnu /opt/py310-arm/bin/'
+                             'python3.10", with onnxruntime, numpy and onnx installed: the checks '
+                             'that need no GPU then run on Arm (provider cpu)')
     parser.add_argument('--source', metavar='DIR',
                         help='an onnxruntime-genai source tree (checkout or extracted archive '
                              'of the release) to build instead of cloning it')
@@ -175,6 +200,34 @@ def find_ort_source(args, plat, probe, out) -> Optional[OrtSource]:
     return None
 
 
+def cross_target(args, host: platform_mod.Platform, out: Callable[[str], None]):
+    """Return (the platform to build for, CrossBuild): the target's facts, this machine's tools."""
+    target = args.target or platform_mod.DEFAULT_PRESET
+    plat = platform_mod.preset_platform(target, ort_version=args.ort_version or DEFAULT_ORT)
+    out(f'Cross build (--cross) for --target {target}: {platform_mod.PRESETS[target]}')
+    cuda_home = Path(args.cuda_home).expanduser().resolve() if args.cuda_home else None
+    version = cross_mod.nvcc_version(cuda_home) if cuda_home else None
+    cuda = platform_mod.CudaInstall(str(cuda_home), version) if version else None
+    status, gcc = cross_mod.run_text([f'{args.cross_prefix}gcc', '-dumpfullversion'])
+    cross = cross_mod.CrossBuild(
+        prefix=args.cross_prefix,
+        python_include=Path(args.target_python_include or '.').expanduser().resolve(),
+        python_version='.'.join(plat.python.version.split('.')[:2]),
+        emulator=shlex.split(args.emulator_python or ''))
+    plat = dataclasses.replace(
+        plat, is_jetson=False, synthetic=False, python=host.python, cmake=host.cmake,
+        cmake_path=host.cmake_path, git=host.git, cargo=host.cargo, docker=host.docker,
+        mem_total=host.mem_total, mem_available=host.mem_available, swap_free=host.swap_free,
+        cpu_count=host.cpu_count, disk_free=host.disk_free,
+        gcc=gcc.strip() if status == 0 else None, cuda=cuda, cuda_installs=[cuda] if cuda else [],
+        cuda_reason='--cuda-home', compute_capability=args.cuda_arch or plat.compute_capability,
+        cuda_missing=cuda_libs.toolkit_missing(cuda_home) if cuda else [], ort_runtime=None)
+    out(f'  compilers {args.cross_prefix}gcc {plat.gcc}, CUDA {version} at {cuda_home}, '
+        f'sm_{plat.compute_capability}, Python {cross.python_version} headers '
+        f'{cross.python_include}')
+    return plat, cross
+
+
 def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Probe] = None,
          out: Callable[[str], None] = print, context: Optional[Context] = None) -> int:
     args = build_parser().parse_args(argv)
@@ -189,12 +242,22 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
     for line in plat.summary():
         out(f'  {line}')
 
+    cross = None
+    if args.cross:
+        if args.non_jetson or args.install or args.cuda_libs == 'python':
+            out('error: --cross builds for a Jetson here; it does not combine with '
+                '--non-jetson, --install (install on the Jetson, or check on Arm with '
+                '--emulator-python) or --cuda-libs python (the toolkit of --cuda-home has them)')
+            return 2
+        host_machine = plat.machine
+        plat, cross = cross_target(args, plat, out)
     if args.deps_dir and not args.source:
         out('error: --deps-dir (an offline build) needs --source too: the dependency list is '
             "read from the source's cmake/deps.txt")
         return 2
-    is_target = (plat.is_jetson and plat.machine in ('aarch64', 'arm64')) or args.non_jetson
-    if args.dry_run and (not is_target or args.target):
+    is_target = (plat.is_jetson and plat.machine in ('aarch64', 'arm64')) or args.non_jetson \
+        or args.cross
+    if args.dry_run and not args.cross and (not is_target or args.target):
         target = args.target or platform_mod.DEFAULT_PRESET
         if not is_target:
             out(f'This machine is not a Jetson ({plat.machine}, no /etc/nv_tegra_release): '
@@ -236,8 +299,20 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
             'libonnxruntime_providers_cuda.so']),
         install=args.install, install_cmake=args.install_cmake,
         ort_headers_available=headers_available, docker_requested=bool(args.ort_image),
-        non_jetson=args.non_jetson and not plat.synthetic, cuda_libs=args.cuda_libs,
-        offline=bool(args.deps_dir), guidance=args.guidance)
+        non_jetson=(args.non_jetson or args.cross) and not plat.synthetic,
+        cuda_libs=args.cuda_libs, offline=bool(args.deps_dir), guidance=args.guidance,
+        cross=bool(cross))
+    if cross:
+        problems += [checks_mod.Problem('error', what, fix) for what, fix in cross_mod.check_cross(
+            cross, Path(plat.cuda.path) if plat.cuda else None,
+            plat.python.version if plat.python else None, ort.lib_dir if ort else None,
+            choice.genai.min_gcc, host_machine)]
+    if args.deps_dir and not (args.ort_headers or (ort is not None and ort.header_dir)
+                              or args.ort_image):
+        # the pinned source archive the headers come from otherwise is a download
+        problems.append(checks_mod.Problem(
+            'error', 'an offline build (--deps-dir) has no ONNX Runtime C API headers: the '
+            'builder would download them', OFFLINE_HEADERS_FIX.format(api=choice.genai.ort_api)))
     problems += checks_mod.check_local_sources(
         Path(args.source).expanduser() if args.source else None,
         Path(args.deps_dir).expanduser() if args.deps_dir else None, choice.genai.version)
@@ -257,7 +332,7 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
                    package_root=PACKAGE_ROOT,
                    source=Path(args.source).expanduser() if args.source else None,
                    deps_dir=Path(args.deps_dir).expanduser() if args.deps_dir else None,
-                   cuda_libs=args.cuda_libs, guidance=args.guidance)
+                   cuda_libs=args.cuda_libs, guidance=args.guidance, cross=cross)
     plan = make_plan(plat, choice, ort, opts)
     errors = checks_mod.has_errors(problems)
     if args.dry_run:

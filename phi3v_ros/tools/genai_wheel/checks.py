@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+import subprocess
 from typing import List, Optional
 
 from . import local_sources
-from .cuda_libs import pip_packages_for
+from .cuda_libs import nvidia_folders, pip_packages_for
 from .gpu_code import runs_on
 from .ort_libs import OrtSource
 from .platform import GIB, Platform
@@ -42,12 +43,14 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
                         ort_headers_available: bool = True, docker_requested: bool = False,
                         prebuilt_only: bool = False, non_jetson: bool = False,
                         cuda_libs: str = 'toolkit', offline: bool = False,
-                        guidance: str = 'auto') -> List[Problem]:
+                        guidance: str = 'auto', cross: bool = False) -> List[Problem]:
     """
     Every reason the build would fail, found before it starts.
 
     ``non_jetson``: building for this machine's own GPU (an x86_64 desktop, an aarch64 server),
-    so no JetPack facts apply. ``offline``: no downloads at all (``--deps-dir``).
+    so no JetPack facts apply. ``offline``: no downloads at all (``--deps-dir``). ``cross``: built
+    here for a Jetson (cross.py checks the cross parts): the ONNX Runtime found here is only
+    compiled against, and the one that runs is the Jetson's.
     """
     problems: List[Problem] = []
 
@@ -59,6 +62,22 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
 
     py = plat.python
     py_cmd = py.path if py else 'python3'
+
+    def nvidia_packages_lack(items):
+        """Return which items the Python's NVIDIA packages lack, None if it cannot be asked."""
+        try:
+            # as the gather_cuda_libs step finds them: nvidia is a namespace package
+            found = subprocess.run([py.path, '-c',
+                                    'import nvidia; print("\\n".join(nvidia.__path__))'],
+                                   capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        roots = [Path(line).parent for line in found.stdout.splitlines() if line.strip()] \
+            if found.returncode == 0 else []
+        folders = nvidia_folders(roots, plat.cuda.major)
+        return [item for item in items if not any(
+            (folder / 'include' / item).exists() if item.endswith('.h')
+            else any((folder / 'lib').glob(f'{item}.*')) for folder in folders)]
 
     if guidance != 'off' and not prebuilt_only and \
             parse_version(choice.genai.version) >= GUIDANCE_SINCE:
@@ -130,9 +149,22 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
         if plat.cuda and plat.cuda_missing:
             missing = ', '.join(plat.cuda_missing)
             if cuda_libs == 'python':
-                warn(f'the CUDA toolkit at {plat.cuda.path} lacks {missing}',
-                     "--cuda-libs python: they are taken from the Python's NVIDIA packages ("
-                     + ' '.join(pip_packages_for(plat.cuda_missing, plat.cuda.major)) + ')')
+                packages = ' '.join(pip_packages_for(plat.cuda_missing, plat.cuda.major))
+                lacking = None if plat.synthetic or py is None or py.error else \
+                    nvidia_packages_lack(plat.cuda_missing)
+                if lacking is None:
+                    # a --target preset: its Python is on the target, not here to ask
+                    warn(f'the CUDA toolkit at {plat.cuda.path} lacks {missing}: --cuda-libs '
+                         "python takes them from the Python's NVIDIA packages, which cannot be "
+                         'checked from here', ('on the target: ' if plat.synthetic else '')
+                         + f'{py_cmd} -m pip install {packages}')
+                elif lacking:
+                    error(f'the CUDA toolkit at {plat.cuda.path} lacks {missing}, and '
+                          f"{py_cmd}'s NVIDIA packages, where --cuda-libs python takes them "
+                          f'from, lack {", ".join(lacking)}: the build would stop when '
+                          'gathering them',
+                          f'{py_cmd} -m pip install '
+                          + ' '.join(pip_packages_for(lacking, plat.cuda.major)))
             else:
                 error(f'the CUDA toolkit at {plat.cuda.path} lacks {missing}, which '
                       'onnxruntime-genai compiles and links (cuRAND, cuBLAS, cuFFT)',
@@ -189,7 +221,9 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
         if not prebuilt_only and 'requests' not in py.modules:
             # onnxruntime-genai's build.py imports it (tools/python/util) before doing anything
             error(f"{py.path} lacks requests, which onnxruntime-genai's build.py imports",
-                  f'sudo apt install python3-requests (or {py.path} -m pip install requests)')
+                  f'{py.path} -m pip install requests' + (
+                      ' (or, as it is the system Python, sudo apt install python3-requests)'
+                      if not py.in_venv and py.path.startswith('/usr/bin/') else ''))
         lacking = [m for m in ('setuptools', 'wheel') if m not in py.modules]
         if offline and not prebuilt_only and lacking:
             error(f'{py.path} lacks {" and ".join(lacking)}: the offline build makes the wheel '
@@ -223,7 +257,7 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
                   '(no onnxruntime-gpu in the ROS Python, no --ort-source)',
                   ort_hint(plat, choice.ort) + '; or pass --ort-source DIR / --ort-image IMAGE')
         else:
-            if not ort.has_cuda_provider:
+            if not ort.has_cuda_provider and not cross:
                 error(f'{ort.origin} has no libonnxruntime_providers_cuda.so '
                       '(a CPU-only ONNX Runtime)',
                       ort_hint(plat, choice.ort))
@@ -269,7 +303,9 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
 
     # --- ONNX Runtime at run time: onnxruntime-genai loads it from the onnxruntime package -------
     rt = plat.ort_runtime
-    if rt is None:
+    if cross:
+        pass
+    elif rt is None:
         (error if install else warn)(
             'the ROS Python has no onnxruntime package '
             f'({plat.ort_runtime_error or "not importable"}); '
@@ -294,23 +330,67 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
 
 def check_local_sources(source: Optional[Path], deps_dir: Optional[Path],
                         version: str) -> List[Problem]:
-    """Check that the --source tree is the release and --deps-dir has each dependency."""
+    """
+    Check that the --source tree is the release and --deps-dir has each dependency.
+
+    For a release the builder pins the dependencies of, the folders are listed (with the command
+    that brings each) even before the source tree is there, and each folder's content is
+    compared with the release's.
+    """
     problems: List[Problem] = []
     if source is None:
         return problems
+    pinned = local_sources.release_dependencies(version)
     try:
         local_sources.check_source(source, version)
+        source_there = True
     except local_sources.LocalSourceError as exc:
-        return [Problem('error', str(exc), 'fix --source or --genai-version')]
-    if deps_dir is not None:
-        deps = local_sources.required_dependencies(source, deps_dir)
-        missing = local_sources.missing_dependencies(deps, deps_dir)
-        if missing:
+        problems.append(Problem('error', str(exc), 'fix --source or --genai-version'))
+        source_there = False
+        if pinned is None:
+            return problems
+    if source_there:
+        differences = local_sources.release_differences(source, version)
+        if differences:
             problems.append(Problem(
-                'error', f'{len(missing)} of the {len(deps)} dependencies an offline build '
-                         f'needs are not in {deps_dir}',
-                'put each there (the URL is what CMake would download):\n         '
-                + '\n         '.join(local_sources.describe_missing(missing, deps_dir))))
+                'error', f'{source} says it is onnxruntime-genai {version}, but its '
+                         f"cmake/deps.txt is not that release's: " + '; '.join(differences),
+                f'give --source an unchanged checkout or extracted archive of the v{version} '
+                'tag'))
+    if deps_dir is None:
+        return problems
+    deps = local_sources.required_dependencies(source, deps_dir, version) if source_there \
+        else pinned.every
+    missing = local_sources.missing_dependencies(deps, deps_dir)
+    if missing:
+        notes = []
+        if not source_there:
+            notes.append(f"the list is onnxruntime-genai {version}'s, pinned in the builder")
+        archive = next((dep for dep in missing if not dep.is_git), None)
+        if archive is not None:
+            notes.append('an archive holds one top folder, whose contents go directly in the '
+                         "dependency's folder (as the commands below do): "
+                         f'{local_sources.top_file(archive, deps_dir)} must exist, not one '
+                         'level deeper')
+        if local_sources.nested_unknown(deps):
+            notes.append('the dependencies of onnxruntime-extensions are listed once '
+                         f'{deps_dir / local_sources.EXTENSIONS} is there: run the check again '
+                         'then')
+        problems.append(Problem(
+            'error', f'{len(missing)} of the {len(deps)} dependencies an offline build '
+                     f'needs are not in {deps_dir}',
+            'put each there (the URL is what CMake would download)'
+            + ''.join(f'; {note}' for note in notes) + ':\n         '
+            + '\n         '.join(local_sources.describe_missing(missing, deps_dir))))
+    for mismatch in local_sources.mismatched_dependencies(deps, deps_dir):
+        problems.append(Problem('error', *local_sources.describe_mismatch(mismatch, deps_dir)))
+    unchecked = [dep.folder for dep in deps if not dep.fingerprint and dep not in missing]
+    if unchecked:
+        problems.append(Problem(
+            'warning', f'only the existence of {", ".join(unchecked)} in {deps_dir} was checked, '
+                       f'not their version: the builder pins the content of the dependencies of '
+                       f'onnxruntime-genai {", ".join(local_sources.RELEASE_DEPENDENCIES)} only',
+            'nothing to do if each holds what its URL names (the plan lists them)'))
     return problems
 
 

@@ -240,7 +240,7 @@ def docker_commands(image: str, dest: Path, container: str) -> List[List[str]]:
     ]
 
 
-def gather_plan(source: OrtSource, dest: Path) -> List[str]:
+def gather_plan(source: OrtSource, dest: Path, need_cuda_provider: bool = True) -> List[str]:
     """Human-readable lines of what ``gather`` will do (for --dry-run)."""
     lines = []
     lib_dest = dest / 'lib'
@@ -253,20 +253,25 @@ def gather_plan(source: OrtSource, dest: Path) -> List[str]:
                  '   # the unversioned name CMake links')
     if source.header_dir:
         lines.append(f'copy {Path(source.header_dir)}/*.h -> {dest / "include"}/')
-    lines.append(f'check {lib_dest / CUDA_PROVIDER} exists (the CUDA execution provider)')
+    if need_cuda_provider:
+        lines.append(f'check {lib_dest / CUDA_PROVIDER} exists (the CUDA execution provider)')
+    else:
+        lines.append('(a cross build compiles against it only: the Jetson loads its own '
+                     'onnxruntime-gpu at run time)')
     return lines
 
 
-def gather(source: OrtSource, dest: Path) -> List[str]:
+def gather(source: OrtSource, dest: Path, need_cuda_provider: bool = True) -> List[str]:
     """
     Copy libraries (and headers, if the source has them) into dest/lib and dest/include.
 
-    Creates the unversioned ``libonnxruntime.so`` link and verifies the CUDA provider is there.
-    Returns the lines it did. Idempotent: rerunning replaces the files.
+    Creates the unversioned ``libonnxruntime.so`` link and verifies the CUDA provider is there
+    (unless ``need_cuda_provider`` is False: a cross build only compiles against it). Returns the
+    lines it did. Idempotent: rerunning replaces the files.
     """
     if source.lib_dir is None or not source.libs:
         raise OrtError(f'no ONNX Runtime libraries in {source.origin}')
-    if not source.has_cuda_provider:
+    if need_cuda_provider and not source.has_cuda_provider:
         raise OrtError(
             f'{source.origin} has no {CUDA_PROVIDER}: it is a CPU-only ONNX Runtime (for example '
             f'the `onnxruntime` package from PyPI); use an onnxruntime-gpu build for Jetson')
@@ -293,19 +298,20 @@ def gather(source: OrtSource, dest: Path) -> List[str]:
         for header in sorted(Path(source.header_dir).glob('*.h')):
             shutil.copy2(header, inc_dest / header.name)
         done.append(f'copied headers from {source.header_dir}')
-    verify_ort_home(dest, need_headers=bool(source.header_dir))
+    verify_ort_home(dest, need_headers=bool(source.header_dir),
+                    need_cuda_provider=need_cuda_provider)
     return done
 
 
-def verify_ort_home(dest: Path, need_headers: bool = True,
-                    min_api: Optional[int] = None) -> Optional[int]:
+def verify_ort_home(dest: Path, need_headers: bool = True, min_api: Optional[int] = None,
+                    need_cuda_provider: bool = True) -> Optional[int]:
     """Check the folder passed as --ort_home; returns the headers' ORT_API_VERSION."""
     dest = Path(dest)
     lib = dest / 'lib'
     if not (lib / 'libonnxruntime.so').exists():
         raise OrtError(f'{lib}/libonnxruntime.so is missing (or a dangling link): rerun the '
                        f'builder so it gathers the libraries again')
-    if not (lib / CUDA_PROVIDER).exists():
+    if need_cuda_provider and not (lib / CUDA_PROVIDER).exists():
         raise OrtError(f'{lib}/{CUDA_PROVIDER} is missing: the build would produce a wheel '
                        'without CUDA; use an ONNX Runtime built with CUDA '
                        '(onnxruntime-gpu for Jetson)')

@@ -13,6 +13,7 @@ from pathlib import Path
 import shlex
 from typing import Any, Dict, List, Optional
 
+from . import cross as cross_mod
 from . import local_sources
 from .checks import CMAKE_PIP_SPEC
 from .ort_libs import docker_commands, gather_plan, OrtSource
@@ -33,10 +34,11 @@ IMPORT_CHECK = ('import onnxruntime_genai as og; '
                 'print("onnxruntime_genai", og.__version__, "from", og.__file__)')
 CUDA_CHECK = ('import sys, onnxruntime_genai as og; ok = og.is_cuda_available(); '
               'print("is_cuda_available:", ok); sys.exit(0 if ok else 1)')
+# (argv[2], the provider: cuda, or cpu for the checks of a cross-built wheel under an emulator)
 GUIDANCE_CHECK = (
     'import sys; from phi3v_ros.engine.engine import Engine, EngineConfig; '
     'from phi3v_ros.engine.generation import Request, GenerationSettings; '
-    'e = Engine(EngineConfig(model_path=sys.argv[1], provider="cuda")); '
+    'e = Engine(EngineConfig(model_path=sys.argv[1], provider=sys.argv[2])); '
     'r = e.generate(Request(prompt="Is it?", settings=GenerationSettings(max_new_tokens=8), '
     'answer_format=("choices", ("yes", "no")))); '
     'print("constrained answer:", repr(r.text), r.constrained_by or r.error); '
@@ -44,9 +46,9 @@ GUIDANCE_CHECK = (
 GENERATE_CHECK = (
     'import sys; from phi3v_ros.engine.engine import Engine, EngineConfig; '
     'from phi3v_ros.engine.generation import Request, GenerationSettings; '
-    'e = Engine(EngineConfig(model_path=sys.argv[1], provider="cuda")); '
+    'e = Engine(EngineConfig(model_path=sys.argv[1], provider=sys.argv[2])); '
     'r = e.generate(Request(prompt="hi", settings=GenerationSettings(max_new_tokens=4))); '
-    'print("generation with provider cuda:", r); assert r.ok')
+    'print("generation with provider", e.provider, r); assert r.ok')
 
 
 @dataclass
@@ -67,6 +69,7 @@ class Options:
     deps_dir: Optional[Path] = None         # local folders for every FetchContent dependency
     cuda_libs: str = 'toolkit'              # 'toolkit', or 'python': cuBLAS & co from pip wheels
     guidance: str = 'auto'                  # build constrained answers in: auto, on or off
+    cross: Optional[cross_mod.CrossBuild] = None   # --cross: built here for a Jetson
 
 
 @dataclass
@@ -153,6 +156,8 @@ def _pip_install_flags(plat: Platform, opts: Options) -> List[str]:
 
 def prebuilt_for(plat: Platform, opts: Options) -> Dict[str, Optional[str]]:
     """Return the index to look on for a prebuilt wheel (None: build only), and why."""
+    if opts.cross:
+        return {'index': None, 'why': 'a cross build (--cross)'}
     if opts.build_from_source:
         return {'index': None, 'why': '--build-from-source'}
     if opts.prebuilt_index:
@@ -209,6 +214,8 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
               opts: Options) -> Plan:
     py = plat.python.path if plat.python else 'python3'
     work = work_dir_for(opts.work_root, plat, choice)
+    if opts.cross:
+        work = work.with_name(work.name + '-cross')
     logs = work / 'logs'
     jobs, jobs_reason = parallel_jobs(plat.mem_available, plat.cpu_count, opts.jobs)
     steps: List[Step] = []
@@ -324,8 +331,9 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
             'ort-gather', title.replace('  ', ' '), 'ort', action='gather_ort',
             params={'kind': source.kind, 'origin': source.origin, 'lib_dir': str(source.lib_dir),
                     'header_dir': str(source.header_dir) if source.header_dir else None,
-                    'dest': str(ort_home), 'min_api': ort_api_version(release.min_ort)},
-            detail=gather_plan(source, ort_home)))
+                    'dest': str(ort_home), 'min_api': ort_api_version(release.min_ort),
+                    'need_cuda_provider': not opts.cross},
+            detail=gather_plan(source, ort_home, need_cuda_provider=not opts.cross)))
     need_api = ort_api_version(release.min_ort)
     if source is None or source.header_dir is None:
         if opts.ort_headers:
@@ -353,14 +361,16 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
                             'extract */include/onnxruntime/core/session/*.h -> '
                             f'{ort_home / "include"}/']))
     steps.append(Step('ort-check',
-                      f'Check {ort_home} (libonnxruntime.so link, CUDA provider, '
-                      f'C API >= {need_api})',
+                      f'Check {ort_home} (libonnxruntime.so link, '
+                      + ('' if opts.cross else 'CUDA provider, ') + f'C API >= {need_api})',
                       'ort', action='check_ort_home',
-                      params={'dest': str(ort_home), 'min_api': need_api},
-                      detail=[f'{ort_home}/lib/libonnxruntime.so resolves',
-                              f'{ort_home}/lib/libonnxruntime_providers_cuda.so exists',
-                              f'{ort_home}/include/onnxruntime_c_api.h '
-                              f'has ORT_API_VERSION >= {need_api}'],
+                      params={'dest': str(ort_home), 'min_api': need_api,
+                              'need_cuda_provider': not opts.cross},
+                      detail=[f'{ort_home}/lib/libonnxruntime.so resolves']
+                      + ([] if opts.cross else
+                         [f'{ort_home}/lib/libonnxruntime_providers_cuda.so exists'])
+                      + [f'{ort_home}/include/onnxruntime_c_api.h '
+                         f'has ORT_API_VERSION >= {need_api}'],
                       always=True))
 
     # --- 5. build --------------------------------------------------------------------------------
@@ -398,6 +408,17 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
     env = {'CUDA_PATH': cuda, 'CUDA_HOME': cuda, 'CUDACXX': f'{cuda}/bin/nvcc',
            'PATH': f'{cuda}/bin:$PATH', 'CMAKE_BUILD_PARALLEL_LEVEL': str(jobs),
            'MAKEFLAGS': f'-j{jobs}', **cuda_env}
+    if opts.cross:
+        toolchain = work / 'aarch64-toolchain.cmake'
+        steps.append(Step('cross-toolchain', f'Write the CMake toolchain file {toolchain}',
+                          'build', action='write_file',
+                          params={'path': str(toolchain),
+                                  'text': cross_mod.toolchain_file(opts.cross.prefix)},
+                          detail=cross_mod.toolchain_file(opts.cross.prefix).splitlines()[1:],
+                          always=True))
+        argv += cross_mod.cmake_defines(opts.cross, toolchain)
+        # the wheel made by pip wheel on this machine is tagged for the target
+        env['_PYTHON_HOST_PLATFORM'] = 'linux-aarch64'
     if opts.deps_dir:
         # the wheel is made by `pip wheel .`: offline, with the setuptools already installed
         # (PIP_NO_BUILD_ISOLATION=0 is pip's spelling of --no-build-isolation)
@@ -413,27 +434,52 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
                       detail=[f'copy {build_dir / "Release" / "wheel"}/onnxruntime_genai*.whl -> '
                               f'{work / "dist"}/ (expected: {predicted}); print its sha256']))
 
+    if opts.cross:
+        steps.append(Step(
+            'check-target', 'Check the wheel as a JetPack 6 Jetson would load it', 'build',
+            action='check_cross_wheel',
+            params={'compute_capability': arch, 'python': opts.cross.python_version},
+            detail=['every shared library: ELF aarch64; what it needs (NEEDED) is its own, the '
+                    "system's or JetPack 6's CUDA (libcudart.so.12, ...); glibc/libstdc++ "
+                    "symbol versions no newer than Ubuntu 22.04's; GPU code for "
+                    f'sm_{arch}; the {python_tag(plat)} aarch64 Python extension'],
+            always=True))
+
     # --- 6. install and check --------------------------------------------------------------------
     wheel = str(work / 'dist' / predicted)
-    install_argv = [py, '-m', 'pip', 'install', *_pip_install_flags(plat, opts), '{wheel}']
     pythonpath = {'PYTHONPATH': f'{opts.package_root}:$PYTHONPATH'} if opts.package_root else {}
     tiny = work / 'tiny-model'
+    if opts.cross:
+        steps += _emulated_checks(opts, work, logs, tiny, guidance)
+        after += _jetson_install_lines(predicted)
+    else:
+        _native_install(steps, after, py, plat, opts, wheel, logs, tiny, pythonpath)
+    return Plan(steps=steps, work_dir=work, key=plan_key(plat, choice, ort), jobs=jobs,
+                jobs_reason=jobs_reason, notes=notes, after=after, wheel=wheel)
+
+
+def _native_install(steps: List[Step], after: List[str], py: str, plat: Platform,
+                    opts: Options, wheel: str, logs: Path, tiny: Path,
+                    pythonpath: Dict[str, str]) -> None:
+    """Add the install and post-install check steps (or, without --install, their commands)."""
+    work = str(tiny.parent)
+    install_argv = [py, '-m', 'pip', 'install', *_pip_install_flags(plat, opts), '{wheel}']
     checks = [
         Step('check-import', 'Check: onnxruntime_genai imports in the ROS Python', 'verify',
-             argv=[py, '-c', IMPORT_CHECK], cwd=str(work), log=str(logs / 'checks.log'),
+             argv=[py, '-c', IMPORT_CHECK], cwd=work, log=str(logs / 'checks.log'),
              always=True),
         Step('check-cuda', 'Check: og.is_cuda_available() is True', 'verify',
-             argv=[py, '-c', CUDA_CHECK], cwd=str(work), log=str(logs / 'checks.log'),
+             argv=[py, '-c', CUDA_CHECK], cwd=work, log=str(logs / 'checks.log'),
              always=True),
         Step('tiny-model', f'Write the tiny test model to {tiny}', 'verify',
-             argv=[py, '-m', 'phi3v_ros.tools.make_tiny_model', str(tiny)], cwd=str(work),
+             argv=[py, '-m', 'phi3v_ros.tools.make_tiny_model', str(tiny)], cwd=work,
              env=dict(pythonpath), log=str(logs / 'checks.log'), always=True),
         Step('check-generate', 'Check: a generation on the tiny model runs with provider cuda',
-             'verify', argv=[py, '-c', GENERATE_CHECK, str(tiny)], cwd=str(work),
+             'verify', argv=[py, '-c', GENERATE_CHECK, str(tiny), 'cuda'], cwd=work,
              env=dict(pythonpath), log=str(logs / 'checks.log'), always=True),
         # a prebuilt wheel may or may not have guidance: said, not failed, when not asked for
         Step('check-guidance', 'Check: a constrained answer (choices yes/no) on the tiny model',
-             'verify', argv=[py, '-c', GUIDANCE_CHECK, str(tiny)], cwd=str(work),
+             'verify', argv=[py, '-c', GUIDANCE_CHECK, str(tiny), 'cuda'], cwd=work,
              env=dict(pythonpath), log=str(logs / 'checks.log'), always=True,
              allow_fail=opts.guidance != 'on'),
     ]
@@ -450,8 +496,51 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
         after.append('  $ ' + _render_argv(install_argv, wheel))
         for check in checks:
             after.append('  $ ' + _render_env(check.env) + _render_argv(check.argv))
-    return Plan(steps=steps, work_dir=work, key=plan_key(plat, choice, ort), jobs=jobs,
-                jobs_reason=jobs_reason, notes=notes, after=after, wheel=wheel)
+
+
+def _emulated_checks(opts: Options, work: Path, logs: Path, tiny: Path,
+                     guidance: bool) -> List[Step]:
+    """
+    Return the post-install checks that need no GPU, run on Arm under --emulator-python.
+
+    The wheel goes into its own folder (pip --target), put first on the emulated Python's path:
+    that Python's own onnxruntime (PyPI's aarch64 CPU build), numpy and onnx are used.
+    """
+    emulator = opts.cross.emulator if opts.cross else []
+    if not emulator:
+        return []
+    site = work / 'arm-site'
+    path = {'PYTHONPATH': f'{site}:{opts.package_root}' if opts.package_root else str(site)}
+    log = str(logs / 'arm-checks.log')
+    return [
+        Step('arm-install', f'Install the wheel into {site} with the emulated Python', 'verify',
+             argv=[*emulator, '-m', 'pip', 'install', '--no-deps', '--no-index',
+                   '--force-reinstall', '--upgrade', '--target', str(site), '{wheel}'],
+             log=log, always=True),
+        Step('arm-import', 'Check on Arm: onnxruntime_genai imports (its version)', 'verify',
+             argv=[*emulator, '-c', IMPORT_CHECK], cwd=str(work), env=dict(path), log=log,
+             always=True),
+        Step('arm-tiny-model', f'Write the tiny test model to {tiny} on Arm', 'verify',
+             argv=[*emulator, '-m', 'phi3v_ros.tools.make_tiny_model', str(tiny)],
+             cwd=str(work), env=dict(path), log=log, always=True),
+        Step('arm-generate', 'Check on Arm: a generation on the tiny model with provider cpu',
+             'verify', argv=[*emulator, '-c', GENERATE_CHECK, str(tiny), 'cpu'],
+             cwd=str(work), env=dict(path), log=log, always=True),
+        Step('arm-guidance', 'Check on Arm: a constrained answer (choices yes/no), provider cpu',
+             'verify', argv=[*emulator, '-c', GUIDANCE_CHECK, str(tiny), 'cpu'],
+             cwd=str(work), env=dict(path), log=log, always=True,
+             allow_fail=not guidance),
+    ]
+
+
+def _jetson_install_lines(wheel_file: str) -> List[str]:
+    """Return what to run on the Jetson with the cross-built wheel (its GPU checks)."""
+    return ['copy $WORK/dist/' + wheel_file + ' to the Jetson (JetPack 6, onnxruntime-gpu and '
+            'phi3v_ros installed: sections 2 and 3), then there:',
+            f'  $ python3 -m pip install --no-deps --force-reinstall --user {wheel_file}',
+            '  $ ' + shlex.join(['python3', '-c', CUDA_CHECK]),
+            '  $ python3 -m phi3v_ros.tools.make_tiny_model /tmp/tiny-model',
+            '  $ ' + shlex.join(['python3', '-c', GENERATE_CHECK, '/tmp/tiny-model', 'cuda'])]
 
 
 def _render_env(env: Dict[str, str]) -> str:

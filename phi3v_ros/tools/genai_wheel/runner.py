@@ -15,6 +15,7 @@ import subprocess
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
+from . import cross
 from . import cuda_libs
 from . import download as dl
 from . import gpu_code
@@ -250,7 +251,8 @@ def action_gather_ort(step: Step, ctx: Context, state: State) -> None:
                             f'the C API {p["min_api"]} this onnxruntime-genai needs: use '
                             f'onnxruntime-gpu 1.{p["min_api"]} or newer, '
                             'or an older --genai-version')
-        for line in gather(source, Path(p['dest'])):
+        for line in gather(source, Path(p['dest']),
+                           need_cuda_provider=p.get('need_cuda_provider', True)):
             ctx.out(f'      {line}')
     except OrtError as exc:
         raise StepError(str(exc)) from exc
@@ -282,7 +284,8 @@ def action_fetch_headers(step: Step, ctx: Context, state: State) -> None:
 def action_check_ort_home(step: Step, ctx: Context, state: State) -> None:
     try:
         api = verify_ort_home(Path(step.params['dest']), need_headers=True,
-                              min_api=step.params['min_api'])
+                              min_api=step.params['min_api'],
+                              need_cuda_provider=step.params.get('need_cuda_provider', True))
     except OrtError as exc:
         raise StepError(str(exc)) from exc
     ctx.out(f'      ok: C API {api}')
@@ -299,6 +302,31 @@ def action_collect_wheel(step: Step, ctx: Context, state: State) -> None:
     shutil.copy2(wheels[-1], target)
     state.data['wheel'] = str(target)
     ctx.out(f'      {target}  sha256 {dl.sha256_file(target)}')
+
+
+def action_write_file(step: Step, ctx: Context, state: State) -> None:
+    path = Path(step.params['path'])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(step.params['text'])
+
+
+def action_check_cross_wheel(step: Step, ctx: Context, state: State) -> None:
+    """Read the cross-built wheel as a Jetson would load it; any problem fails the step."""
+    wheel = Path(state.data.get('wheel', ''))
+    if not wheel.is_file():
+        raise StepError('no wheel was collected: run the build steps again (--restart)')
+    cc = step.params['compute_capability']
+    try:
+        reports = cross.read_wheel(wheel, cc)
+    except (cross.CrossError, OSError, ValueError) as exc:
+        raise StepError(f'{wheel.name} could not be read: {exc}') from exc
+    for line in cross.render_reports(reports):
+        ctx.out(f'      {line}')
+    problems = cross.wheel_problems(wheel, reports, cc, step.params['python'])
+    if problems:
+        raise StepError('the wheel would not run on a JetPack 6 Jetson: ' + '; '.join(problems))
+    ctx.out('      ok: aarch64, JetPack 6 libraries only, Ubuntu 22.04 symbol versions, '
+            f'GPU code for sm_{cc}')
 
 
 def action_prebuilt(step: Step, ctx: Context, state: State) -> None:
@@ -359,6 +387,8 @@ ACTIONS = {
     'check_ort_home': action_check_ort_home,
     'collect_wheel': action_collect_wheel,
     'prebuilt': action_prebuilt,
+    'write_file': action_write_file,
+    'check_cross_wheel': action_check_cross_wheel,
 }
 
 
