@@ -360,3 +360,20 @@ def test_an_offline_build_without_header_folder_says_how_to_get_one(tmp_path):
     lines = []
     tool.main(args + ['--ort-headers', str(headers)], out=lines.append)
     assert 'has no ONNX Runtime C API headers' not in '\n'.join(lines)
+
+
+def test_the_dry_run_goes_on_past_a_missing_onnx_runtime_folder(tmp_path):
+    """Reported: it stopped until --ort-source existed, before listing the dependency folders."""
+    lines = []
+    status = tool.main(['--dry-run', '--non-jetson', '--cuda-arch', '90', '--genai-version',
+                        '0.9.2', '--ort-source', str(tmp_path / 'not-yet'), '--source',
+                        str(tmp_path / 'src'), '--deps-dir', str(tmp_path / 'deps'),
+                        '--python', sys.executable, '--work-dir', str(tmp_path / 'work')],
+                       out=lines.append)
+    text = '\n'.join(lines)
+    assert status == 0, text
+    assert f'ERROR: --ort-source {tmp_path / "not-yet"}: ' in text and 'is not a folder' in text
+    assert 'no ONNX Runtime GPU libraries found' not in text
+    for folder in ('pybind11', 'googletest', 'onnxruntime_extensions', 'gsl', 'dlib', 'dr_libs',
+                   'nlohmann_json'):
+        assert f'{tmp_path / "deps" / folder}' in text, folder

@@ -344,8 +344,12 @@ def test_real_run_stops_on_failed_checks(tmp_path):
 
 def test_bad_ort_source_folder(tmp_path):
     probe = jetson_probe(tmp_path)
+    # the dry run goes on (the rest of what is missing is listed too); a real run stops
     status, text = run_main(['--dry-run', '--ort-source', str(tmp_path / 'nope')], probe)
-    assert status == 2 and 'is not a folder' in text
+    assert status == 0 and 'ERROR: --ort-source' in text and 'is not a folder' in text
+    assert 'a real run stops until they are fixed' in text
+    status, text = run_main(['--ort-source', str(tmp_path / 'nope')], probe)
+    assert status == 1 and 'is not a folder' in text and 'Fix the errors above' in text
 
 
 def test_ort_source_folder_with_headers(tmp_path):

@@ -274,11 +274,16 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
             "to build for this machine's own GPU, --non-jetson")
         return 2
 
+    # A source that is not there yet is one of the checks' errors, not the end of the run: the
+    # dry run still lists everything else the build needs.
+    ort_problem = None
     try:
         ort = find_ort_source(args, plat, probe, out)
     except OrtError as exc:
-        out(f'error: {exc}')
-        return 2
+        ort, ort_problem = None, checks_mod.Problem(
+            'error', f'--ort-source {args.ort_source}: {exc}',
+            'give --ort-source the folder of the ONNX Runtime libraries (docs/jetson.md 4c/4d)')
+        out(f'ONNX Runtime source: {exc}')
     if ort is not None:
         out(f'ONNX Runtime source: {ort.describe()}')
     elif args.ort_image:
@@ -302,6 +307,9 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
         non_jetson=(args.non_jetson or args.cross) and not plat.synthetic,
         cuda_libs=args.cuda_libs, offline=bool(args.deps_dir), guidance=args.guidance,
         cross=bool(cross))
+    if ort_problem is not None:     # instead of the checks' "no ONNX Runtime found"
+        problems = [ort_problem] + [p for p in problems
+                                    if not p.what.startswith('no ONNX Runtime GPU libraries')]
     if cross:
         problems += [checks_mod.Problem('error', what, fix) for what, fix in cross_mod.check_cross(
             cross, Path(plat.cuda.path) if plat.cuda else None,
