@@ -377,3 +377,27 @@ def test_the_dry_run_goes_on_past_a_missing_onnx_runtime_folder(tmp_path):
     for folder in ('pybind11', 'googletest', 'onnxruntime_extensions', 'gsl', 'dlib', 'dr_libs',
                    'nlohmann_json'):
         assert f'{tmp_path / "deps" / folder}' in text, folder
+
+
+def test_guidance_is_built_for_aarch64_where_rust_has_the_target(tmp_path):
+    # online (no --deps-dir) with cargo: built when Rust has the aarch64 standard library
+    plat = preset_platform('jp6-orin')
+    plat.cuda = CudaInstall('/opt/cuda-12.4-aarch64', '12.4')
+    plat.cargo = '1.95.0'
+    source = from_folder(fake_ort(tmp_path / 'ort'))
+    choice = V.choose_versions(source.version, '0.9.2')
+    for installed, built in ((False, False), (True, True)):
+        opts = Options(work_root=tmp_path / 'work', cross=a_cross_build(
+            tmp_path, rust_target_installed=installed), build_from_source=True)
+        plan = make_plan(plat, choice, source, opts)
+        build_step = next(s for s in plan.steps if s.id == 'build')
+        note = next(n for n in plan.notes if n.startswith('guidance'))
+        assert ('--use_guidance' in build_step.argv) == built, note
+        if built:
+            assert 'Rust_CARGO_TARGET=aarch64-unknown-linux-gnu' in build_step.argv
+            assert build_step.env['CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER'] == \
+                f'{tmp_path}/bin/aarch64-linux-gnu-gcc'
+            assert 'for aarch64-unknown-linux-gnu' in note
+        else:
+            assert 'rustup target add aarch64-unknown-linux-gnu' in note
+            assert not any(a.startswith('Rust_CARGO_TARGET') for a in build_step.argv)

@@ -213,7 +213,8 @@ def cross_target(args, host: platform_mod.Platform, out: Callable[[str], None]):
         prefix=args.cross_prefix,
         python_include=Path(args.target_python_include or '.').expanduser().resolve(),
         python_version='.'.join(plat.python.version.split('.')[:2]),
-        emulator=shlex.split(args.emulator_python or ''))
+        emulator=shlex.split(args.emulator_python or ''),
+        rust_target_installed=args.guidance != 'off' and cross_mod.rust_target_installed())
     plat = dataclasses.replace(
         plat, is_jetson=False, synthetic=False, python=host.python, cmake=host.cmake,
         cmake_path=host.cmake_path, git=host.git, cargo=host.cargo, docker=host.docker,
@@ -315,6 +316,10 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
             cross, Path(plat.cuda.path) if plat.cuda else None,
             plat.python.version if plat.python else None, ort.lib_dir if ort else None,
             choice.genai.min_gcc, host_machine)]
+        if args.guidance == 'on' and not cross.rust_target_installed:
+            problems.append(checks_mod.Problem(
+                'error', f"--guidance on: Rust's standard library for {cross_mod.RUST_TARGET} is "
+                'not installed', f'rustup target add {cross_mod.RUST_TARGET}, or --guidance auto'))
     if args.deps_dir and not (args.ort_headers or (ort is not None and ort.header_dir)
                               or args.ort_image):
         # the pinned source archive the headers come from otherwise is a download

@@ -64,10 +64,32 @@ class CrossBuild:
     python_include: Path               # the target Python's headers (Python.h, pyconfig.h)
     python_version: str                # the target's Python, '3.10'
     emulator: List[str] = field(default_factory=list)   # runs the target Python here (qemu)
+    # guidance (llguidance, Rust) for aarch64 needs Rust's standard library for that target
+    rust_target_installed: bool = False
 
     @property
     def ext_suffix(self) -> str:
         return f'.cpython-{self.python_version.replace(".", "")}-aarch64-linux-gnu.so'
+
+
+RUST_TARGET = 'aarch64-unknown-linux-gnu'
+
+
+def rust_target_installed() -> bool:
+    """Return True when rustc has the standard library for aarch64 Linux (rustup target add)."""
+    status, text = run_text(['rustc', '--print', 'target-libdir', '--target', RUST_TARGET])
+    return status == 0 and any(Path(text.strip()).glob('libstd-*.rlib'))
+
+
+def guidance_settings(prefix: str) -> Tuple[List[str], Dict[str, str]]:
+    """
+    Return the CMake defines and environment that build llguidance for aarch64.
+
+    Corrosion (the CMake side of the Rust build) compiles the crate for Rust_CARGO_TARGET; cargo
+    links its build scripts for this machine and anything for the target with the cross GCC.
+    """
+    variable = f'CARGO_TARGET_{RUST_TARGET.upper().replace("-", "_")}_LINKER'
+    return [f'Rust_CARGO_TARGET={RUST_TARGET}'], {variable: f'{prefix}gcc'}
 
 
 def toolchain_file(prefix: str) -> str:

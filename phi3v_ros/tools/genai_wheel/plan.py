@@ -207,7 +207,12 @@ def use_guidance(plat: Platform, choice: VersionChoice, opts: Options):
     if opts.deps_dir:
         return (opts.guidance == 'on', 'its Rust crates are downloaded by cargo, and --deps-dir '
                 'builds offline' if opts.guidance == 'auto' else '--guidance on')
-    return True, f'--guidance {opts.guidance}, cargo {plat.cargo}'
+    if opts.cross and not opts.cross.rust_target_installed:
+        return (opts.guidance == 'on', f"Rust's standard library for {cross_mod.RUST_TARGET} is "
+                f'not installed (rustup target add {cross_mod.RUST_TARGET})'
+                if opts.guidance == 'auto' else '--guidance on')
+    return True, f'--guidance {opts.guidance}, cargo {plat.cargo}' + (
+        f', for {cross_mod.RUST_TARGET}' if opts.cross else '')
 
 
 def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
@@ -419,6 +424,10 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
         argv += cross_mod.cmake_defines(opts.cross, toolchain)
         # the wheel made by pip wheel on this machine is tagged for the target
         env['_PYTHON_HOST_PLATFORM'] = 'linux-aarch64'
+        if guidance:
+            rust_defines, rust_env = cross_mod.guidance_settings(opts.cross.prefix)
+            argv += rust_defines
+            env.update(rust_env)
     if opts.deps_dir:
         # the wheel is made by `pip wheel .`: offline, with the setuptools already installed
         # (PIP_NO_BUILD_ISOLATION=0 is pip's spelling of --no-build-isolation)
