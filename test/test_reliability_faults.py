@@ -13,6 +13,7 @@ not parse, a config that does not match the graphs - fails cleanly with a load e
 test_reliability_bad_input.py.)
 """
 import os
+import re
 import signal
 import threading
 import time
@@ -173,6 +174,7 @@ class WorkerKiller:
 
 def test_a_worker_that_keeps_dying_backs_off_reports_failed_and_does_not_spin(ready, node):
     peer = ready
+    first_line = len(node.lines)
     killer = WorkerKiller(node)
     try:
         assert peer.wait_diagnostic(lambda v: v['engine_state'] == 'failed', 30), (
@@ -196,14 +198,26 @@ def test_a_worker_that_keeps_dying_backs_off_reports_failed_and_does_not_spin(re
     finally:
         killer.stop()
     gaps = [b[0] - a[0] for a, b in zip(killer.seen, killer.seen[1:])]
-    # backoff 0.5, 1, 2, 4 s (+ the time each spawn takes to show up)
-    assert gaps[-1] >= 3.5 and all(later > earlier for earlier, later in zip(gaps, gaps[1:])), gaps
+    # The backoff doubles: 0.5, 1, 2, 4 s, as the node says for each death. No worker comes sooner
+    # than that after the one before it was killed; a gap also holds the time the node took to
+    # notice the death, which a loaded machine stretches by seconds (once in CI: 0.5, 1.1, 4.1, 4.0
+    # s, the deaths after the third seen 2 s late: the gaps need not grow).
+    said = [float(m.group(1)) for m in (
+        re.search(r'\]: the inference worker was killed by SIGKILL; restarting it in ([\d.]+) s',
+                  line) for line in node.lines[first_line:]) if m]
+    assert said[:4] == [0.5, 1.0, 2.0, 4.0], (said, node.output())
+    assert len(gaps) >= 4 and all(gap >= delay - 0.05 for gap, delay in zip(gaps, said)), (
+        gaps, said)
     assert busy / elapsed < 0.15, \
         f'the node used {busy:.2f} s of CPU in {elapsed:.1f} s while failed'
     print(f'\nrestart gaps {[round(g, 2) for g in gaps]} s; node CPU while failed {busy:.2f} s in '
           f'{elapsed:.1f} s')
-    # the killer is gone: the next retry (8 s after the last) loads and the node recovers
-    assert peer.wait_diagnostic(lambda v: v['engine_state'] == 'ready', 30)
+    # the killer is gone: the next retry (8 s after the last) loads and the node recovers. A worker
+    # the killer was slow to find can have been ready for a moment before it was killed (seen once:
+    # the prompt then met the failure of that kill): the node is back with a worker it spared.
+    killed = {str(pid) for _, pid in killer.seen}
+    assert peer.wait_diagnostic(lambda v: v['engine_state'] == 'ready'
+                                and v['worker_pid'] not in killed, 30)
     assert peer.latest_diagnostic('worker_restarts') is not None
     assert_next_prompt_answered(peer)
 
