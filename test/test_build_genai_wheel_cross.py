@@ -401,3 +401,14 @@ def test_guidance_is_built_for_aarch64_where_rust_has_the_target(tmp_path):
         else:
             assert 'rustup target add aarch64-unknown-linux-gnu' in note
             assert not any(a.startswith('Rust_CARGO_TARGET') for a in build_step.argv)
+
+
+def test_a_cross_build_without_onnx_runtime_says_it_once_with_the_download(tmp_path):
+    lines = []
+    tool.main(['--cross', '--dry-run', '--cuda-home', str(fake_toolkit(tmp_path / 'cuda')),
+               '--cross-prefix', fake_compilers(tmp_path / 'bin'), '--target-python-include',
+               str(fake_python_include(tmp_path / 'include' / 'python3.10')), '--python',
+               sys.executable, '--work-dir', str(tmp_path / 'work')], out=lines.append)
+    text = '\n'.join(lines)
+    assert 'no aarch64 ONNX Runtime library (--ort-source)' in text
+    assert 'no ONNX Runtime GPU libraries found' not in text

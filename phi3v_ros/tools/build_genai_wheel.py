@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--emulator-python', metavar='COMMAND',
                         help='with --cross: a command that runs the target Python here, e.g. '
                              '"qemu-aarch64 -L /usr/aarch64-linux-gnu /opt/py310-arm/bin/'
-                             'python3.10", with onnxruntime, numpy and onnx installed: the checks '
-                             'that need no GPU then run on Arm (provider cpu)')
+                             'python3.10", with onnxruntime, numpy, onnx, tokenizers and OpenCV '
+                             'installed: the checks that need no GPU then run on Arm (provider '
+                             'cpu)')
     parser.add_argument('--source', metavar='DIR',
                         help='an onnxruntime-genai source tree (checkout or extracted archive '
                              'of the release) to build instead of cloning it')
@@ -308,9 +309,10 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
         non_jetson=(args.non_jetson or args.cross) and not plat.synthetic,
         cuda_libs=args.cuda_libs, offline=bool(args.deps_dir), guidance=args.guidance,
         cross=bool(cross))
-    if ort_problem is not None:     # instead of the checks' "no ONNX Runtime found"
-        problems = [ort_problem] + [p for p in problems
-                                    if not p.what.startswith('no ONNX Runtime GPU libraries')]
+    if ort_problem is not None or cross:
+        # said better by the error about --ort-source (a cross build's is check_cross's)
+        problems = ([ort_problem] if ort_problem else []) + [
+            p for p in problems if not p.what.startswith('no ONNX Runtime GPU libraries')]
     if cross:
         problems += [checks_mod.Problem('error', what, fix) for what, fix in cross_mod.check_cross(
             cross, Path(plat.cuda.path) if plat.cuda else None,
