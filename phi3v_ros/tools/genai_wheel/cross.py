@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import re
 import shlex
-import subprocess
 import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 import zipfile
 
 from .gpu_code import gpu_code, runs_on
+from .platform import run_command
 from .versions import parse_version
 
 TARGET_DIR = 'aarch64-linux'           # NVIDIA's name for the Jetson (L4T) target of a toolkit
@@ -119,13 +119,9 @@ def cmake_defines(cross: CrossBuild, toolchain: Path) -> List[str]:
 
 
 def run_text(argv: Sequence[str], timeout: float = 60.0) -> Tuple[int, str]:
-    """Run a command; return (exit status, stdout + stderr); 127 when it cannot be started."""
-    try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 127, str(exc)
-    return done.returncode, done.stdout + done.stderr
+    """Run a command (platform.run_command); return (exit status, stdout + stderr)."""
+    result = run_command(argv, timeout)
+    return result.returncode, result.stdout + result.stderr
 
 
 def nvcc_version(cuda_home: Path) -> Optional[str]:
