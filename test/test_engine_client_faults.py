@@ -159,6 +159,44 @@ def test_a_load_failure_sent_just_before_the_worker_ends_is_read_not_taken_for_a
     assert 'does not exist' in client.detail
 
 
+def test_a_dead_worker_is_reported_by_how_it_died_not_as_silent(make_client, tiny_model,
+                                                                monkeypatch):
+    """
+    A worker killed mid-answer while the monitor is held up past stall_timeout.
+
+    On a loaded machine the watchdog can run before the monitor sees the death: it must not call
+    the dead worker silent (and "kill" it); the reply says it was killed by SIGKILL.
+    """
+    from phi3v_ros.engine import engine_client
+    real_wait, real_check = engine_client.wait, engine_client.EngineClient._check_timeouts
+    killed, release, watchdog_past_stall = (threading.Event() for _ in range(3))
+
+    def held_wait(waitables, timeout=None):
+        ready = real_wait(waitables, timeout)
+        if ready and killed.is_set() and not release.is_set():
+            release.wait(10.0)   # the worker's end: hold the monitor until the watchdog ran
+        return ready
+
+    def watched_check(self, worker):
+        real_check(self, worker)
+        if worker.process.poll() is not None and \
+                time.monotonic() - self._last_activity > 2 * self.stall_timeout_s:
+            watchdog_past_stall.set()
+    monkeypatch.setattr(engine_client, 'wait', held_wait)
+    monkeypatch.setattr(engine_client.EngineClient, '_check_timeouts', watched_check)
+    client = make_client(tiny_model, stall_timeout_s=0.3)
+    assert client.wait_ready(READY_TIMEOUT_S)
+    reply = start_streaming(client)
+    killed.set()
+    os.kill(client.pid, signal.SIGKILL)
+    assert watchdog_past_stall.wait(10.0), 'the watchdog did not run past stall_timeout'
+    release.set()
+    result = reply.wait()
+    assert result.stop_reason == StopReason.ERROR, result
+    assert 'killed by SIGKILL' in result.error, result.error
+    assert 'stall_timeout' not in result.error, result.error
+
+
 def test_a_worker_that_cannot_be_started_is_retried(make_client, tiny_model, monkeypatch):
     """ENOMEM from fork/exec (a memory-starved Jetson) used to end the monitor thread."""
     from phi3v_ros.engine import engine_client

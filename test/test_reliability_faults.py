@@ -87,9 +87,9 @@ def test_worker_killed_mid_answer(ready, node):
     worker = worker_of(node)
     count = start_long_answer(peer)
     worker.send_signal(signal.SIGKILL)
-    killed = time.monotonic()
-    reply = peer.wait_answers(count + 1, timeout=5)[count]
-    assert time.monotonic() - killed < 1.0
+    # The reason proves the death was seen as such, not by the 1 s stall watchdog (whose reply
+    # says the worker was silent for stall_timeout); no bound on the time (load stretches it).
+    reply = peer.wait_answers(count + 1, timeout=30)[count]
     expected = ERROR + 'the model failed: the inference worker was killed by SIGKILL'
     assert reply.startswith(expected), reply
     assert wait_for_worker(node, other_than=worker.pid)

@@ -583,6 +583,8 @@ class EngineClient:
         with self._lock:
             if self._worker is not worker or worker.kill_reason:
                 return
+            if worker.process.poll() is not None:   # (waitpid WNOHANG: never blocks)
+                return    # dead, not silent: the monitor, maybe held up, says how it ended
             now = time.monotonic()
             if not self._ready.is_set() and now - worker.started_at > self._load_timeout_s:
                 reason = f'did not finish loading within load_timeout ({self._load_timeout_s:g} s)'
