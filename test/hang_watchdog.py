@@ -41,6 +41,11 @@ _LIBRARIES = tuple({sysconfig.get_paths()[name] for name in ('stdlib', 'platstdl
 
 def pytest_configure(config):
     _REAL_STDERR.append(os.fdopen(os.dup(2), 'w'))   # pytest's capture is suspended here
+    # A run started in the background by a non-interactive shell (`nohup colcon test &`) inherits
+    # SIGINT ignored: the watchdog's interrupt would do nothing, and only faulthandler's exit,
+    # GRACE_S later and without pytest's summary, would end the run.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(hookwrapper=True)

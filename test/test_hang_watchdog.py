@@ -1,11 +1,13 @@
 """The per-test time bound: a hanging test ends the run with its stack, and its children die."""
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
 
 import psutil
+import pytest
 
 HANGING_SUITE = """
 import subprocess
@@ -27,14 +29,21 @@ def test_never_reached():
 """
 
 
-def test_a_hanging_test_fails_the_run_with_its_stack_and_kills_its_children(tmp_path):
+def ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# SIGINT ignored: how a background job of a non-interactive shell starts (`nohup colcon test &`)
+@pytest.mark.parametrize('sigint', ['default', 'ignored'])
+def test_a_hanging_test_fails_the_run_with_its_stack_and_kills_its_children(tmp_path, sigint):
     (tmp_path / 'test_suite.py').write_text(textwrap.dedent(HANGING_SUITE))
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, PYTHONPATH=here, PHI3V_TEST_LIMIT_S='2')
     env.pop('PYTEST_ADDOPTS', None)   # colcon test passes its options (-q, junit) this way
     run = subprocess.run([sys.executable, '-m', 'pytest', '-p', 'hang_watchdog', '-p',
                           'no:cacheprovider', '-s', '-q', str(tmp_path / 'test_suite.py')],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                         preexec_fn=ignore_sigint if sigint == 'ignored' else None)
     output = run.stdout + run.stderr
     assert run.returncode == 2, output   # pytest's code for an interrupted run
     assert 'test_suite.py::test_hangs ran past 2 s' in output, output
