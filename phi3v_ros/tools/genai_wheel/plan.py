@@ -462,33 +462,32 @@ def make_plan(plat: Platform, choice: VersionChoice, ort: Optional[OrtSource],
         steps += _emulated_checks(opts, work, logs, tiny, guidance)
         after += _jetson_install_lines(predicted)
     else:
-        _native_install(steps, after, py, plat, opts, wheel, logs, tiny, pythonpath)
+        _native_install(steps, after, py, plat, opts, wheel, work, logs, tiny, pythonpath)
     return Plan(steps=steps, work_dir=work, key=plan_key(plat, choice, ort), jobs=jobs,
                 jobs_reason=jobs_reason, notes=notes, after=after, wheel=wheel)
 
 
 def _native_install(steps: List[Step], after: List[str], py: str, plat: Platform,
-                    opts: Options, wheel: str, logs: Path, tiny: Path,
+                    opts: Options, wheel: str, work: Path, logs: Path, tiny: Path,
                     pythonpath: Dict[str, str]) -> None:
     """Add the install and post-install check steps (or, without --install, their commands)."""
-    work = str(tiny.parent)
     install_argv = [py, '-m', 'pip', 'install', *_pip_install_flags(plat, opts), '{wheel}']
     checks = [
         Step('check-import', 'Check: onnxruntime_genai imports in the ROS Python', 'verify',
-             argv=[py, '-c', IMPORT_CHECK], cwd=work, log=str(logs / 'checks.log'),
+             argv=[py, '-c', IMPORT_CHECK], cwd=str(work), log=str(logs / 'checks.log'),
              always=True),
         Step('check-cuda', 'Check: og.is_cuda_available() is True', 'verify',
-             argv=[py, '-c', CUDA_CHECK], cwd=work, log=str(logs / 'checks.log'),
+             argv=[py, '-c', CUDA_CHECK], cwd=str(work), log=str(logs / 'checks.log'),
              always=True),
         Step('tiny-model', f'Write the tiny test model to {tiny}', 'verify',
-             argv=[py, '-m', 'phi3v_ros.tools.make_tiny_model', str(tiny)], cwd=work,
+             argv=[py, '-m', 'phi3v_ros.tools.make_tiny_model', str(tiny)], cwd=str(work),
              env=dict(pythonpath), log=str(logs / 'checks.log'), always=True),
         Step('check-generate', 'Check: a generation on the tiny model runs with provider cuda',
-             'verify', argv=[py, '-c', GENERATE_CHECK, str(tiny), 'cuda'], cwd=work,
+             'verify', argv=[py, '-c', GENERATE_CHECK, str(tiny), 'cuda'], cwd=str(work),
              env=dict(pythonpath), log=str(logs / 'checks.log'), always=True),
         # a prebuilt wheel may or may not have guidance: said, not failed, when not asked for
         Step('check-guidance', 'Check: a constrained answer (choices yes/no) on the tiny model',
-             'verify', argv=[py, '-c', GUIDANCE_CHECK, str(tiny), 'cuda'], cwd=work,
+             'verify', argv=[py, '-c', GUIDANCE_CHECK, str(tiny), 'cuda'], cwd=str(work),
              env=dict(pythonpath), log=str(logs / 'checks.log'), always=True,
              allow_fail=opts.guidance != 'on'),
     ]
