@@ -6,6 +6,7 @@ the builder checks them, plans the exact cross build, and reads a wheel as a Jet
 real cross build (minutes, and a CUDA 12 toolkit with the aarch64 target) is measured by
 bench/build_wheel.py and written up in docs/jetson.md 4d.
 """
+import dataclasses
 from pathlib import Path
 import shlex
 import sys
@@ -83,14 +84,18 @@ def problems_of(tmp_path, cross_build=None, cuda_home='default', host_python='3.
         if not cuda_home.exists():
             fake_toolkit(cuda_home)
     ort_lib_dir = fake_ort(tmp_path / 'ort') if ort_lib_dir == 'default' else ort_lib_dir
-    return cross.check_cross(cross_build or a_cross_build(tmp_path), cuda_home, host_python,
-                             ort_lib_dir, '9', machine)
+    cross_build = dataclasses.replace(
+        cross_build or a_cross_build(tmp_path), cuda_home=cuda_home,
+        cuda_version=cross.nvcc_version(cuda_home) if cuda_home else None)
+    return cross.check_cross(cross_build, host_python, ort_lib_dir, '9', machine)
 
 
 # ---------------------------------------------------------------------------------- the parts
 
 def test_every_part_in_place_passes(tmp_path):
     assert problems_of(tmp_path) == []
+    # JetPack's own minor: nvcc says 12.6.131, compared as 12.6
+    assert problems_of(tmp_path, cuda_home=fake_toolkit(tmp_path / 'cuda-12.6', '12.6')) == []
 
 
 @pytest.mark.parametrize('release, said', [('13.0', 'CUDA 13.0'), ('12.8', 'at most 12.6'),
@@ -118,6 +123,20 @@ def test_no_toolkit_and_no_nvcc_that_runs(tmp_path):
     broken = tmp_path / 'broken'
     (broken / 'bin').mkdir(parents=True)
     assert 'does not run here' in problems_of(tmp_path, cuda_home=broken)[0][0]
+
+
+def test_a_cuda_home_whose_nvcc_does_not_run_is_said_once_by_its_name(tmp_path):
+    broken = tmp_path / 'broken'
+    (broken / 'bin').mkdir(parents=True)
+    lines = []
+    tool.main(['--cross', '--dry-run', '--cuda-home', str(broken), '--cross-prefix',
+               fake_compilers(tmp_path / 'bin'), '--target-python-include',
+               str(fake_python_include(tmp_path / 'include' / 'python3.10')), '--ort-source',
+               str(fake_ort(tmp_path / 'ort')), '--python', sys.executable,
+               '--work-dir', str(tmp_path / 'work')], out=lines.append)
+    text = '\n'.join(lines)
+    assert f'ERROR: {broken}/bin/nvcc does not run here' in text, text
+    assert 'no CUDA toolkit' not in text, text
 
 
 def test_missing_or_old_cross_compiler(tmp_path):

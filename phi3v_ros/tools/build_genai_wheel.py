@@ -215,7 +215,8 @@ def cross_target(args, host: platform_mod.Platform, out: Callable[[str], None]):
         python_include=Path(args.target_python_include or '.').expanduser().resolve(),
         python_version='.'.join(plat.python.version.split('.')[:2]),
         emulator=shlex.split(args.emulator_python or ''),
-        rust_target_installed=args.guidance != 'off' and cross_mod.rust_target_installed())
+        rust_target_installed=args.guidance != 'off' and cross_mod.rust_target_installed(),
+        cuda_home=cuda_home, cuda_version=version)
     plat = dataclasses.replace(
         plat, is_jetson=False, synthetic=False, python=host.python, cmake=host.cmake,
         cmake_path=host.cmake_path, git=host.git, cargo=host.cargo, docker=host.docker,
@@ -315,8 +316,7 @@ def main(argv: Optional[Sequence[str]] = None, probe: Optional[platform_mod.Prob
             p for p in problems if not p.what.startswith('no ONNX Runtime GPU libraries')]
     if cross:
         problems += [checks_mod.Problem('error', what, fix) for what, fix in cross_mod.check_cross(
-            cross, Path(plat.cuda.path) if plat.cuda else None,
-            plat.python.version if plat.python else None, ort.lib_dir if ort else None,
+            cross, plat.python.version if plat.python else None, ort.lib_dir if ort else None,
             choice.genai.min_gcc, host_machine)]
         if args.guidance == 'on' and not cross.rust_target_installed:
             problems.append(checks_mod.Problem(

@@ -119,10 +119,12 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
     # --- compilers and tools ---------------------------------------------------------------------
     if not prebuilt_only:
         if plat.cuda is None:
-            error(f'no CUDA toolkit (bin/nvcc) under /usr/local ({plat.cuda_reason})',
-                  'install the CUDA toolkit of the CUDA major your onnxruntime-gpu was built '
-                  'for (or pass --cuda-home), then rerun' if non_jetson else
-                  'install it: sudo apt install nvidia-jetpack (or cuda-toolkit-12-6), then rerun')
+            if not cross:   # the cross build's toolkit is check_cross's to name, with its fix
+                error(f'no CUDA toolkit (bin/nvcc) under /usr/local ({plat.cuda_reason})',
+                      'install the CUDA toolkit of the CUDA major your onnxruntime-gpu was '
+                      'built for (or pass --cuda-home), then rerun' if non_jetson else
+                      'install it: sudo apt install nvidia-jetpack (or cuda-toolkit-12-6), '
+                      'then rerun')
         elif not version_at_least(plat.cuda.version, MIN_CUDA):
             error(f'CUDA {plat.cuda.version} at {plat.cuda.path} is too old: '
                   'ONNX Runtime 1.19+ (needed by every onnxruntime-genai with Phi-3-vision) '

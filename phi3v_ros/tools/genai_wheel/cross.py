@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import zipfile
 
 from .gpu_code import gpu_code, runs_on
-from .platform import run_command
+from .platform import parse_nvcc_version, run_command
 from .versions import parse_version
 
 TARGET_DIR = 'aarch64-linux'           # NVIDIA's name for the Jetson (L4T) target of a toolkit
@@ -66,6 +66,8 @@ class CrossBuild:
     emulator: List[str] = field(default_factory=list)   # runs the target Python here (qemu)
     # guidance (llguidance, Rust) for aarch64 needs Rust's standard library for that target
     rust_target_installed: bool = False
+    cuda_home: Optional[Path] = None   # --cuda-home
+    cuda_version: Optional[str] = None   # its nvcc's release, '12.4'; None: no nvcc runs there
 
     @property
     def ext_suffix(self) -> str:
@@ -125,12 +127,13 @@ def run_text(argv: Sequence[str], timeout: float = 60.0) -> Tuple[int, str]:
 
 
 def nvcc_version(cuda_home: Path) -> Optional[str]:
+    """Return the release of a toolkit's nvcc ('12.4'), None when it does not run here."""
     status, text = run_text([str(Path(cuda_home) / 'bin' / 'nvcc'), '--version'])
-    match = re.search(r'release (\d+\.\d+)', text) if status == 0 else None
-    return match.group(1) if match else None
+    version = parse_nvcc_version(text) if status == 0 else None
+    return '.'.join(version.split('.')[:2]) if version else None
 
 
-def check_cross(cross: CrossBuild, cuda_home: Optional[Path], host_python_version: Optional[str],
+def check_cross(cross: CrossBuild, host_python_version: Optional[str],
                 ort_lib_dir: Optional[Path], min_gcc: str, machine: str) -> List[Tuple[str, str]]:
     """Return (what is wrong, the fix) for each part the cross build lacks; [] when all fit."""
     problems: List[Tuple[str, str]] = []
@@ -147,7 +150,7 @@ def check_cross(cross: CrossBuild, cuda_home: Optional[Path], host_python_versio
     elif parse_version(text.strip()) < parse_version(min_gcc):
         problems.append((f'{gxx} is GCC {text.strip()}, older than the {min_gcc} this release '
                          'needs', 'install a newer g++-aarch64-linux-gnu'))
-    problems += _check_cuda(cuda_home)
+    problems += _check_cuda(cross.cuda_home, cross.cuda_version)
     problems += _check_python(cross, host_python_version)
     if ort_lib_dir is None:
         problems.append(('no aarch64 ONNX Runtime library (--ort-source)',
@@ -179,13 +182,12 @@ def check_cross(cross: CrossBuild, cuda_home: Optional[Path], host_python_versio
     return problems
 
 
-def _check_cuda(cuda_home: Optional[Path]) -> List[Tuple[str, str]]:
+def _check_cuda(cuda_home: Optional[Path], version: Optional[str]) -> List[Tuple[str, str]]:
     fix = ('give --cuda-home a CUDA 12 toolkit with the aarch64 target: on Ubuntu 22.04 '
            "NVIDIA's cuda-nvcc-12-6 and cuda-cross-aarch64-12-6 packages (/usr/local/cuda-12.6), "
            'or the folder docs/jetson.md 4d assembles from Debian packages')
     if cuda_home is None:
         return [('no CUDA toolkit for the cross build (--cuda-home)', fix)]
-    version = nvcc_version(cuda_home)
     if version is None:
         return [(f'{cuda_home}/bin/nvcc does not run here', fix)]
     problems = []
