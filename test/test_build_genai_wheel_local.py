@@ -303,6 +303,11 @@ def test_cuda_libs_python_without_the_nvidia_packages_is_an_error_with_the_pip_c
     nvidia_package(site, 'cu12')
     assert lacking(check_prerequisites(plat, choice, None, install=False,
                                        cuda_libs='python')) == []
+    # a Python that cannot be started cannot be asked: said, not an error
+    plat.python.path = str(tmp_path / 'no-such-python')
+    (problem,) = lacking(check_prerequisites(plat, choice, None, install=False,
+                                             cuda_libs='python'))
+    assert problem.level == 'warning' and 'cannot be checked from here' in problem.what
 
 
 def test_build_py_needs_requests_and_an_offline_wheel_needs_setuptools():

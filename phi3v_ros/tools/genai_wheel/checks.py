@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-import subprocess
 from typing import List, Optional
 
 from . import local_sources
-from .cuda_libs import nvidia_folders, pip_packages_for
+from .cuda_libs import (nvidia_folders, NVIDIA_PATHS_CODE, pip_packages_for,
+                        site_packages_from)
 from .gpu_code import runs_on
 from .ort_libs import OrtSource
-from .platform import GIB, Platform
+from .platform import GIB, Platform, run_command
 from .versions import (GUIDANCE_SINCE, ort_api_version, ORT_GPU_HINTS, parse_version,
                        version_at_least,
                        VersionChoice)
@@ -65,16 +65,12 @@ def check_prerequisites(plat: Platform, choice: VersionChoice, ort: Optional[Ort
 
     def nvidia_packages_lack(items):
         """Return which items the Python's NVIDIA packages lack, None if it cannot be asked."""
-        try:
-            # as the gather_cuda_libs step finds them: nvidia is a namespace package
-            found = subprocess.run([py.path, '-c',
-                                    'import nvidia; print("\\n".join(nvidia.__path__))'],
-                                   capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
+        # as the gather_cuda_libs step finds them
+        found = run_command([py.path, '-c', NVIDIA_PATHS_CODE])
+        if found.returncode in (126, 127):   # run_command's: it did not start, or timed out
             return None
-        roots = [Path(line).parent for line in found.stdout.splitlines() if line.strip()] \
-            if found.returncode == 0 else []
-        folders = nvidia_folders(roots, plat.cuda.major)
+        folders = nvidia_folders(site_packages_from(found.returncode, found.stdout),
+                                 plat.cuda.major)
         return [item for item in items if not any(
             (folder / 'include' / item).exists() if item.endswith('.h')
             else any((folder / 'lib').glob(f'{item}.*')) for folder in folders)]

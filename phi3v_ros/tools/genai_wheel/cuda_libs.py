@@ -67,6 +67,17 @@ def pip_packages_for(missing: Iterable[str], cuda_major: Optional[int]) -> List[
     return sorted(names)
 
 
+# Run by the Python that has the NVIDIA packages (nvidia is a namespace package): its folders.
+NVIDIA_PATHS_CODE = 'import nvidia; print("\\n".join(nvidia.__path__))'
+
+
+def site_packages_from(returncode: int, stdout: str) -> List[Path]:
+    """Return the site-packages folders that hold nvidia/, from NVIDIA_PATHS_CODE's run."""
+    if returncode != 0:
+        return []
+    return [Path(line).parent for line in stdout.splitlines() if line.strip()]
+
+
 def nvidia_folders(site_packages: Iterable[Path], cuda_major: Optional[int]) -> List[Path]:
     """
     Return the folders under ``nvidia/`` of these site-packages with include/ or lib/.

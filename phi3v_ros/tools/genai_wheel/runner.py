@@ -223,10 +223,8 @@ def action_check_deps(step: Step, ctx: Context, state: State) -> None:
 
 def action_gather_cuda_libs(step: Step, ctx: Context, state: State) -> None:
     p = step.params
-    found = ctx.capture([p['python'], '-c',
-                         'import nvidia; print("\\n".join(nvidia.__path__))'])
-    roots = [Path(line).parent for line in found.stdout.splitlines() if line.strip()] \
-        if found.returncode == 0 else []
+    found = ctx.capture([p['python'], '-c', cuda_libs.NVIDIA_PATHS_CODE])
+    roots = cuda_libs.site_packages_from(found.returncode, found.stdout)
     try:
         taken = cuda_libs.gather(cuda_libs.nvidia_folders(roots, p['cuda_major']),
                                  Path(p['dest']), Path(p['cuda']), p['cuda_major'])
